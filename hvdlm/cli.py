@@ -1,0 +1,130 @@
+"""``hvdlm prepare | train | sample``: the command line.
+
+Problems a user can fix end with one line, ``hvdlm: error: ...``, printed once (by rank 0) and
+exit status 2 on every rank; anything unexpected prints one line naming the rank and host and
+exits 1, with the traceback in ``<out_dir>/error-rank<N>.log``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+import traceback
+from pathlib import Path
+
+from hvdlm.errors import HvdlmError
+
+
+def launcher_rank() -> int:
+    """This process's rank from the launcher's environment, readable before Horovod starts."""
+    for var in ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> None:
+    from hvdlm.data import prepare
+
+    meta = prepare(args.inputs or None, args.out_dir, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
+                   val_fraction=args.val_fraction, workers=args.workers, seed=args.seed)
+    print(f"hvdlm: wrote {meta['train_tokens']:,} train and {meta['val_tokens']:,} val tokens "
+          f"({meta['tokenizer']['kind']}, vocab {meta['vocab_size']}) from {meta['sources']['files']} files "
+          f"to {args.out_dir}")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from hvdlm.config import config_from_args
+    from hvdlm.train import train
+
+    try:
+        cfg = config_from_args(args)
+    except HvdlmError as e:  # every rank parses the same command line
+        raise HvdlmError(str(e), everywhere=True) from None
+    train(cfg)
+
+
+def cmd_sample(args: argparse.Namespace) -> None:
+    from hvdlm.sample import sample_from_checkpoint
+
+    for text in sample_from_checkpoint(args.out_dir, args.prompt, args.tokens, args.num_samples,
+                                       args.temperature, args.top_k, args.seed, args.data_dir):
+        print(text)
+        print("-" * 40)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from hvdlm.config import add_config_args
+
+    parser = argparse.ArgumentParser(prog="hvdlm", description="Train GPT-style language models with Horovod.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prepare", help="tokenize text files into train/val shards",
+                       description="Tokenize text files or folders into train.bin/val.bin + meta.json. "
+                                   "With no inputs, uses the Python standard library's sources.")
+    p.add_argument("inputs", nargs="*", help="text files or folders (default: the embedded stdlib corpus)")
+    p.add_argument("--out_dir", default="data/default", help="where the shards go (default: data/default)")
+    p.add_argument("--tokenizer", default="byte", choices=["byte", "char", "bpe"], help="default: byte")
+    p.add_argument("--vocab_size", type=int, default=4096, help="BPE vocabulary size (default: 4096)")
+    p.add_argument("--val_fraction", type=float, default=0.05, help="share of tokens for validation (default: 0.05)")
+    p.add_argument("--workers", type=int, default=None, help="tokenizer processes (default: cores, at most 8)")
+    p.add_argument("--seed", type=int, default=1337, help="document shuffle seed (default: 1337)")
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("train", help="train a GPT (launch with horovodrun, mpirun or srun for several ranks)",
+                       description="Train a GPT with Horovod data parallelism. One process trains alone; "
+                                   "launch N with `horovodrun -np N`, `mpirun -np N` or `srun`.")
+    add_config_args(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("sample", help="generate text from a checkpoint")
+    p.add_argument("--out_dir", default="out/default", help="training output folder holding checkpoint.pt")
+    p.add_argument("--data_dir", default=None, help="tokenizer data (default: the one the run trained on)")
+    p.add_argument("--prompt", default="", help="text to continue")
+    p.add_argument("--tokens", type=int, default=300, help="tokens to generate (default: 300)")
+    p.add_argument("--num_samples", type=int, default=1)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top_k", type=int, default=200, help="sample among the k likeliest tokens; 0 = all")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_sample)
+    return parser
+
+
+def report_crash(args: argparse.Namespace, rank: int, exc: BaseException) -> None:
+    """One line on stderr; the traceback in a log file next to the run's output."""
+    host = socket.gethostname()
+    log_dir = Path(getattr(args, "out_dir", None) or ".")
+    log = log_dir / f"error-rank{rank}.log"
+    try:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        log.write_text("".join(traceback.format_exception(exc)))
+        where = f" (traceback in {log})"
+    except OSError:
+        where = ""
+        traceback.print_exception(exc)
+    print(f"hvdlm: rank {rank} on {host} failed: {type(exc).__name__}: {exc}{where}", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    rank = launcher_rank()
+    try:
+        args.func(args)
+    except HvdlmError as e:
+        if rank == 0 or not e.everywhere:
+            print(f"hvdlm: error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as e:
+        report_crash(args, rank, e)
+        sys.stdout.flush()
+        # Skip interpreter teardown: Horovod's background thread may be mid-collective, and a clean
+        # exit could wait on it; the launcher sees the non-zero status and stops the other ranks.
+        os._exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,244 @@
+"""Configuration: one dataclass per concern, read from a TOML file, then ``--key value`` flags.
+
+Every field below is a command-line option of ``hvdlm train`` (``--n_layer 6``); its ``help``
+is what ``hvdlm train --help`` prints. A TOML file may put keys at the top level or under a
+table named after the concern (``[model]``, ``[data]``, ``[optim]``, ``[distributed]``,
+``[train]``). Precedence: defaults < TOML file < command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from hvdlm.errors import HvdlmError
+from hvdlm.model import PRESETS
+
+
+def opt(default, help: str, choices=None):
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass
+class ModelConfig:
+    preset: str = opt("tiny", "model size; the fields below override it", list(PRESETS))
+    n_layer: int | None = opt(None, "transformer blocks (default: from preset)")
+    n_head: int | None = opt(None, "attention heads (default: from preset)")
+    n_embd: int | None = opt(None, "embedding width (default: from preset)")
+    block_size: int | None = opt(None, "context length in tokens (default: from preset)")
+    dropout: float = opt(0.0, "dropout probability")
+    bias: bool = opt(False, "biases in Linear and LayerNorm layers")
+
+
+@dataclass
+class DataConfig:
+    data_dir: str = opt("data/default", "folder written by `hvdlm prepare`")
+    batch_size: int = opt(16, "sequences per rank per micro-step")
+
+
+@dataclass
+class OptimConfig:
+    optimizer: str = opt("adamw", "optimizer", ["adamw", "sgd"])
+    lr: float = opt(1e-3, "peak learning rate for one rank (scaled by lr_scaling)")
+    min_lr: float = opt(1e-4, "learning rate at the end of the cosine decay (scaled too)")
+    lr_scaling: str = opt("linear", "scale lr with the world size: lr * size, lr * sqrt(size), or not",
+                          ["linear", "sqrt", "none"])
+    warmup_steps: int = opt(50, "linear warmup steps")
+    weight_decay: float = opt(0.1, "decoupled weight decay (matrices only, not norms or biases)")
+    beta1: float = opt(0.9, "AdamW beta1 (SGD momentum when optimizer=sgd)")
+    beta2: float = opt(0.95, "AdamW beta2")
+    grad_clip: float = opt(1.0, "clip the global gradient norm to this after allreduce; 0 = off")
+
+
+@dataclass
+class DistributedConfig:
+    compression: str = opt("none", "gradient compression for allreduce", ["none", "fp16"])
+    reduce_op: str = opt("average", "how gradients are combined across ranks", ["average", "adasum"])
+    grad_accum: int = opt(1, "micro-steps per optimizer step (Horovod backward_passes_per_step)")
+    threads: int = opt(0, "torch threads per rank on CPU; 0 = the usable cores / ranks on this host")
+
+
+@dataclass
+class TrainConfig:
+    out_dir: str = opt("out/default", "where checkpoints, metrics.jsonl and the log go")
+    max_steps: int = opt(500, "optimizer steps of the whole run (sets the lr schedule)")
+    stop_after: int = opt(0, "stop this invocation after this many steps, checkpointed; 0 = run to max_steps")
+    eval_interval: int = opt(100, "evaluate every this many steps (and at the end); 0 = only at the end")
+    eval_sequences: int = opt(64, "validation sequences per evaluation, split across ranks")
+    log_interval: int = opt(10, "write a metrics line every this many steps")
+    checkpoint_interval: int = opt(0, "checkpoint every this many steps (and at the end); 0 = only at the end")
+    resume: bool = opt(True, "continue from out_dir/checkpoint.pt when it exists")
+    precision: str = opt("auto", "fp32, or bf16 autocast; auto = bf16 on GPUs with bf16, fp32 on CPUs",
+                         ["auto", "fp32", "bf16"])
+    seed: int = opt(1337, "seed for initialisation and data order (same on every rank)")
+    sample_tokens: int = opt(200, "tokens of text to sample at the end; 0 = none")
+    progress: bool = opt(True, "show a progress bar on rank 0")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+SECTIONS = [f.name for f in fields(Config)]
+
+
+def _field_index() -> dict[str, tuple[str, dataclasses.Field]]:
+    """Flat option name -> (section, field); names are unique across sections."""
+    index = {}
+    for sec in fields(Config):
+        for f in fields(sec.default_factory()):
+            assert f.name not in index, f"duplicate option {f.name}"
+            index[f.name] = (sec.name, f)
+    return index
+
+
+FIELDS = _field_index()
+
+
+def _parse_bool(text: str) -> bool:
+    low = str(text).lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _base_type(f: dataclasses.Field):
+    # annotations are strings here (``from __future__ import annotations``): "int | None" -> int
+    return {"int": int, "float": float, "str": str, "bool": _parse_bool}[f.type.split(" ")[0]]
+
+
+def add_config_args(parser: argparse.ArgumentParser) -> None:
+    """One ``--name`` option per config field, grouped by concern, defaulting to 'not given'."""
+    parser.add_argument("--config", metavar="TOML", help="TOML file with any of the options below")
+    defaults = Config()
+    for sec in SECTIONS:
+        group = parser.add_argument_group(f"{sec} options")
+        for f in fields(getattr(defaults, sec)):
+            default = getattr(getattr(defaults, sec), f.name)
+            choices = f.metadata["choices"]
+            group.add_argument(
+                f"--{f.name}", type=_base_type(f), default=argparse.SUPPRESS, choices=choices,
+                metavar=None if choices else f.type.split(" ")[0].upper(),
+                help=f.metadata["help"] + ("" if default is None else f" (default: {default})"),
+            )
+
+
+def _coerce(name: str, value, f: dataclasses.Field):
+    base = _base_type(f)
+    if value is None and "None" in str(f.type):
+        return None
+    if base is _parse_bool:
+        if isinstance(value, bool):
+            return value
+        try:
+            return _parse_bool(value)
+        except argparse.ArgumentTypeError as e:
+            raise HvdlmError(f"option {name}: {e}") from None
+    if base is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, base) or isinstance(value, bool):
+        raise HvdlmError(f"option {name}: expected {base.__name__}, got {value!r}")
+    return value
+
+
+def load_config(toml_path: str | None = None, overrides: dict | None = None) -> Config:
+    """Defaults, then the TOML file, then ``overrides`` (flat name -> value); validated."""
+    cfg = Config()
+    settings: dict = {}
+    if toml_path:
+        try:
+            with open(toml_path, "rb") as fh:
+                doc = tomllib.load(fh)
+        except FileNotFoundError:
+            raise HvdlmError(f"config file not found: {toml_path}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise HvdlmError(f"config file {toml_path} is not valid TOML: {e}") from None
+        for key, value in doc.items():
+            if key in SECTIONS and isinstance(value, dict):
+                settings.update(value)
+            else:
+                settings[key] = value
+    settings.update(overrides or {})
+    for name, value in settings.items():
+        if name not in FIELDS:
+            raise HvdlmError(f"unknown option {name!r} (see `hvdlm train --help`)")
+        sec, f = FIELDS[name]
+        setattr(getattr(cfg, sec), name, _coerce(name, value, f))
+    validate(cfg)
+    return cfg
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    overrides = {k: v for k, v in vars(args).items() if k in FIELDS}
+    return load_config(getattr(args, "config", None), overrides)
+
+
+def validate(cfg: Config) -> None:
+    """Reject values that would fail later, or silently do the wrong thing, with one clear line."""
+    def need(ok: bool, msg: str):
+        if not ok:
+            raise HvdlmError(msg)
+
+    for name, (sec, f) in FIELDS.items():
+        choices = f.metadata["choices"]
+        value = getattr(getattr(cfg, sec), name)
+        need(choices is None or value in choices, f"{name} must be one of {', '.join(choices or [])}, got {value!r}")
+    m, d, o, dist, t = cfg.model, cfg.data, cfg.optim, cfg.distributed, cfg.train
+    for name in ("n_layer", "n_head", "n_embd", "block_size"):
+        v = getattr(m, name)
+        need(v is None or v > 0, f"{name} must be positive, got {v}")
+    need(0.0 <= m.dropout < 1.0, f"dropout must be in [0, 1), got {m.dropout}")
+    need(d.batch_size > 0, f"batch_size must be positive, got {d.batch_size}")
+    need(o.lr > 0, f"lr must be positive, got {o.lr}")
+    need(0 <= o.min_lr <= o.lr, f"min_lr must be between 0 and lr ({o.lr}), got {o.min_lr}")
+    need(o.warmup_steps >= 0, f"warmup_steps must be >= 0, got {o.warmup_steps}")
+    need(o.weight_decay >= 0, f"weight_decay must be >= 0, got {o.weight_decay}")
+    need(0 <= o.beta1 < 1 and 0 <= o.beta2 < 1, "beta1 and beta2 must be in [0, 1)")
+    need(o.grad_clip >= 0, f"grad_clip must be >= 0, got {o.grad_clip}")
+    need(dist.grad_accum >= 1, f"grad_accum must be >= 1, got {dist.grad_accum}")
+    need(dist.threads >= 0, f"threads must be >= 0, got {dist.threads}")
+    need(t.max_steps > 0, f"max_steps must be positive, got {t.max_steps}")
+    for name in ("stop_after", "eval_interval", "checkpoint_interval", "sample_tokens"):
+        need(getattr(t, name) >= 0, f"{name} must be >= 0, got {getattr(t, name)}")
+    need(t.eval_sequences > 0, f"eval_sequences must be positive, got {t.eval_sequences}")
+    need(t.log_interval > 0, f"log_interval must be positive, got {t.log_interval}")
+    need(bool(d.data_dir), "data_dir must not be empty")
+    need(bool(t.out_dir), "out_dir must not be empty")
+
+
+def model_shape(cfg: ModelConfig, vocab_size: int) -> dict:
+    """The GPTConfig keyword arguments: the preset, overridden by explicit fields."""
+    shape = dict(PRESETS[cfg.preset])
+    for name in ("n_layer", "n_head", "n_embd", "block_size"):
+        if getattr(cfg, name) is not None:
+            shape[name] = getattr(cfg, name)
+    if shape["n_embd"] % shape["n_head"]:
+        raise HvdlmError(f"n_embd ({shape['n_embd']}) must be divisible by n_head ({shape['n_head']})")
+    return dict(shape, vocab_size=vocab_size, dropout=cfg.dropout, bias=cfg.bias)
+
+
+def save_toml(cfg: Config, path: Path) -> None:
+    """Write the effective config so a run can be repeated (`--config out/run/config.toml`)."""
+    lines = []
+    for sec in SECTIONS:
+        lines.append(f"[{sec}]")
+        for k, v in dataclasses.asdict(getattr(cfg, sec)).items():
+            if v is None:
+                continue
+            lines.append(f"{k} = {json.dumps(v)}")  # JSON scalars are valid TOML values
+        lines.append("")
+    path.write_text("\n".join(lines))

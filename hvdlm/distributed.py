@@ -1,0 +1,165 @@
+"""Every Horovod call in hvdlm lives here, so the data-parallel surface reads in one place.
+
+The five steps of Horovod's recipe, and where ``train.py`` takes them:
+  1. ``init()``                  hvd.init(), then pin the GPU by local rank or size CPU threads
+  2. (sampler.py)                shard the data by rank
+  3. ``scaled_lr()``, ``wrap_optimizer()``  scale the lr with the world size and wrap the optimizer
+  4. ``broadcast_parameters()``, ``broadcast_object()``  start every rank from rank 0's state
+  5. ``optimizer_step()``        synchronize, clip, step without a second synchronize
+Everything also runs at size 1 (plain ``hvdlm train``), where the collectives are no-ops.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import time
+from dataclasses import dataclass
+from typing import Callable, TypeVar
+
+import horovod.torch as hvd
+import torch
+
+from hvdlm.errors import HvdlmError
+
+T = TypeVar("T")
+
+
+@dataclass
+class World:
+    rank: int
+    size: int
+    local_rank: int
+    local_size: int
+    host: str
+    device: torch.device
+    threads: int
+
+    @property
+    def is_root(self) -> bool:
+        return self.rank == 0
+
+
+def cores_per_rank(local_size: int) -> int:
+    """CPU threads for one rank: its own cores if the launcher pinned it, else a share of the host's."""
+    try:
+        mine = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        mine = os.cpu_count() or 1
+    if mine < (os.cpu_count() or mine):
+        return mine  # bound by mpirun/srun to these cores, not shared with the other ranks
+    return max(1, mine // local_size)
+
+
+def init(threads: int = 0) -> World:
+    """Step 1: start Horovod; pin one GPU per local rank, or split this host's cores on CPUs."""
+    hvd.init()
+    if torch.cuda.is_available():
+        torch.cuda.set_device(hvd.local_rank() % torch.cuda.device_count())
+        device = torch.device("cuda", torch.cuda.current_device())
+    else:
+        device = torch.device("cpu")
+    # Ranks on one host share its cores: oversubscribing them (torch defaults to all cores in every
+    # rank) makes each rank's matmuls fight the others' and Horovod's background thread.
+    n = threads or cores_per_rank(hvd.local_size())
+    torch.set_num_threads(n)
+    return World(hvd.rank(), hvd.size(), hvd.local_rank(), hvd.local_size(),
+                 socket.gethostname(), device, n)
+
+
+def scaled_lr(lr: float, size: int, mode: str) -> float:
+    """Step 3a: a larger global batch takes a larger step (Goyal et al.: linear; or sqrt)."""
+    return {"linear": lr * size, "sqrt": lr * math.sqrt(size), "none": lr}[mode]
+
+
+def wrap_optimizer(optimizer: torch.optim.Optimizer, model: torch.nn.Module, compression: str,
+                   reduce_op: str, grad_accum: int) -> torch.optim.Optimizer:
+    """Step 3b: gradients are allreduced as backward produces them (ring-allreduce over NCCL on
+    GPUs, MPI or Gloo on CPUs), after ``grad_accum`` local backward passes."""
+    return hvd.DistributedOptimizer(
+        optimizer,
+        named_parameters=model.named_parameters(),
+        compression={"none": hvd.Compression.none, "fp16": hvd.Compression.fp16}[compression],
+        backward_passes_per_step=grad_accum,
+        op={"average": hvd.Average, "adasum": hvd.Adasum}[reduce_op],
+    )
+
+
+def broadcast_parameters(model: torch.nn.Module) -> None:
+    """Step 4a: every rank starts from rank 0's weights."""
+    hvd.broadcast_parameters(model.state_dict(), root_rank=0)
+
+
+def broadcast_object(obj: T) -> T:
+    """Step 4b: rank 0's picklable object on every rank.
+
+    Used for the optimizer state on resume instead of ``hvd.broadcast_optimizer_state``: on a
+    fresh optimizer that helper (0.28.1) runs a zero-gradient ``step()`` to create the state, which
+    with current torch moves AdamW weights by weight decay and sets the step count to 1.
+    """
+    return hvd.broadcast_object(obj, root_rank=0)
+
+
+def optimizer_step(optimizer, model: torch.nn.Module, grad_clip: float) -> tuple[float, float]:
+    """Step 5: wait for the allreduce, clip the *averaged* gradients, then step.
+
+    Clipping before ``synchronize()`` would clip each rank's local gradient, not the one that is
+    applied; stepping without ``skip_synchronize()`` would synchronize twice.
+    Returns (seconds spent waiting for the allreduce, gradient norm or nan).
+    """
+    t0 = time.perf_counter()
+    optimizer.synchronize()
+    wait = time.perf_counter() - t0
+    norm = float("nan")
+    if grad_clip > 0:
+        norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip))
+    with optimizer.skip_synchronize():
+        optimizer.step()
+    optimizer.zero_grad()  # Horovod 0.28.1 takes no arguments; torch sets grads to None
+    return wait, norm
+
+
+def average(values: list[float], name: str) -> list[float]:
+    """The mean of each value over all ranks."""
+    t = torch.tensor(values, dtype=torch.float64)
+    return hvd.allreduce(t, op=hvd.Average, name=name).tolist()
+
+
+def sum_all(values: list[float], name: str) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64)
+    return hvd.allreduce(t, op=hvd.Sum, name=name).tolist()
+
+
+def agree(fn: Callable[[], T]) -> T:
+    """Run ``fn`` on every rank; if it raises HvdlmError on any rank, raise it on all of them.
+
+    Every rank reads the same input, but not always the same files (node-local disks): a rank
+    that fails alone would leave the others waiting in the next collective.
+    """
+    try:
+        result, error = fn(), None
+    except HvdlmError as e:
+        result, error = None, str(e)
+    errors = hvd.allgather_object(error, name="hvdlm.agree")
+    for rank, err in enumerate(errors):
+        if err is not None:
+            failed = [r for r, e in enumerate(errors) if e is not None]
+            where = "" if len(failed) == len(errors) else f" (on rank {', '.join(map(str, failed))})"
+            raise HvdlmError(err + where, everywhere=True)
+    return result
+
+
+def on_root(fn: Callable[[], T]) -> T:
+    """Run ``fn`` on rank 0 only and give every rank its result, or its HvdlmError."""
+    payload = None
+    if hvd.rank() == 0:
+        try:
+            payload = ("ok", fn())
+        except HvdlmError as e:
+            payload = ("error", str(e))
+    status, value = hvd.broadcast_object(payload, root_rank=0, name="hvdlm.on_root")
+    if status == "error":
+        raise HvdlmError(value, everywhere=True)
+    return value
+

@@ -1,0 +1,56 @@
+"""What a run reports: a progress bar and one-line messages on rank 0, ``metrics.jsonl``.
+
+Only rank 0 prints or writes; on other ranks every method does nothing, so the training loop
+calls them unconditionally.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+
+class Metrics:
+    def __init__(self, out_dir: str | Path, enabled: bool, total_steps: int, start_step: int,
+                 progress: bool = True):
+        self.enabled = enabled
+        self.start = time.time()
+        self.file = open(Path(out_dir) / "metrics.jsonl", "a") if enabled else None
+        self.bar = None
+        if enabled and progress:
+            self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
+                            file=sys.stderr, mininterval=1.0)
+
+    def info(self, message: str) -> None:
+        if self.enabled:
+            (self.bar.write if self.bar else print)(message)
+
+    def record(self, kind: str, **values) -> None:
+        """One JSON line: ``{"kind": "train"|"eval"|"summary", "time": seconds since start, ...}``."""
+        if not self.enabled:
+            return
+        line = {"kind": kind, "time": round(time.time() - self.start, 3), **values}
+        self.file.write(json.dumps(line) + "\n")
+        self.file.flush()
+        if self.bar and kind == "train":
+            self.bar.set_postfix(loss=f"{values['loss']:.3f}", tok_s=f"{values['tokens_per_s']:.0f}")
+
+    def advance(self, steps: int = 1) -> None:
+        if self.bar:
+            self.bar.update(steps)
+
+    def close(self) -> None:
+        if self.bar:
+            self.bar.close()
+        if self.file:
+            self.file.close()
+
+
+def read_jsonl(path: str | Path, kind: str | None = None) -> list[dict]:
+    with open(path) as fh:
+        rows = [json.loads(line) for line in fh if line.strip()]
+    return [r for r in rows if kind is None or r["kind"] == kind]

@@ -1,0 +1,36 @@
+"""Generate text from a checkpoint (``hvdlm sample``), or from a model in memory."""
+
+from __future__ import annotations
+
+import torch
+
+from hvdlm import checkpoint
+from hvdlm.data import load_meta, load_tokenizer
+from hvdlm.errors import HvdlmError
+from hvdlm.model import GPT, GPTConfig
+
+
+def generate_text(model: GPT, tokenizer, prompt: str, max_new_tokens: int, device, seed: int,
+                  temperature: float = 0.8, top_k: int | None = 200) -> str:
+    ids = tokenizer.encode(prompt) if prompt else [0]
+    idx = torch.tensor([ids], dtype=torch.long, device=device)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    was_training = model.training
+    model.eval()
+    out = model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k, generator=gen)
+    model.train(was_training)
+    start = len(ids) if prompt else 1  # the placeholder start token is not text
+    return prompt + tokenizer.decode(out[0, start:].tolist())
+
+
+def sample_from_checkpoint(out_dir: str, prompt: str, max_new_tokens: int, num_samples: int,
+                           temperature: float, top_k: int, seed: int, data_dir: str | None = None) -> list[str]:
+    state = checkpoint.load(checkpoint.path_in(out_dir))
+    data_dir = data_dir or state["config"]["data"]["data_dir"]
+    tokenizer = load_tokenizer(data_dir)
+    if load_meta(data_dir)["tokenizer"] != state["tokenizer"]:
+        raise HvdlmError(f"{data_dir} holds another tokenizer than the one {out_dir} was trained with")
+    model = GPT(GPTConfig(**state["model_shape"]))
+    model.load_state_dict(state["model"])
+    return [generate_text(model, tokenizer, prompt, max_new_tokens, torch.device("cpu"), seed + i,
+                          temperature, top_k or None) for i in range(num_samples)]

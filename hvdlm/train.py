@@ -1,0 +1,226 @@
+"""The training loop: Horovod's five steps around a nanoGPT-style loop, top to bottom.
+
+Every rank runs this same function. The Horovod calls are in ``distributed.py`` (``dist.``);
+everything here also runs unchanged as a single process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hvdlm import checkpoint
+from hvdlm import distributed as dist
+from hvdlm.config import Config, model_shape, save_toml
+from hvdlm.data import load_meta, load_tokenizer, open_tokens
+from hvdlm.data.sampler import ShardedSampler, get_batch, num_sequences
+from hvdlm.errors import HvdlmError
+from hvdlm.metrics import Metrics
+from hvdlm.model import GPT, GPTConfig
+from hvdlm.optim import build_optimizer, lr_at, set_lr
+
+
+@dataclass
+class Data:
+    meta: dict
+    train: np.ndarray
+    val: np.ndarray
+
+
+def load_data(cfg: Config, block_size: int, global_batch: int) -> Data:
+    """Open the token shards and check they can feed this run (same checks on every rank)."""
+    meta = load_meta(cfg.data.data_dir)
+    train, val = open_tokens(cfg.data.data_dir, "train", meta), open_tokens(cfg.data.data_dir, "val", meta)
+    n_train = num_sequences(len(train), block_size)
+    if n_train < global_batch:
+        raise HvdlmError(
+            f"the training split of {cfg.data.data_dir} has {len(train)} tokens: {n_train} sequences of "
+            f"block_size {block_size}, fewer than one global batch ({global_batch} = ranks x batch_size); "
+            "use a shorter block_size, a smaller batch, or more text")
+    if len(val) < block_size + 1:
+        raise HvdlmError(
+            f"the validation split of {cfg.data.data_dir} has {len(val)} tokens, fewer than one sequence "
+            f"of block_size {block_size} + 1; use a shorter block_size or more text")
+    return Data(meta, train, val)
+
+
+def prepare_out_dir(out_dir: str) -> None:
+    """Rank 0 makes the output folder and proves it can write there, before any training."""
+    path = Path(out_dir)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise HvdlmError(f"cannot write to out_dir {out_dir}: {e.strerror or e}") from None
+
+
+def load_resume_state(cfg: Config, shape: dict, meta: dict) -> dict | None:
+    """Rank 0 reads ``out_dir/checkpoint.pt`` if there is one and it fits this run."""
+    path = checkpoint.path_in(cfg.train.out_dir)
+    if not cfg.train.resume or not path.exists():
+        return None
+    state = checkpoint.load(path)
+    checkpoint.check_shape(state, shape, path)
+    if state.get("tokenizer") != meta["tokenizer"]:
+        raise HvdlmError(
+            f"checkpoint {path} was trained on data tokenized as {state.get('tokenizer', {}).get('kind')!r} "
+            f"but {cfg.data.data_dir} uses {meta['tokenizer']['kind']!r} with another vocabulary; "
+            "point data_dir at the data it was trained on")
+    return state
+
+
+def autocast(precision: str, device: torch.device):
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    if precision != "auto":
+        return precision
+    # Measured (README, "Precision"): bf16 autocast pays off on GPUs with bf16; on CPUs only for
+    # models of ~10M parameters and up, so the CPU default stays fp32 for the tiny default.
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return "bf16"
+    return "fp32"
+
+
+@torch.no_grad()
+def evaluate(model: GPT, val: np.ndarray, cfg: Config, world: dist.World, precision: str) -> float:
+    """Mean validation loss over the same ``eval_sequences`` sequences, split across ranks."""
+    block_size = model.cfg.block_size
+    n = min(cfg.train.eval_sequences, num_sequences(len(val), block_size))
+    mine = np.arange(world.rank, n, world.size)  # rank r takes every size-th sequence
+    model.eval()
+    total, count = 0.0, 0
+    for start in range(0, len(mine), cfg.data.batch_size):
+        idx = mine[start:start + cfg.data.batch_size]
+        x, y = get_batch(val, idx, block_size, world.device)
+        with autocast(precision, world.device):
+            _, loss = model(x, y)
+        total, count = total + loss.item() * len(idx), count + len(idx)
+    model.train()
+    total, count = dist.sum_all([total, count], name="eval_loss")
+    return total / count
+
+
+def train(cfg: Config) -> dict:
+    """Train as configured; returns the final summary (the same dict on every rank)."""
+    # 1. Horovod: start, pin a GPU or size the CPU threads.
+    world = dist.init(cfg.distributed.threads)
+
+    # Inputs first, on every rank, so bad input stops the job before any training.
+    meta = dist.agree(lambda: load_meta(cfg.data.data_dir))
+    shape = model_shape(cfg.model, meta["vocab_size"])
+    data = dist.agree(lambda: load_data(cfg, shape["block_size"], world.size * cfg.data.batch_size))
+    dist.on_root(lambda: prepare_out_dir(cfg.train.out_dir))
+    precision = resolve_precision(cfg.train.precision, world.device)
+
+    torch.manual_seed(cfg.train.seed)
+    model = GPT(GPTConfig(**shape)).to(world.device)
+
+    # 2. Shard the data by rank.
+    sampler = ShardedSampler(num_sequences(len(data.train), shape["block_size"]), cfg.data.batch_size,
+                             world.rank, world.size, cfg.train.seed)
+
+    # 3. Scale the learning rate with the world size and wrap the optimizer.
+    peak_lr = dist.scaled_lr(cfg.optim.lr, world.size, cfg.optim.lr_scaling)
+    min_lr = dist.scaled_lr(cfg.optim.min_lr, world.size, cfg.optim.lr_scaling)
+    optimizer = build_optimizer(model, cfg.optim, peak_lr)
+
+    # Wrapped before any state is loaded: Horovod rebuilds the optimizer from its param groups.
+    optimizer = dist.wrap_optimizer(optimizer, model, cfg.distributed.compression,
+                                    cfg.distributed.reduce_op, cfg.distributed.grad_accum)
+
+    # 4. Start every rank from rank 0's state: fresh weights, or the checkpoint being resumed.
+    resume = dist.on_root(lambda: load_resume_state(cfg, shape, data.meta))
+    step = 0
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        sampler.load_state_dict(resume["sampler"])
+        step = resume["step"]
+    dist.broadcast_parameters(model)
+
+    t, o = cfg.train, cfg.optim
+    last_step = t.max_steps if not t.stop_after else min(t.max_steps, step + t.stop_after)
+    tokens_per_step = world.size * cfg.data.batch_size * cfg.distributed.grad_accum * shape["block_size"]
+    if world.is_root:
+        save_toml(cfg, Path(t.out_dir) / "config.toml")
+    metrics = Metrics(t.out_dir, world.is_root, t.max_steps, step, t.progress)
+    metrics.info(
+        f"hvdlm: {world.size} rank(s) x {world.threads} thread(s) on {world.device.type}, "
+        f"{model.num_params() / 1e6:.2f}M parameters, {precision}, global batch "
+        f"{tokens_per_step} tokens, lr {peak_lr:g}" + (f", resuming at step {step}" if step else ""))
+
+    def save_checkpoint():
+        if world.is_root:
+            checkpoint.save({
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                "sampler": sampler.state_dict(), "model_shape": shape, "tokenizer": data.meta["tokenizer"],
+                "config": cfg.to_dict(), "world_size": world.size,
+            }, t.out_dir)
+
+    val_loss = float("nan")
+    run_start, run_steps, last_loss = time.perf_counter(), 0, float("nan")
+    while step < last_step:
+        t0 = time.perf_counter()
+        # Dropout masks from (seed, step, rank): a resumed run draws what an uninterrupted one would.
+        torch.manual_seed(hash((t.seed, step, world.rank)))
+        lr = lr_at(step, peak_lr, min_lr, o.warmup_steps, t.max_steps)
+        set_lr(optimizer, lr)
+        loss_sum = 0.0
+        for _ in range(cfg.distributed.grad_accum):
+            x, y = get_batch(data.train, sampler.next_indices(), shape["block_size"], world.device)
+            with autocast(precision, world.device):
+                _, loss = model(x, y)
+            # Horovod allreduces each gradient as backward produces it (on the last micro-step).
+            (loss / cfg.distributed.grad_accum).backward()
+            loss_sum += loss.item()
+        # 5. Wait for the averaged gradients, clip them, step.
+        wait, grad_norm = dist.optimizer_step(optimizer, model, o.grad_clip)
+        step += 1
+        run_steps += 1
+        step_time = time.perf_counter() - t0
+        metrics.advance()
+
+        if step % t.log_interval == 0 or step == last_step:
+            (last_loss,) = dist.average([loss_sum / cfg.distributed.grad_accum], name="train_loss")
+            metrics.record("train", step=step, loss=last_loss, lr=lr, grad_norm=grad_norm,
+                           tokens_per_s=tokens_per_step / step_time, step_time=step_time, allreduce_wait=wait)
+        if (t.eval_interval and step % t.eval_interval == 0) or step == last_step:
+            val_loss = evaluate(model, data.val, cfg, world, precision)
+            metrics.record("eval", step=step, val_loss=val_loss, val_ppl=math.exp(min(val_loss, 50)))
+            metrics.info(f"step {step}: train loss {last_loss:.4f}, val loss {val_loss:.4f}, "
+                         f"val ppl {math.exp(min(val_loss, 50)):.2f}")
+        if (t.checkpoint_interval and step % t.checkpoint_interval == 0) or step == last_step:
+            save_checkpoint()
+
+    elapsed = time.perf_counter() - run_start
+    summary = {
+        "step": step, "max_steps": t.max_steps, "finished": step >= t.max_steps, "val_loss": val_loss,
+        "train_loss": last_loss, "ranks": world.size, "threads_per_rank": world.threads,
+        "precision": precision, "params": model.num_params(), "seconds": elapsed,
+        "tokens_per_s": tokens_per_step * run_steps / elapsed if run_steps else 0.0,
+    }
+    metrics.record("summary", **summary)
+    metrics.close()
+    if world.is_root:
+        print(f"hvdlm: done at step {step}/{t.max_steps} in {elapsed:.1f}s: val loss {val_loss:.4f}, "
+              f"{summary['tokens_per_s']:.0f} tokens/s, checkpoint {checkpoint.path_in(t.out_dir)}", flush=True)
+        if t.sample_tokens and summary["finished"]:
+            from hvdlm.sample import generate_text
+            tokenizer = load_tokenizer(cfg.data.data_dir)
+            text = generate_text(model, tokenizer, prompt="", max_new_tokens=t.sample_tokens,
+                                 device=world.device, seed=t.seed)
+            print("--- sample ---\n" + text + "\n--------------", flush=True)
+    summary["model"] = model  # for callers in-process (tests, benchmarks)
+    return summary

@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# Installs everything hvdlm needs into a virtual environment; safe to rerun (seconds once done).
+#
+#   bash scripts/install.sh            # venv in ./.venv (HVDLM_VENV=... to change)
+#
+# Steps: an MPI (Debian's OpenMPI when no mpicc is found and apt-get is usable; on a cluster,
+# load your MPI module first), a venv, torch (the cluster's own if the base python has one),
+# numpy/mpi4py/pytest/tqdm/tokenizers, then Horovod 0.28.1 built from its sdist with the C++17
+# fix, with PyTorch + MPI + Gloo always and NCCL when torch has CUDA. The built wheel is cached
+# in $HVDLM_CACHE (default ~/.cache/hvdlm) keyed by python/torch/CUDA, so a rerun only installs it.
+# Ends with `horovodrun --check-build` and fails if PyTorch, MPI or Gloo is missing from it.
+set -euo pipefail
+
+HOROVOD_VERSION=0.28.1
+TORCH_SPEC=${HVDLM_TORCH_SPEC:-torch==2.13.0}
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+VENV=${HVDLM_VENV:-$ROOT/.venv}
+CACHE=${HVDLM_CACHE:-$HOME/.cache/hvdlm}
+PYTHON=${PYTHON:-python3}
+
+say() { echo "[install] $*"; }
+die() { echo "[install] ERROR: $*" >&2; exit 1; }
+
+# 1. MPI --------------------------------------------------------------------------------------
+if ! command -v mpicc >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    say "no mpicc found: installing Debian's OpenMPI"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq libopenmpi-dev openmpi-bin >/dev/null
+  else
+    die "no MPI compiler (mpicc) on PATH: load your site's MPI module (e.g. 'module load openmpi') or install OpenMPI, then rerun"
+  fi
+fi
+say "MPI: $(mpirun --version 2>&1 | head -n1)"
+# OpenMPI refuses to run as root unless told; CI and containers run as root.
+if [ "$(id -u)" = 0 ]; then
+  export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+fi
+
+# 2. virtual environment ---------------------------------------------------------------------
+if [ ! -x "$VENV/bin/python" ]; then
+  if "$PYTHON" -c 'import torch' >/dev/null 2>&1; then
+    say "base python has torch $("$PYTHON" -c 'import torch; print(torch.__version__)'): keeping it (venv sees system site-packages)"
+    "$PYTHON" -m venv --system-site-packages "$VENV"
+  else
+    "$PYTHON" -m venv "$VENV"
+  fi
+fi
+PY="$VENV/bin/python"
+PIP=("$PY" -m pip install -q --disable-pip-version-check)
+
+# 3. torch and the Python dependencies ----------------------------------------------------------
+if ! "$PY" -c 'import torch' >/dev/null 2>&1; then
+  say "installing $TORCH_SPEC"
+  "${PIP[@]}" "$TORCH_SPEC"
+fi
+"${PIP[@]}" numpy mpi4py pytest tqdm tokenizers cloudpickle psutil pyyaml packaging cffi wheel setuptools
+
+TORCH_VERSION=$("$PY" -c 'import torch; print(torch.__version__)')
+TORCH_CUDA=$("$PY" -c 'import torch; print(torch.version.cuda or "cpu")')
+PYTAG=$("$PY" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
+say "torch $TORCH_VERSION ($TORCH_CUDA), python $PYTAG"
+
+# 4. Horovod ----------------------------------------------------------------------------------
+horovod_ok() {
+  "$PY" -c 'import horovod.torch as hvd; assert hvd.mpi_built() and hvd.gloo_built()' >/dev/null 2>&1
+}
+if ! horovod_ok; then
+  WHEELDIR="$CACHE/wheels/horovod-$HOROVOD_VERSION-$PYTAG-torch$TORCH_VERSION-$TORCH_CUDA"
+  if ! ls "$WHEELDIR"/horovod-*.whl >/dev/null 2>&1; then
+    say "building Horovod $HOROVOD_VERSION from source (a few minutes; cached in $WHEELDIR)"
+    BUILD=$(mktemp -d)
+    trap 'rm -rf "$BUILD"' EXIT
+    "$PY" -m pip download -q --no-deps --no-binary :all: -d "$BUILD" "horovod==$HOROVOD_VERSION"
+    tar -xzf "$BUILD"/horovod-"$HOROVOD_VERSION".tar.gz -C "$BUILD"
+    SRC="$BUILD/horovod-$HOROVOD_VERSION"
+    # Horovod 0.28.1 pins C++14; torch >= 2.1 headers need C++17 (upstream issue #3996).
+    sed -i 's/set(CMAKE_CXX_STANDARD 14)/set(CMAKE_CXX_STANDARD 17)/' \
+      "$SRC/CMakeLists.txt" "$SRC/horovod/torch/CMakeLists.txt"
+    grep -q 'CMAKE_CXX_STANDARD 17' "$SRC/horovod/torch/CMakeLists.txt" || die "C++17 patch did not apply"
+    export HOROVOD_WITH_PYTORCH=1 HOROVOD_WITH_MPI=1 HOROVOD_WITH_GLOO=1
+    export HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_MXNET=1
+    export CMAKE_POLICY_VERSION_MINIMUM=3.5   # cmake >= 4 refuses gloo's old CMakeLists
+    export MAKEFLAGS="-j$(nproc)"
+    if [ "$TORCH_CUDA" != cpu ]; then
+      say "torch has CUDA $TORCH_CUDA: building with NCCL"
+      export HOROVOD_GPU_OPERATIONS=NCCL
+    fi
+    mkdir -p "$WHEELDIR"
+    "$PY" -m pip wheel -q --no-deps --no-build-isolation -w "$BUILD/dist" "$SRC"
+    mv "$BUILD"/dist/horovod-*.whl "$WHEELDIR"/
+  fi
+  "$PY" -m pip install -q --disable-pip-version-check --no-deps --force-reinstall "$WHEELDIR"/horovod-*.whl
+fi
+
+# 5. hvdlm itself ------------------------------------------------------------------------------
+"$PY" -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e "$ROOT"
+
+# 6. verify --------------------------------------------------------------------------------------
+CHECK=$("$VENV/bin/horovodrun" --check-build)
+echo "$CHECK"
+for need in PyTorch MPI Gloo; do
+  echo "$CHECK" | grep -qE "\[X\] $need" || die "Horovod was built without $need"
+done
+say "done: activate with 'source $VENV/bin/activate'"

@@ -1,0 +1,16 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="hvdlm",
+    version="0.1.0",
+    description="Train GPT-style language models with Horovod data parallelism",
+    long_description=open("README.md").read() if __import__("os").path.exists("README.md") else "",
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["hvdlm", "hvdlm.*"]),
+    python_requires=">=3.10",
+    # horovod is built by scripts/install.sh (0.28.1 needs a C++17 patch for torch >= 2.1),
+    # so it is not listed here: pip would try the unpatched sdist and fail.
+    install_requires=["torch>=2.1", "numpy", "mpi4py", "tqdm", "tokenizers"],
+    extras_require={"test": ["pytest"]},
+    entry_points={"console_scripts": ["hvdlm = hvdlm.cli:main"]},
+)

@@ -1,0 +1,284 @@
+import hashlib
+import importlib
+import json
+import random
+import sysconfig
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hvdlm.data import (
+    collect_text_files,
+    default_corpus_files,
+    load_meta,
+    load_tokenizer,
+    open_tokens,
+    prepare,
+    verify_checksums,
+)
+from hvdlm.errors import HvdlmError
+
+# the module, not the function: hvdlm.data re-exports prepare(), which shadows the submodule attribute
+prep = importlib.import_module("hvdlm.data.prepare")
+
+
+def make_corpus(root: Path, n_files: int = 8, seed: int = 0) -> list[Path]:
+    """Files with distinct, varied text (some non-ASCII) in a nested layout."""
+    rng = random.Random(seed)
+    words = ["alpha", "beta", "gamma", "délta", "ε", "zeta", "eta", "θeta", "iota", "kappa", "\n", "  "]
+    paths = []
+    for i in range(n_files):
+        p = root / f"d{i % 3}" / f"f{i:02d}.txt"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(f"file {i}: " + " ".join(rng.choice(words) for _ in range(rng.randint(50, 400))))
+        paths.append(p)
+    return paths
+
+
+def read_tokens(out: Path) -> np.ndarray:
+    return np.concatenate([open_tokens(out, "train"), open_tokens(out, "val")])
+
+
+def shard_bytes(out: Path) -> dict[str, bytes]:
+    return {name: (out / name).read_bytes() for name in ("train.bin", "val.bin", "meta.json")}
+
+
+def test_byte_shards_decode_to_shuffled_joined_text(tmp_path):
+    files = make_corpus(tmp_path / "src")
+    meta = prepare([tmp_path / "src"], tmp_path / "out", workers=1, seed=7)
+    out = tmp_path / "out"
+    docs = [p.read_text() for p in sorted(files)]
+    random.Random(7).shuffle(docs)
+    joined = "\n\n".join(docs)
+    n = len(joined.encode())
+
+    assert meta == load_meta(out) == json.loads((out / "meta.json").read_text())
+    assert meta["format"] == 1 and meta["dtype"] == "uint16" and meta["vocab_size"] == 256 and meta["seed"] == 7
+    assert meta["tokenizer"] == {"kind": "byte", "vocab_size": 256}
+    assert meta["sources"] == {"files": len(files), "bytes": sum(p.stat().st_size for p in files)}
+    assert meta["train_tokens"] + meta["val_tokens"] == n
+    assert meta["val_tokens"] == int(n * 0.05)
+    assert (out / "train.bin").stat().st_size == 2 * meta["train_tokens"]
+    train = open_tokens(out, "train")
+    assert train.dtype == np.uint16 and len(train) == meta["train_tokens"]
+    with pytest.raises(ValueError):
+        train[0] = 1  # read-only
+    assert load_tokenizer(out).decode(read_tokens(out)) == joined
+    assert sorted(p.name for p in out.iterdir()) == ["meta.json", "train.bin", "val.bin"]  # no temp files left
+
+
+def test_token_dtype_boundary():
+    assert prep.token_dtype(256) == "uint16"
+    assert prep.token_dtype(65536) == "uint16"  # ids 0..65535 fit
+    assert prep.token_dtype(65537) == "uint32"
+
+
+def test_char_vocab_over_65536_uses_uint32(tmp_path):
+    # 65,600 distinct characters (no surrogates): a real char vocabulary too big for uint16
+    chars = [chr(c) for c in range(0x100, 0x100 + 65600 + 2048) if not 0xD800 <= c <= 0xDFFF][:65600]
+    text = "".join(chars) + "".join(reversed(chars))
+    (tmp_path / "wide.txt").write_text(text, encoding="utf-8")
+    meta = prepare([tmp_path / "wide.txt"], tmp_path / "out", tokenizer="char", workers=1)
+    assert meta["vocab_size"] == 65600 and meta["dtype"] == "uint32"
+    ids = read_tokens(tmp_path / "out")
+    assert ids.dtype == np.uint32 and ids.max() == 65599
+    assert (tmp_path / "out" / "val.bin").stat().st_size == 4 * meta["val_tokens"]
+    assert load_tokenizer(tmp_path / "out").decode(ids) == text
+
+
+@pytest.mark.parametrize("kind", ["byte", "bpe"])
+def test_deterministic(tmp_path, kind):
+    make_corpus(tmp_path / "src")
+    a = prepare([tmp_path / "src"], tmp_path / "a", tokenizer=kind, vocab_size=300, workers=1)
+    b = prepare([tmp_path / "src"], tmp_path / "b", tokenizer=kind, vocab_size=300, workers=1)
+    assert a == b
+    assert shard_bytes(tmp_path / "a") == shard_bytes(tmp_path / "b")
+    if kind == "bpe":
+        assert (tmp_path / "a" / "tokenizer.json").read_bytes() == (tmp_path / "b" / "tokenizer.json").read_bytes()
+    # the seed drives the document order
+    c = prepare([tmp_path / "src"], tmp_path / "c", tokenizer=kind, vocab_size=300, workers=1, seed=a["seed"] + 1)
+    assert c["sha256"] != a["sha256"]
+
+
+@pytest.mark.parametrize("kind", ["byte", "char", "bpe"])
+def test_workers_1_and_2_identical(tmp_path, monkeypatch, kind):
+    make_corpus(tmp_path / "src", n_files=12)
+    monkeypatch.setattr(prep, "CHUNK_CHARS", 500)  # many chunks, so the pool really splits the work
+    pools = []
+    real_pool = prep.Pool
+    monkeypatch.setattr(prep, "Pool", lambda *a, **kw: pools.append(a) or real_pool(*a, **kw))
+    one = prepare([tmp_path / "src"], tmp_path / "one", tokenizer=kind, vocab_size=300, workers=1)
+    assert pools == []
+    two = prepare([tmp_path / "src"], tmp_path / "two", tokenizer=kind, vocab_size=300, workers=2)
+    assert [a[0] for a in pools] == [2]
+    assert one == two
+    assert shard_bytes(tmp_path / "one") == shard_bytes(tmp_path / "two")
+    docs = [p.read_text() for p in collect_text_files([tmp_path / "src"])]
+    random.Random(one["seed"]).shuffle(docs)
+    assert load_tokenizer(tmp_path / "two").decode(read_tokens(tmp_path / "two")) == "\n\n".join(docs)
+
+
+def test_checksums(tmp_path):
+    make_corpus(tmp_path / "src")
+    out = tmp_path / "out"
+    meta = prepare([tmp_path / "src"], out, workers=1)
+    for name in ("train.bin", "val.bin"):
+        assert meta["sha256"][name] == hashlib.sha256((out / name).read_bytes()).hexdigest()
+    verify_checksums(out)
+    data = bytearray((out / "val.bin").read_bytes())
+    data[3] ^= 0x01
+    (out / "val.bin").write_bytes(bytes(data))
+    load_meta(out)  # same size, so only the checksum can tell
+    with pytest.raises(HvdlmError, match="val.bin does not match"):
+        verify_checksums(out)
+
+
+def test_load_meta_errors(tmp_path):
+    with pytest.raises(HvdlmError, match="does not exist"):
+        load_meta(tmp_path / "nope")
+    with pytest.raises(HvdlmError, match="no meta.json.*hvdlm prepare"):
+        load_meta(tmp_path)
+    make_corpus(tmp_path / "src")
+    out = tmp_path / "out"
+    prepare([tmp_path / "src"], out, workers=1)
+    good = (out / "train.bin").read_bytes()
+
+    (out / "train.bin").write_bytes(good[:-2])
+    with pytest.raises(HvdlmError, match="train.bin is truncated or corrupt"):
+        load_meta(out)
+    (out / "train.bin").write_bytes(good + b"\0\0")
+    with pytest.raises(HvdlmError, match="train.bin is truncated or corrupt"):
+        load_meta(out)
+    (out / "train.bin").write_bytes(good)
+    load_meta(out)
+
+    (out / "val.bin").unlink()
+    with pytest.raises(HvdlmError, match="val.bin is missing"):
+        load_meta(out)
+    with pytest.raises(HvdlmError, match="val.bin is missing"):
+        open_tokens(out, "train")
+
+    (out / "meta.json").write_text('{"format": 1, ')
+    with pytest.raises(HvdlmError, match="not valid JSON"):
+        load_meta(out)
+
+
+def test_open_tokens_bad_split(tmp_path):
+    make_corpus(tmp_path / "src", n_files=2)
+    prepare([tmp_path / "src"], tmp_path / "out", workers=1)
+    with pytest.raises(HvdlmError, match="unknown split 'test'"):
+        open_tokens(tmp_path / "out", "test")
+
+
+def test_crash_while_writing_leaves_no_meta(tmp_path, monkeypatch):
+    make_corpus(tmp_path / "src")
+    out = tmp_path / "out"
+    prepare([tmp_path / "src"], out, workers=1)
+    real_write = prep.write_atomic
+
+    def failing_write(path, data):
+        if Path(path).name == "val.bin":
+            raise KeyboardInterrupt  # killed mid-run
+        real_write(path, data)
+
+    monkeypatch.setattr(prep, "write_atomic", failing_write)
+    with pytest.raises(KeyboardInterrupt):
+        prepare([tmp_path / "src"], out, workers=1, seed=99)
+    # the old meta.json must not vouch for the new train.bin
+    with pytest.raises(HvdlmError, match="no meta.json"):
+        load_meta(out)
+
+
+def test_write_atomic_cleans_up_temp_file(tmp_path):
+    class Boom(Exception):
+        pass
+
+    class BadArray(np.ndarray):
+        def tofile(self, f):
+            f.write(b"partial")
+            raise Boom
+
+    with pytest.raises(Boom):
+        prep.write_atomic(tmp_path / "x.bin", np.zeros(4, np.uint16).view(BadArray))
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(HvdlmError, match="cannot write"):
+        prep.write_atomic(tmp_path / "missing-dir" / "x.bin", b"data")
+
+
+def test_bad_arguments(tmp_path):
+    make_corpus(tmp_path / "src", n_files=2)
+    for frac in (0, 1, -0.1, 1.5):
+        with pytest.raises(HvdlmError, match="val_fraction"):
+            prepare([tmp_path / "src"], tmp_path / "out", val_fraction=frac)
+    with pytest.raises(HvdlmError, match="byte, char, bpe"):
+        prepare([tmp_path / "src"], tmp_path / "out", tokenizer="sentencepiece")
+    with pytest.raises(HvdlmError, match="workers"):
+        prepare([tmp_path / "src"], tmp_path / "out", workers=0)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(HvdlmError, match="cannot create output dir"):
+        prepare([tmp_path / "src"], tmp_path / "file" / "out")
+
+
+def test_missing_input(tmp_path):
+    make_corpus(tmp_path / "src", n_files=2)
+    with pytest.raises(HvdlmError, match="nope.txt does not exist"):
+        prepare([tmp_path / "src", tmp_path / "nope.txt"], tmp_path / "out")
+
+
+def test_empty_corpus(tmp_path):
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(HvdlmError, match="corpus is empty"):
+        prepare([tmp_path / "empty.txt"], tmp_path / "out")
+    assert not (tmp_path / "out" / "meta.json").exists()
+
+
+def test_tiny_corpus_split(tmp_path):
+    (tmp_path / "two.txt").write_text("ab")
+    meta = prepare([tmp_path / "two.txt"], tmp_path / "out", workers=1)
+    assert (meta["train_tokens"], meta["val_tokens"]) == (1, 1)  # at least one token each
+    (tmp_path / "one.txt").write_text("a")
+    with pytest.raises(HvdlmError, match="too small"):
+        prepare([tmp_path / "one.txt"], tmp_path / "out2")
+
+
+def test_binary_and_hidden_files_skipped(tmp_path):
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "b.txt").write_text("text b")
+    (src / "sub" / "a.txt").write_text("text a")
+    (src / "blob.bin").write_bytes(b"\x89PNG\r\n" + b"\0" * 100)
+    (src / ".hidden.txt").write_text("secret")
+    (src / ".git").mkdir()
+    (src / ".git" / "config").write_text("[core]")
+    assert collect_text_files([src]) == [src / "b.txt", src / "sub" / "a.txt"]
+    meta = prepare([src], tmp_path / "out", workers=1)
+    assert meta["sources"] == {"files": 2, "bytes": 12}
+    (tmp_path / "only").mkdir()
+    (tmp_path / "only" / "x.bin").write_bytes(b"a\0b")
+    with pytest.raises(HvdlmError, match="no text files found in"):
+        collect_text_files([tmp_path / "only"])
+
+
+def test_default_corpus_files():
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    files = default_corpus_files(max_bytes=300_000)
+    sizes = [p.stat().st_size for p in files]
+    assert files and files == sorted(files)
+    assert sum(sizes) <= 300_000
+    assert all(p.suffix == ".py" and p.is_relative_to(stdlib) for p in files)
+    assert default_corpus_files(max_bytes=300_000) == files
+    full = default_corpus_files()
+    assert full[: len(files)] == files and len(full) > len(files)
+    assert 1_000_000 < sum(p.stat().st_size for p in full) <= 8_000_000
+    skip = {"test", "tests", "idle_test", "idlelib", "lib2to3", "__pycache__", "site-packages", "dist-packages"}
+    assert not any(skip & set(p.relative_to(stdlib).parts) for p in full)
+
+
+def test_prepare_without_inputs_uses_default_corpus(tmp_path, monkeypatch):
+    small = default_corpus_files(max_bytes=100_000)
+    monkeypatch.setattr(prep, "default_corpus_files", lambda: small)
+    meta = prepare(None, tmp_path / "a", workers=1)
+    assert meta["sources"] == {"files": len(small), "bytes": sum(p.stat().st_size for p in small)}
+    assert prepare([], tmp_path / "b", workers=1) == meta
+    assert "def " in load_tokenizer(tmp_path / "a").decode(open_tokens(tmp_path / "a", "train")[:20000])
