@@ -170,6 +170,9 @@ def train(cfg: Config) -> dict:
             }, t.out_dir)
 
     val_loss = float("nan")
+    if step == 0:  # the untrained model's loss: the baseline every later evaluation is read against
+        val_loss = evaluate(model, data.val, cfg, world, precision)
+        metrics.record("eval", step=0, val_loss=val_loss, val_ppl=math.exp(min(val_loss, 50)))
     run_start, run_steps, last_loss = time.perf_counter(), 0, float("nan")
     while step < last_step:
         t0 = time.perf_counter()

@@ -1,0 +1,49 @@
+"""Runs inside each rank of a multi-process test and reports what the ranks saw.
+
+    python rank_probe.py samples OUT.json NUM_SEQS BATCH SEED
+    python rank_probe.py params OUT.json -- <hvdlm train flags>
+
+Rank 0 writes one JSON file with every rank's answer (gathered with Horovod), so the test
+asserts on what the ranks really did, not on what a single process predicts.
+"""
+
+import hashlib
+import json
+import sys
+
+import horovod.torch as hvd
+import torch
+
+from hvdlm.data.sampler import ShardedSampler
+
+
+def samples(out, num_seqs, batch, seed):
+    hvd.init()
+    sampler = ShardedSampler(int(num_seqs), int(batch), hvd.rank(), hvd.size(), int(seed))
+    epoch = [sampler.next_indices().tolist() for _ in range(sampler.steps_per_epoch)]
+    everyone = hvd.allgather_object({"rank": hvd.rank(), "epoch": epoch, "next_epoch": sampler.epoch})
+    if hvd.rank() == 0:
+        json.dump(everyone, open(out, "w"))
+
+
+def params(out, *flags):
+    from hvdlm.cli import build_parser
+    from hvdlm.config import config_from_args
+    from hvdlm.train import train
+
+    cfg = config_from_args(build_parser().parse_args(["train", *flags]))
+    model = train(cfg)["model"]
+    digest = hashlib.sha256()
+    for name, p in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(p.detach().cpu().contiguous().numpy().tobytes())
+    first = next(model.parameters()).detach().flatten()[:4].tolist()
+    everyone = hvd.allgather_object({"rank": hvd.rank(), "sha256": digest.hexdigest(), "first": first})
+    if hvd.rank() == 0:
+        json.dump(everyone, open(out, "w"))
+
+
+if __name__ == "__main__":
+    what, out, *rest = sys.argv[1:]
+    torch.set_num_threads(1)
+    {"samples": samples, "params": params}[what](out, *[a for a in rest if a != "--"])

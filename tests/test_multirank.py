@@ -1,0 +1,103 @@
+"""Data parallelism with 2 real ranks, under horovodrun (Gloo and MPI) and mpirun."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import torch
+
+from conftest import HVDLM, PROBE, TINY, check, launch
+from hvdlm.metrics import read_jsonl
+
+TWO_RANKS = ["horovodrun-gloo", "mpirun"]
+
+
+@pytest.mark.parametrize("launcher", TWO_RANKS)
+def test_ranks_read_disjoint_samples_that_cover_the_epoch(launcher, tmp_path):
+    out = tmp_path / "samples.json"
+    num_seqs, batch = 103, 5  # 10 global batches of 10, and a tail of 3 that no rank reads
+    check(launch(launcher, [sys.executable, PROBE, "samples", str(out), str(num_seqs), str(batch), "7"]))
+    ranks = json.loads(out.read_text())
+    assert [r["rank"] for r in ranks] == [0, 1]
+    seen = [[i for step in r["epoch"] for i in step] for r in ranks]
+    assert all(len(s) == 10 * batch for s in seen)  # equal work on both ranks
+    assert not set(seen[0]) & set(seen[1])  # disjoint
+    assert len(set(seen[0]) | set(seen[1])) == 100  # together the whole epoch, bar the tail
+    assert len(set(seen[0])) == len(seen[0])  # no sequence twice on one rank
+
+
+@pytest.mark.parametrize("launcher", ["horovodrun-gloo", "horovodrun-mpi"])
+def test_parameters_stay_bitwise_identical_across_ranks(launcher, corpus, tmp_path):
+    out = tmp_path / "params.json"
+    flags = ["--data_dir", str(corpus), "--out_dir", str(tmp_path / "run"), *TINY, "--max_steps", "8",
+             "--dropout", "0.1", "--eval_interval", "0"]  # dropout differs per rank; weights must not
+    check(launch(launcher, [sys.executable, PROBE, "params", str(out), "--", *flags]))
+    ranks = json.loads(out.read_text())
+    assert len(ranks) == 2
+    assert ranks[0]["sha256"] == ranks[1]["sha256"], ranks
+
+
+def final_params(out_dir):
+    return torch.load(out_dir / "checkpoint.pt", weights_only=True)["model"]
+
+
+def test_two_ranks_with_half_the_batch_equal_one_rank(corpus, tmp_path):
+    """Gradient averaging is exact: N ranks x B/N gives one rank x B's parameters.
+
+    SGD with momentum and weight decay, and clipping that is active: clipping each rank's local
+    gradient before the allreduce, or a zero-gradient step at start-up (what Horovod's
+    ``broadcast_optimizer_state`` does to a fresh optimizer), would both break the equality.
+    """
+    common = ["--data_dir", str(corpus), *TINY, "--max_steps", "5", "--optimizer", "sgd", "--lr", "0.5",
+              "--weight_decay", "0.1", "--grad_clip", "0.5", "--lr_scaling", "none", "--eval_interval", "0"]
+    one = tmp_path / "one"
+    check(launch("single", [HVDLM, "train", *common, "--out_dir", str(one), "--batch_size", "8"]))
+    reference = final_params(one)
+    start = torch.load(one / "checkpoint.pt", weights_only=True)
+    assert start["step"] == 5
+    for launcher in ("horovodrun-gloo", "mpirun"):
+        two = tmp_path / launcher
+        check(launch(launcher, [HVDLM, "train", *common, "--out_dir", str(two), "--batch_size", "4"]))
+        got = final_params(two)
+        for name, ref in reference.items():
+            torch.testing.assert_close(got[name], ref, rtol=1e-5, atol=1e-6, msg=f"{launcher}: {name}")
+        clip_rows = [r["grad_norm"] for r in read_jsonl(two / "metrics.jsonl", "train")]
+        assert max(clip_rows) > 0.5  # clipping really acted
+
+
+def test_resume_continues_exactly_where_it_stopped(corpus, tmp_path):
+    """Stop at step 6, resume to 12: the same losses as a run that never stopped (AdamW, dropout)."""
+    common = ["--data_dir", str(corpus), *TINY, "--max_steps", "12", "--log_interval", "1",
+              "--dropout", "0.1", "--eval_interval", "0"]
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    check(launch("horovodrun-gloo", [HVDLM, "train", *common, "--out_dir", str(whole)]))
+    first = check(launch("horovodrun-gloo", [HVDLM, "train", *common, "--out_dir", str(split), "--stop_after", "6"]))
+    assert torch.load(split / "checkpoint.pt", weights_only=True)["step"] == 6, first.output
+    second = check(launch("horovodrun-gloo", [HVDLM, "train", *common, "--out_dir", str(split)]))
+    assert "resuming at step 6" in second.output
+
+    def losses(out_dir):
+        return {r["step"]: r["loss"] for r in read_jsonl(out_dir / "metrics.jsonl", "train")}
+
+    expected, got = losses(whole), losses(split)
+    assert sorted(got) == list(range(1, 13))
+    for step in range(7, 13):
+        assert got[step] == pytest.approx(expected[step], rel=1e-6, abs=1e-7), step
+    for name, ref in final_params(whole).items():
+        torch.testing.assert_close(final_params(split)[name], ref, rtol=1e-6, atol=1e-7)
+
+
+def test_short_run_on_default_corpus_lowers_validation_loss(corpus, tmp_path):
+    out = tmp_path / "run"
+    run = check(launch("mpirun", [HVDLM, "train", "--data_dir", str(corpus), "--out_dir", str(out),
+                                  "--preset", "tiny", "--block_size", "64", "--max_steps", "60",
+                                  "--eval_interval", "30", "--progress", "false", "--sample_tokens", "40"]))
+    evals = read_jsonl(out / "metrics.jsonl", "eval")
+    assert [e["step"] for e in evals] == [0, 30, 60]
+    assert evals[-1]["val_loss"] < evals[0]["val_loss"] - 1.0, evals  # byte model starts near ln 256 = 5.5
+    summary = read_jsonl(out / "metrics.jsonl", "summary")[-1]
+    assert summary["ranks"] == 2 and summary["finished"]
+    assert "--- sample ---" in run.stdout
+    assert run.stdout.count("hvdlm: done") == 1  # rank 0 alone reports
