@@ -64,7 +64,10 @@ def test_bpe_round_trip_and_compression():
     # byte-level alphabet: text never seen in training still round-trips
     assert tok.decode(tok.encode(ODD_TEXT)) == ODD_TEXT
     assert tok.decode(np.array(tok.encode(ODD_TEXT), dtype=np.uint16)) == ODD_TEXT
-    assert tok.to_meta() == {"kind": "bpe", "vocab_size": tok.vocab_size, "file": "tokenizer.json"}
+    meta = tok.to_meta()
+    assert {k: meta[k] for k in ("kind", "vocab_size", "file")} == {"kind": "bpe", "vocab_size": tok.vocab_size, "file": "tokenizer.json"}
+    other = train_tokenizer("bpe", [text + " something else entirely"], vocab_size=300)
+    assert other.to_meta()["sha256"] != meta["sha256"]  # same size, another BPE: told apart
 
 
 def test_bpe_vocab_too_small():
