@@ -207,6 +207,10 @@ def train(cfg: Config) -> dict:
         if (t.checkpoint_interval and step % t.checkpoint_interval == 0) or step == last_step:
             save_checkpoint()
 
+    if run_steps == 0:  # resumed a finished run: nothing to train, but still report where it stands
+        metrics.info(f"checkpoint is at step {step} of max_steps {t.max_steps}: nothing to train "
+                     "(raise --max_steps to continue, or --resume false to start over)")
+        val_loss = evaluate(model, data.val, cfg, world, precision)
     elapsed = time.perf_counter() - run_start
     summary = {
         "step": step, "max_steps": t.max_steps, "finished": step >= t.max_steps, "val_loss": val_loss,
