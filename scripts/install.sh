@@ -55,7 +55,7 @@ if ! "$PY" -c 'import torch' >/dev/null 2>&1; then
   say "installing $TORCH_SPEC"
   "${PIP[@]}" "$TORCH_SPEC"
 fi
-"${PIP[@]}" numpy mpi4py pytest tqdm tokenizers cloudpickle psutil pyyaml packaging cffi wheel setuptools
+"${PIP[@]}" numpy mpi4py matplotlib pytest tqdm tokenizers cloudpickle psutil pyyaml packaging cffi wheel setuptools
 
 TORCH_VERSION=$("$PY" -c 'import torch; print(torch.__version__)')
 TORCH_CUDA=$("$PY" -c 'import torch; print(torch.version.cuda or "cpu")')
