@@ -104,7 +104,17 @@ def report_crash(args: argparse.Namespace, rank: int, exc: BaseException) -> Non
     except OSError:
         where = ""
         traceback.print_exception(exc)
-    print(f"hvdlm: rank {rank} on {host} failed: {type(exc).__name__}: {exc}{where}", file=sys.stderr, flush=True)
+    if "horovod" in sys.modules and _is_peer_failure(exc):
+        what = "stopped: another rank failed or left during a collective (its message names the cause)"
+    else:
+        what = f"failed: {type(exc).__name__}: {exc}"
+    print(f"hvdlm: rank {rank} on {host} {what}{where}", file=sys.stderr, flush=True)
+
+
+def _is_peer_failure(exc: BaseException) -> bool:
+    from hvdlm.distributed import is_peer_failure
+
+    return is_peer_failure(exc)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -76,7 +76,7 @@ class TrainConfig:
                          ["auto", "fp32", "bf16"])
     seed: int = opt(1337, "seed for initialisation and data order (same on every rank)")
     sample_tokens: int = opt(200, "tokens of text to sample at the end; 0 = none")
-    progress: bool = opt(True, "show a progress bar on rank 0")
+    progress: bool = opt(True, "progress on rank 0: a bar on a terminal, else a line per log_interval")
 
 
 @dataclass

@@ -163,3 +163,10 @@ def on_root(fn: Callable[[], T]) -> T:
         raise HvdlmError(value, everywhere=True)
     return value
 
+
+
+def is_peer_failure(exc: BaseException) -> bool:
+    """True when a collective failed because another rank died or left (its own message says why)."""
+    from horovod.common.exceptions import HorovodInternalError
+
+    return isinstance(exc, HorovodInternalError)

@@ -21,9 +21,12 @@ class Metrics:
         self.start = time.time()
         self.file = open(Path(out_dir) / "metrics.jsonl", "a") if enabled else None
         self.bar = None
-        if enabled and progress:
+        # A bar only on a terminal: launchers pipe each rank's output and prefix every line, which
+        # turns a bar's carriage returns into noise. Elsewhere each train record prints one line.
+        if enabled and progress and sys.stderr.isatty():
             self.bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
                             file=sys.stderr, mininterval=1.0)
+        self.print_records = enabled and self.bar is None and progress
 
     def info(self, message: str) -> None:
         if self.enabled:
@@ -36,8 +39,14 @@ class Metrics:
         line = {"kind": kind, "time": round(time.time() - self.start, 3), **values}
         self.file.write(json.dumps(line) + "\n")
         self.file.flush()
-        if self.bar and kind == "train":
+        if kind != "train":
+            return
+        if self.bar:
             self.bar.set_postfix(loss=f"{values['loss']:.3f}", tok_s=f"{values['tokens_per_s']:.0f}")
+        elif self.print_records:
+            print(f"step {values['step']}: loss {values['loss']:.4f}, lr {values['lr']:.2e}, "
+                  f"{values['tokens_per_s']:.0f} tokens/s, allreduce wait {1e3 * values['allreduce_wait']:.1f} ms",
+                  flush=True)
 
     def advance(self, steps: int = 1) -> None:
         if self.bar:

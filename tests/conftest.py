@@ -38,6 +38,7 @@ def launch_env() -> dict:
 
 @dataclass
 class Run:
+    launcher: str
     returncode: int
     stdout: str
     stderr: str
@@ -56,7 +57,7 @@ def launch(launcher: str, command: list[str], timeout: float = 240, cwd=None) ->
                            timeout=timeout, env=launch_env(), cwd=cwd)
     except subprocess.TimeoutExpired as e:
         pytest.fail(f"{launcher} {' '.join(command)} hung for {timeout}s:\n{e.stdout}\n{e.stderr}")
-    return Run(p.returncode, p.stdout, p.stderr, time.monotonic() - start)
+    return Run(launcher, p.returncode, p.stdout, p.stderr, time.monotonic() - start)
 
 
 def check(run: Run) -> Run:

@@ -2,6 +2,7 @@
 
     python rank_probe.py samples OUT.json NUM_SEQS BATCH SEED
     python rank_probe.py params OUT.json -- <hvdlm train flags>
+    python rank_probe.py crash UNUSED -- <hvdlm train flags>   (rank 1 raises at step 3)
 
 Rank 0 writes one JSON file with every rank's answer (gathered with Horovod), so the test
 asserts on what the ranks really did, not on what a single process predicts.
@@ -43,7 +44,24 @@ def params(out, *flags):
         json.dump(everyone, open(out, "w"))
 
 
+def crash(out, *flags):
+    """Train through the real CLI, with rank 1 raising at its 3rd step's batch."""
+    import hvdlm.train
+    from hvdlm.cli import main
+
+    real, calls = hvdlm.train.get_batch, []
+
+    def faulty(*args, **kwargs):
+        calls.append(1)
+        if hvd.rank() == 1 and len(calls) == 3:
+            raise RuntimeError("injected fault at step 3")
+        return real(*args, **kwargs)
+
+    hvdlm.train.get_batch = faulty
+    main(["train", *flags])
+
+
 if __name__ == "__main__":
     what, out, *rest = sys.argv[1:]
     torch.set_num_threads(1)
-    {"samples": samples, "params": params}[what](out, *[a for a in rest if a != "--"])
+    {"samples": samples, "params": params, "crash": crash}[what](out, *[a for a in rest if a != "--"])

@@ -1,0 +1,118 @@
+"""Bad input ends the job quickly with one clear line and a non-zero exit on every rank."""
+
+from __future__ import annotations
+
+import re
+import sys
+
+import pytest
+
+from conftest import HVDLM, PROBE, TINY, check, launch
+from hvdlm.data import prepare
+
+LIMIT = 60  # seconds: "within seconds", with room for loading torch on a busy 2-core machine
+
+
+def rank_output(run) -> str:
+    """What the ranks printed. horovodrun tags each rank's lines ("[1]<stderr>:") and, when a rank
+    exits non-zero, adds a traceback of its own (its launcher's RuntimeError): that one is not ours."""
+    if not run.launcher.startswith("horovodrun"):
+        return run.output
+    return "\n".join(line for line in run.output.splitlines() if re.match(r"\[\d+(,\d+)?\]<std", line))
+
+
+def assert_one_clear_error(run, *words):
+    assert run.returncode != 0, run.output
+    assert run.seconds < LIMIT, f"took {run.seconds:.0f}s"
+    ours = rank_output(run)
+    lines = [line for line in ours.splitlines() if "hvdlm: error:" in line or "failed:" in line]
+    assert len(lines) == 1, run.output
+    for word in words:
+        assert word in lines[0], lines[0]
+    assert "Traceback" not in ours, run.output
+
+
+def test_prepare_missing_input():
+    run = launch("single", [HVDLM, "prepare", "/no/such/corpus", "--out_dir", "/tmp/unused"])
+    assert run.returncode == 2
+    assert_one_clear_error(run, "/no/such/corpus")
+
+
+def test_prepare_empty_corpus(tmp_path):
+    (tmp_path / "empty.txt").write_text("")
+    run = launch("single", [HVDLM, "prepare", str(tmp_path / "empty.txt"), "--out_dir", str(tmp_path / "d")])
+    assert_one_clear_error(run, "corpus is empty")
+    assert not (tmp_path / "d" / "meta.json").exists()
+
+
+@pytest.mark.parametrize("launcher", ["horovodrun-gloo", "mpirun"])
+def test_missing_data_dir(launcher, tmp_path):
+    run = launch(launcher, [HVDLM, "train", "--data_dir", str(tmp_path / "nothing"), "--out_dir", str(tmp_path / "o"), *TINY])
+    assert_one_clear_error(run, "does not exist", "hvdlm prepare")
+
+
+def test_invalid_config_value_on_two_ranks(tmp_path):
+    run = launch("horovodrun-gloo", [HVDLM, "train", "--lr", "-1", "--out_dir", str(tmp_path)])
+    assert_one_clear_error(run, "lr must be positive")
+
+
+@pytest.fixture(scope="module")
+def small_corpus(tmp_path_factory):
+    d = tmp_path_factory.mktemp("small")
+    (d / "a.txt").write_text("hello world, this is a tiny corpus. " * 40)
+    prepare([d / "a.txt"], d / "data", tokenizer="char")
+    return d / "data"
+
+
+def test_context_longer_than_the_data(small_corpus, tmp_path):
+    run = launch("mpirun", [HVDLM, "train", "--data_dir", str(small_corpus), "--out_dir", str(tmp_path),
+                            *TINY, "--block_size", "4096"])
+    assert_one_clear_error(run, "block_size 4096")
+
+
+def test_unwritable_out_dir(corpus, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    run = launch("horovodrun-gloo", [HVDLM, "train", "--data_dir", str(corpus), *TINY,
+                                     "--out_dir", str(blocker / "run")])
+    assert_one_clear_error(run, "cannot write to out_dir")
+
+
+def test_checkpoint_from_another_model_and_a_corrupt_one(corpus, tmp_path):
+    common = ["--data_dir", str(corpus), "--out_dir", str(tmp_path), *TINY, "--eval_interval", "0"]
+    check(launch("single", [HVDLM, "train", *common, "--max_steps", "2"]))
+    good = (tmp_path / "checkpoint.pt").read_bytes()
+    run = launch("horovodrun-gloo", [HVDLM, "train", *common, "--max_steps", "4", "--n_layer", "3"])
+    assert_one_clear_error(run, "different model", "n_layer=2 (this run: 3)")
+    assert (tmp_path / "checkpoint.pt").read_bytes() == good  # the refused run changed nothing
+
+    (tmp_path / "checkpoint.pt").write_bytes(good[: len(good) // 2])
+    run = launch("mpirun", [HVDLM, "train", *common, "--max_steps", "4"])
+    assert_one_clear_error(run, "cannot read checkpoint")
+
+
+def test_data_from_another_tokenizer(tmp_path):
+    # two char vocabularies of the same size: the model shape matches, the meaning of ids does not
+    for name, text in (("one", "abcdefgh " * 400), ("two", "stuvwxyz " * 400)):
+        (tmp_path / f"{name}.txt").write_text(text)
+        prepare([tmp_path / f"{name}.txt"], tmp_path / name, tokenizer="char")
+    common = ["--out_dir", str(tmp_path / "run"), *TINY, "--eval_interval", "0", "--max_steps", "2"]
+    check(launch("single", [HVDLM, "train", "--data_dir", str(tmp_path / "one"), *common]))
+    run = launch("horovodrun-gloo", [HVDLM, "train", "--data_dir", str(tmp_path / "two"), *common,
+                                     "--max_steps", "4"])
+    assert_one_clear_error(run, "tokenized as 'char'", "point data_dir at the data it was trained on")
+
+
+@pytest.mark.parametrize("launcher", ["horovodrun-gloo", "mpirun"])
+def test_one_rank_raising_ends_every_rank(launcher, corpus, tmp_path):
+    """An exception on rank 1 mid-training must not leave rank 0 waiting in the allreduce."""
+    run = launch(launcher, [sys.executable, PROBE, "crash", str(tmp_path / "unused"), "--",
+                            "--data_dir", str(corpus), "--out_dir", str(tmp_path), *TINY,
+                            "--max_steps", "50", "--eval_interval", "0"])
+    assert run.returncode != 0
+    assert run.seconds < LIMIT, f"took {run.seconds:.0f}s"
+    failed = [line for line in rank_output(run).splitlines() if "failed:" in line]
+    assert len(failed) == 1 and "hvdlm: rank 1 on" in failed[0], run.output
+    assert "RuntimeError: injected fault at step 3" in failed[0]
+    assert "Traceback" not in rank_output(run), run.output
+    assert "injected fault" in (tmp_path / "error-rank1.log").read_text()  # the details are kept
