@@ -97,8 +97,10 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 def evaluate(model: GPT, val: np.ndarray, cfg: Config, world: dist.World, precision: str) -> float:
     """Mean validation loss over the same ``eval_sequences`` sequences, split across ranks."""
     block_size = model.cfg.block_size
-    n = min(cfg.train.eval_sequences, num_sequences(len(val), block_size))
-    mine = np.arange(world.rank, n, world.size)  # rank r takes every size-th sequence
+    available = num_sequences(len(val), block_size)
+    # spread over the whole split, not its first few files; rank r takes every size-th of them
+    chosen = np.unique(np.linspace(0, available - 1, min(cfg.train.eval_sequences, available)).astype(np.int64))
+    mine = chosen[world.rank::world.size]
     model.eval()
     total, count = 0.0, 0
     for start in range(0, len(mine), cfg.data.batch_size):
@@ -173,7 +175,7 @@ def train(cfg: Config) -> dict:
     if step == 0:  # the untrained model's loss: the baseline every later evaluation is read against
         val_loss = evaluate(model, data.val, cfg, world, precision)
         metrics.record("eval", step=0, val_loss=val_loss, val_ppl=math.exp(min(val_loss, 50)))
-    run_start, run_steps, last_loss = time.perf_counter(), 0, float("nan")
+    run_start, run_steps, train_time, last_loss = time.perf_counter(), 0, 0.0, float("nan")
     while step < last_step:
         t0 = time.perf_counter()
         # Dropout masks from (seed, step, rank): a resumed run draws what an uninterrupted one would.
@@ -193,6 +195,7 @@ def train(cfg: Config) -> dict:
         step += 1
         run_steps += 1
         step_time = time.perf_counter() - t0
+        train_time += step_time
         metrics.advance()
 
         if step % t.log_interval == 0 or step == last_step:
@@ -216,7 +219,9 @@ def train(cfg: Config) -> dict:
         "step": step, "max_steps": t.max_steps, "finished": step >= t.max_steps, "val_loss": val_loss,
         "train_loss": last_loss, "ranks": world.size, "threads_per_rank": world.threads,
         "precision": precision, "params": model.num_params(), "seconds": elapsed,
-        "tokens_per_s": tokens_per_step * run_steps / elapsed if run_steps else 0.0,
+        # throughput of the training steps alone (evaluation and checkpoints excluded)
+        "tokens_per_s": tokens_per_step * run_steps / train_time if run_steps else 0.0,
+        "tokens_per_s_per_rank": tokens_per_step * run_steps / train_time / world.size if run_steps else 0.0,
     }
     metrics.record("summary", **summary)
     metrics.close()

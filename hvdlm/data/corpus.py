@@ -7,8 +7,10 @@ from pathlib import Path
 
 from hvdlm.errors import HvdlmError
 
-# not library code (third-party packages, test suites, the IDLE app, a deprecated converter) or not source
-_SKIP_DIRS = {"site-packages", "dist-packages", "test", "tests", "idle_test", "idlelib", "lib2to3", "__pycache__"}
+# not library code (third-party packages, test suites, the IDLE app, a deprecated converter), not
+# source, or generated tables (encodings/: 1.4 MB of code-page maps that would skew a code model)
+_SKIP_DIRS = {"site-packages", "dist-packages", "test", "tests", "idle_test", "idlelib", "lib2to3", "__pycache__",
+              "encodings"}
 
 
 def default_corpus_files(max_bytes: int = 8_000_000) -> list[Path]:
