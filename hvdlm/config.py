@@ -57,7 +57,8 @@ class OptimConfig:
 @dataclass
 class DistributedConfig:
     compression: str = opt("none", "gradient compression for allreduce", ["none", "fp16"])
-    reduce_op: str = opt("average", "how gradients are combined across ranks", ["average", "adasum"])
+    reduce_op: str = opt("average", "how ranks' gradients combine: average, or Adasum (needs grad_clip 0)",
+                         ["average", "adasum"])
     grad_accum: int = opt(1, "micro-steps per optimizer step (Horovod backward_passes_per_step)")
     threads: int = opt(0, "torch threads per rank on CPU; 0 = the usable cores / ranks on this host")
 
@@ -209,6 +210,8 @@ def validate(cfg: Config) -> None:
     need(o.weight_decay >= 0, f"weight_decay must be >= 0, got {o.weight_decay}")
     need(0 <= o.beta1 < 1 and 0 <= o.beta2 < 1, "beta1 and beta2 must be in [0, 1)")
     need(o.grad_clip >= 0, f"grad_clip must be >= 0, got {o.grad_clip}")
+    need(dist.reduce_op != "adasum" or o.grad_clip == 0,
+         "reduce_op adasum combines each rank's optimizer update, not gradients: set grad_clip 0")
     need(dist.grad_accum >= 1, f"grad_accum must be >= 1, got {dist.grad_accum}")
     need(dist.threads >= 0, f"threads must be >= 0, got {dist.threads}")
     need(t.max_steps > 0, f"max_steps must be positive, got {t.max_steps}")

@@ -77,13 +77,18 @@ def wrap_optimizer(optimizer: torch.optim.Optimizer, model: torch.nn.Module, com
                    reduce_op: str, grad_accum: int) -> torch.optim.Optimizer:
     """Step 3b: gradients are allreduced as backward produces them (ring-allreduce over NCCL on
     GPUs, MPI or Gloo on CPUs), after ``grad_accum`` local backward passes."""
-    return hvd.DistributedOptimizer(
+    wrapped = hvd.DistributedOptimizer(
         optimizer,
         named_parameters=model.named_parameters(),
         compression={"none": hvd.Compression.none, "fp16": hvd.Compression.fp16}[compression],
         backward_passes_per_step=grad_accum,
         op={"average": hvd.Average, "adasum": hvd.Adasum}[reduce_op],
     )
+    # Horovod's Adasum optimizer (size > 1) applies the optimizer to each rank's own gradient in
+    # the backward hooks and combines the resulting updates in step(): there is no averaged
+    # gradient to clip, and skip_synchronize() is not supported.
+    wrapped.hvdlm_adasum = reduce_op == "adasum" and hvd.size() > 1
+    return wrapped
 
 
 def broadcast_parameters(model: torch.nn.Module) -> None:
@@ -108,6 +113,11 @@ def optimizer_step(optimizer, model: torch.nn.Module, grad_clip: float) -> tuple
     applied; stepping without ``skip_synchronize()`` would synchronize twice.
     Returns (seconds spent waiting for the allreduce, gradient norm or nan).
     """
+    if optimizer.hvdlm_adasum:
+        t0 = time.perf_counter()
+        optimizer.step()  # waits for the Adasum-combined updates and applies them
+        optimizer.zero_grad()
+        return time.perf_counter() - t0, float("nan")
     t0 = time.perf_counter()
     optimizer.synchronize()
     wait = time.perf_counter() - t0

@@ -37,6 +37,7 @@ def test_saved_config_reads_back_identically(tmp_path):
     ("preset = 'huge'\n", "preset must be one of"),
     ("grad_accum = 0\n", "grad_accum must be >= 1"),
     ("min_lr = 1.0\n", "min_lr must be between 0 and lr"),
+    ("reduce_op = 'adasum'\n", "set grad_clip 0"),
     ("[model]\nn_layer = 2\n[", "not valid TOML"),
 ])
 def test_bad_values_name_the_problem(tmp_path, toml, message):

@@ -28,11 +28,15 @@ def test_ranks_read_disjoint_samples_that_cover_the_epoch(launcher, tmp_path):
     assert len(set(seen[0])) == len(seen[0])  # no sequence twice on one rank
 
 
-@pytest.mark.parametrize("launcher", ["horovodrun-gloo", "horovodrun-mpi"])
-def test_parameters_stay_bitwise_identical_across_ranks(launcher, corpus, tmp_path):
+@pytest.mark.parametrize("launcher, extra", [
+    ("horovodrun-gloo", []),
+    ("horovodrun-mpi", ["--compression", "fp16", "--grad_accum", "2"]),
+    ("mpirun", ["--reduce_op", "adasum", "--grad_clip", "0"]),
+])
+def test_parameters_stay_bitwise_identical_across_ranks(launcher, extra, corpus, tmp_path):
     out = tmp_path / "params.json"
     flags = ["--data_dir", str(corpus), "--out_dir", str(tmp_path / "run"), *TINY, "--max_steps", "8",
-             "--dropout", "0.1", "--eval_interval", "0"]  # dropout differs per rank; weights must not
+             "--dropout", "0.1", "--eval_interval", "0", *extra]  # dropout differs per rank; weights must not
     check(launch(launcher, [sys.executable, PROBE, "params", str(out), "--", *flags]))
     ranks = json.loads(out.read_text())
     assert len(ranks) == 2
@@ -57,9 +61,11 @@ def test_two_ranks_with_half_the_batch_equal_one_rank(corpus, tmp_path):
     reference = final_params(one)
     start = torch.load(one / "checkpoint.pt", weights_only=True)
     assert start["step"] == 5
-    for launcher in ("horovodrun-gloo", "mpirun"):
+    # the same global batch three ways: 2 x 4; and 2 ranks x 2 sequences x 2 accumulated micro-steps
+    for launcher, split in (("horovodrun-gloo", ["--batch_size", "4"]), ("mpirun", ["--batch_size", "4"]),
+                            ("horovodrun-mpi", ["--batch_size", "2", "--grad_accum", "2"])):
         two = tmp_path / launcher
-        check(launch(launcher, [HVDLM, "train", *common, "--out_dir", str(two), "--batch_size", "4"]))
+        check(launch(launcher, [HVDLM, "train", *common, "--out_dir", str(two), *split]))
         got = final_params(two)
         for name, ref in reference.items():
             torch.testing.assert_close(got[name], ref, rtol=1e-5, atol=1e-6, msg=f"{launcher}: {name}")
@@ -101,3 +107,8 @@ def test_short_run_on_default_corpus_lowers_validation_loss(corpus, tmp_path):
     assert summary["ranks"] == 2 and summary["finished"]
     assert "--- sample ---" in run.stdout
     assert run.stdout.count("hvdlm: done") == 1  # rank 0 alone reports
+    sample = check(launch("single", [HVDLM, "sample", "--out_dir", str(out), "--prompt", "def ",
+                                     "--tokens", "60", "--num_samples", "2"]))
+    texts = sample.stdout.split("-" * 40)
+    assert len(texts) == 3 and all(t.strip().startswith("def ") for t in texts[:2]), sample.stdout
+    assert len(texts[0].strip()) > 30
