@@ -9,6 +9,7 @@
 # fix, with PyTorch + MPI + Gloo always and NCCL when torch has CUDA. The built wheel is cached
 # in $HVDLM_CACHE (default ~/.cache/hvdlm) keyed by python/torch/CUDA, so a rerun only installs it.
 # Ends with `horovodrun --check-build` and fails if PyTorch, MPI or Gloo is missing from it.
+# SLURM is not installed here: the local test cluster's packages come from `bash slurm/cluster.sh install`.
 set -euo pipefail
 
 HOROVOD_VERSION=0.28.1
