@@ -16,6 +16,9 @@ from pathlib import Path
 
 from hvdlm.errors import HvdlmError
 
+# Stopped early on SIGUSR1/SIGTERM with a checkpoint: run again to resume (EX_TEMPFAIL).
+EXIT_RESUMABLE = 75
+
 
 def launcher_rank() -> int:
     """This process's rank from the launcher's environment, readable before Horovod starts."""
@@ -43,7 +46,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         cfg = config_from_args(args)
     except HvdlmError as e:  # every rank parses the same command line
         raise HvdlmError(str(e), everywhere=True) from None
-    train(cfg)
+    if train(cfg)["stopped_by"]:
+        sys.exit(EXIT_RESUMABLE)
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
@@ -89,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top_k", type=int, default=200, help="sample among the k likeliest tokens; 0 = all")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_sample)
+    from hvdlm.bench.cli import add_bench_parser
+    add_bench_parser(sub)
     return parser
 
 

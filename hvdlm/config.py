@@ -37,15 +37,18 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     data_dir: str = opt("data/default", "folder written by `hvdlm prepare`")
-    batch_size: int = opt(16, "sequences per rank per micro-step")
+    batch_size: int = opt(16, "sequences per rank per micro-step (at most, with global_batch_size)")
+    global_batch_size: int = opt(0, "sequences per optimizer step over all ranks; 0 = ranks x batch_size x "
+                                    "grad_accum. A resumed run keeps its own, on any number of ranks")
 
 
 @dataclass
 class OptimConfig:
     optimizer: str = opt("adamw", "optimizer", ["adamw", "sgd"])
-    lr: float = opt(1e-3, "peak learning rate for one rank (scaled by lr_scaling)")
+    lr: float = opt(1e-3, "peak learning rate for one rank's batch_size x grad_accum (scaled by lr_scaling)")
     min_lr: float = opt(1e-4, "learning rate at the end of the cosine decay (scaled too)")
-    lr_scaling: str = opt("linear", "scale lr with the world size: lr * size, lr * sqrt(size), or not",
+    lr_scaling: str = opt("linear", "scale lr with the global batch (by the number of ranks, or global_batch_size "
+                                    "/ (batch_size x grad_accum)): linearly, by the square root, or not",
                           ["linear", "sqrt", "none"])
     warmup_steps: int = opt(50, "linear warmup steps")
     weight_decay: float = opt(0.1, "decoupled weight decay (matrices only, not norms or biases)")
@@ -204,6 +207,7 @@ def validate(cfg: Config) -> None:
         need(v is None or v > 0, f"{name} must be positive, got {v}")
     need(0.0 <= m.dropout < 1.0, f"dropout must be in [0, 1), got {m.dropout}")
     need(d.batch_size > 0, f"batch_size must be positive, got {d.batch_size}")
+    need(d.global_batch_size >= 0, f"global_batch_size must be >= 0, got {d.global_batch_size}")
     need(o.lr > 0, f"lr must be positive, got {o.lr}")
     need(0 <= o.min_lr <= o.lr, f"min_lr must be between 0 and lr ({o.lr}), got {o.min_lr}")
     need(o.warmup_steps >= 0, f"warmup_steps must be >= 0, got {o.warmup_steps}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import socket
 import time
 from dataclasses import dataclass
@@ -68,9 +69,10 @@ def init(threads: int = 0) -> World:
                  socket.gethostname(), device, n)
 
 
-def scaled_lr(lr: float, size: int, mode: str) -> float:
-    """Step 3a: a larger global batch takes a larger step (Goyal et al.: linear; or sqrt)."""
-    return {"linear": lr * size, "sqrt": lr * math.sqrt(size), "none": lr}[mode]
+def scaled_lr(lr: float, factor: float, mode: str) -> float:
+    """Step 3a: a global batch ``factor`` times one rank's takes a larger step (Goyal et al.:
+    linear; or sqrt). ``factor`` is the number of ranks unless the global batch is set."""
+    return {"linear": lr * factor, "sqrt": lr * math.sqrt(factor), "none": lr}[mode]
 
 
 def wrap_optimizer(optimizer: torch.optim.Optimizer, model: torch.nn.Module, compression: str,
@@ -180,3 +182,38 @@ def is_peer_failure(exc: BaseException) -> bool:
     from horovod.common.exceptions import HorovodInternalError
 
     return isinstance(exc, HorovodInternalError)
+
+
+class StopSignals:
+    """SIGUSR1 and SIGTERM (SLURM's warning before the time limit, preemption, scancel) ask the job
+    to stop after the current step, with a checkpoint.
+
+    Ranks may see the signal at different steps, so they agree: each step starts a one-number
+    allreduce of "did I get a signal?", which completes while the step computes and is read at
+    its end. A second signal of the same kind ends the process at once (the default action).
+    """
+
+    SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+
+    def __init__(self):
+        self.received = 0
+        self._handle = None
+        self._previous = {sig: signal.signal(sig, self._on_signal) for sig in self.SIGNALS}
+
+    def _on_signal(self, signum, frame):
+        if self.received == signum:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+        self.received = signum
+
+    def begin_step(self) -> None:
+        self._handle = hvd.allreduce_async(torch.tensor([self.received]), op=hvd.Max, name="hvdlm.stop")
+
+    def end_step(self) -> str | None:
+        """The name of the signal any rank received (the same on every rank), or None."""
+        signum = int(hvd.synchronize(self._handle).item())
+        return signal.Signals(signum).name if signum else None
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)

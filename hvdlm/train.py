@@ -19,7 +19,7 @@ from hvdlm import checkpoint
 from hvdlm import distributed as dist
 from hvdlm.config import Config, model_shape, save_toml
 from hvdlm.data import load_meta, load_tokenizer, open_tokens
-from hvdlm.data.sampler import ShardedSampler, get_batch, num_sequences
+from hvdlm.data.sampler import ShardedSampler, get_batch, num_sequences, split_global_batch
 from hvdlm.errors import HvdlmError
 from hvdlm.metrics import Metrics
 from hvdlm.model import GPT, GPTConfig
@@ -33,21 +33,49 @@ class Data:
     val: np.ndarray
 
 
-def load_data(cfg: Config, block_size: int, global_batch: int) -> Data:
-    """Open the token shards and check they can feed this run (same checks on every rank)."""
+def load_data(cfg: Config, block_size: int) -> Data:
+    """Open the token shards and check they hold at least a sequence each (same on every rank)."""
     meta = load_meta(cfg.data.data_dir)
     train, val = open_tokens(cfg.data.data_dir, "train", meta), open_tokens(cfg.data.data_dir, "val", meta)
-    n_train = num_sequences(len(train), block_size)
-    if n_train < global_batch:
-        raise HvdlmError(
-            f"the training split of {cfg.data.data_dir} has {len(train)} tokens: {n_train} sequences of "
-            f"block_size {block_size}, fewer than one global batch ({global_batch} = ranks x batch_size); "
-            "use a shorter block_size, a smaller batch, or more text")
-    if len(val) < block_size + 1:
-        raise HvdlmError(
-            f"the validation split of {cfg.data.data_dir} has {len(val)} tokens, fewer than one sequence "
-            f"of block_size {block_size} + 1; use a shorter block_size or more text")
+    for split, tokens in (("training", train), ("validation", val)):
+        if len(tokens) < block_size + 1:
+            raise HvdlmError(
+                f"the {split} split of {cfg.data.data_dir} has {len(tokens)} tokens, fewer than one sequence "
+                f"of block_size {block_size} + 1; use a shorter block_size or more text")
     return Data(meta, train, val)
+
+
+@dataclass
+class BatchPlan:
+    """How one optimizer step's ``global_batch`` sequences are split: ranks x micro x accum."""
+    global_batch: int
+    micro: int
+    accum: int
+    peak_lr: float
+    min_lr: float
+
+
+def plan_batches(cfg: Config, size: int, num_train_seqs: int, resume: dict | None) -> BatchPlan:
+    """The global batch and lr schedule of the run; a resumed run keeps its own, on any rank count."""
+    d, o = cfg.data, cfg.optim
+    reference = d.batch_size * cfg.distributed.grad_accum  # what --lr is tuned for: one rank's batch
+    if resume is not None:
+        global_batch, peak_lr, min_lr = resume["global_batch"], resume["lr"]["peak"], resume["lr"]["min"]
+    else:
+        global_batch = d.global_batch_size or size * reference
+        factor = global_batch / reference  # = the number of ranks unless --global_batch_size is set
+        peak_lr = dist.scaled_lr(o.lr, factor, o.lr_scaling)
+        min_lr = dist.scaled_lr(o.min_lr, factor, o.lr_scaling)
+    try:
+        micro, accum = split_global_batch(global_batch, size, d.batch_size)
+    except ValueError as e:
+        raise HvdlmError(f"{e}; use a rank count that divides it") from None
+    if num_train_seqs < global_batch:
+        raise HvdlmError(
+            f"the training split of {d.data_dir} holds {num_train_seqs} sequences, fewer than one global batch "
+            f"of {global_batch} (ranks x batch_size x grad_accum); use a shorter block_size, a smaller batch, "
+            "fewer ranks, or more text")
+    return BatchPlan(global_batch, micro, accum, peak_lr, min_lr)
 
 
 def prepare_out_dir(out_dir: str) -> None:
@@ -122,28 +150,26 @@ def train(cfg: Config) -> dict:
     # Inputs first, on every rank, so bad input stops the job before any training.
     meta = dist.agree(lambda: load_meta(cfg.data.data_dir))
     shape = model_shape(cfg.model, meta["vocab_size"])
-    data = dist.agree(lambda: load_data(cfg, shape["block_size"], world.size * cfg.data.batch_size))
+    data = dist.agree(lambda: load_data(cfg, shape["block_size"]))
     dist.on_root(lambda: prepare_out_dir(cfg.train.out_dir))
+    resume = dist.on_root(lambda: load_resume_state(cfg, shape, data.meta))
+    num_train_seqs = num_sequences(len(data.train), shape["block_size"])
+    plan = dist.agree(lambda: plan_batches(cfg, world.size, num_train_seqs, resume))
     precision = resolve_precision(cfg.train.precision, world.device)
 
     torch.manual_seed(cfg.train.seed)
     model = GPT(GPTConfig(**shape)).to(world.device)
 
     # 2. Shard the data by rank.
-    sampler = ShardedSampler(num_sequences(len(data.train), shape["block_size"]), cfg.data.batch_size,
-                             world.rank, world.size, cfg.train.seed)
+    sampler = ShardedSampler(num_train_seqs, plan.micro, world.rank, world.size, cfg.train.seed, plan.accum)
 
-    # 3. Scale the learning rate with the world size and wrap the optimizer.
-    peak_lr = dist.scaled_lr(cfg.optim.lr, world.size, cfg.optim.lr_scaling)
-    min_lr = dist.scaled_lr(cfg.optim.min_lr, world.size, cfg.optim.lr_scaling)
-    optimizer = build_optimizer(model, cfg.optim, peak_lr)
-
-    # Wrapped before any state is loaded: Horovod rebuilds the optimizer from its param groups.
+    # 3. The learning rate was scaled with the global batch (plan_batches); wrap the optimizer,
+    # before any state is loaded: Horovod rebuilds the optimizer from its param groups.
+    optimizer = build_optimizer(model, cfg.optim, plan.peak_lr)
     optimizer = dist.wrap_optimizer(optimizer, model, cfg.distributed.compression,
-                                    cfg.distributed.reduce_op, cfg.distributed.grad_accum)
+                                    cfg.distributed.reduce_op, plan.accum)
 
     # 4. Start every rank from rank 0's state: fresh weights, or the checkpoint being resumed.
-    resume = dist.on_root(lambda: load_resume_state(cfg, shape, data.meta))
     step = 0
     if resume is not None:
         model.load_state_dict(resume["model"])
@@ -154,52 +180,58 @@ def train(cfg: Config) -> dict:
 
     t, o = cfg.train, cfg.optim
     last_step = t.max_steps if not t.stop_after else min(t.max_steps, step + t.stop_after)
-    tokens_per_step = world.size * cfg.data.batch_size * cfg.distributed.grad_accum * shape["block_size"]
+    tokens_per_step = plan.global_batch * shape["block_size"]
     if world.is_root:
         save_toml(cfg, Path(t.out_dir) / "config.toml")
     metrics = Metrics(t.out_dir, world.is_root, t.max_steps, step, t.progress)
     metrics.info(
         f"hvdlm: {world.size} rank(s) x {world.threads} thread(s) on {world.device.type}, "
-        f"{model.num_params() / 1e6:.2f}M parameters, {precision}, global batch "
-        f"{tokens_per_step} tokens, lr {peak_lr:g}" + (f", resuming at step {step}" if step else ""))
+        f"{model.num_params() / 1e6:.2f}M parameters, {precision}, global batch {plan.global_batch} x "
+        f"{shape['block_size']} tokens ({world.size} x {plan.micro} x {plan.accum} micro-steps), "
+        f"lr {plan.peak_lr:g}" + (f", resuming at step {step}" if step else ""))
 
     def save_checkpoint():
         if world.is_root:
             checkpoint.save({
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                "sampler": sampler.state_dict(), "model_shape": shape, "tokenizer": data.meta["tokenizer"],
-                "config": cfg.to_dict(), "world_size": world.size,
+                "sampler": sampler.state_dict(), "global_batch": plan.global_batch,
+                "lr": {"peak": plan.peak_lr, "min": plan.min_lr}, "model_shape": shape,
+                "tokenizer": data.meta["tokenizer"], "config": cfg.to_dict(), "world_size": world.size,
             }, t.out_dir)
 
     val_loss = float("nan")
     if step == 0:  # the untrained model's loss: the baseline every later evaluation is read against
         val_loss = evaluate(model, data.val, cfg, world, precision)
         metrics.record("eval", step=0, val_loss=val_loss, val_ppl=math.exp(min(val_loss, 50)))
+    stop = dist.StopSignals()
+    stopped_by = None
     run_start, run_steps, train_time, last_loss = time.perf_counter(), 0, 0.0, float("nan")
-    while step < last_step:
+    while step < last_step and not stopped_by:
         t0 = time.perf_counter()
+        stop.begin_step()
         # Dropout masks from (seed, step, rank): a resumed run draws what an uninterrupted one would.
         torch.manual_seed(hash((t.seed, step, world.rank)))
-        lr = lr_at(step, peak_lr, min_lr, o.warmup_steps, t.max_steps)
+        lr = lr_at(step, plan.peak_lr, plan.min_lr, o.warmup_steps, t.max_steps)
         set_lr(optimizer, lr)
         loss_sum = 0.0
-        for _ in range(cfg.distributed.grad_accum):
+        for _ in range(plan.accum):
             x, y = get_batch(data.train, sampler.next_indices(), shape["block_size"], world.device)
             with autocast(precision, world.device):
                 _, loss = model(x, y)
             # Horovod allreduces each gradient as backward produces it (on the last micro-step).
-            (loss / cfg.distributed.grad_accum).backward()
+            (loss / plan.accum).backward()
             loss_sum += loss.item()
         # 5. Wait for the averaged gradients, clip them, step.
         wait, grad_norm = dist.optimizer_step(optimizer, model, o.grad_clip)
         step += 1
         run_steps += 1
+        stopped_by = stop.end_step()
         step_time = time.perf_counter() - t0
         train_time += step_time
         metrics.advance()
 
-        if step % t.log_interval == 0 or step == last_step:
-            (last_loss,) = dist.average([loss_sum / cfg.distributed.grad_accum], name="train_loss")
+        if step % t.log_interval == 0 or step == last_step or stopped_by:
+            (last_loss,) = dist.average([loss_sum / plan.accum], name="train_loss")
             metrics.record("train", step=step, loss=last_loss, lr=lr, grad_norm=grad_norm,
                            tokens_per_s=tokens_per_step / step_time, step_time=step_time, allreduce_wait=wait)
         if (t.eval_interval and step % t.eval_interval == 0) or step == last_step:
@@ -207,8 +239,9 @@ def train(cfg: Config) -> dict:
             metrics.record("eval", step=step, val_loss=val_loss, val_ppl=math.exp(min(val_loss, 50)))
             metrics.info(f"step {step}: train loss {last_loss:.4f}, val loss {val_loss:.4f}, "
                          f"val ppl {math.exp(min(val_loss, 50)):.2f}")
-        if (t.checkpoint_interval and step % t.checkpoint_interval == 0) or step == last_step:
+        if (t.checkpoint_interval and step % t.checkpoint_interval == 0) or step == last_step or stopped_by:
             save_checkpoint()
+    stop.restore()
 
     if run_steps == 0:  # resumed a finished run: nothing to train, but still report where it stands
         metrics.info(f"checkpoint is at step {step} of max_steps {t.max_steps}: nothing to train "
@@ -216,8 +249,9 @@ def train(cfg: Config) -> dict:
         val_loss = evaluate(model, data.val, cfg, world, precision)
     elapsed = time.perf_counter() - run_start
     summary = {
-        "step": step, "max_steps": t.max_steps, "finished": step >= t.max_steps, "val_loss": val_loss,
-        "train_loss": last_loss, "ranks": world.size, "threads_per_rank": world.threads,
+        "step": step, "max_steps": t.max_steps, "finished": step >= t.max_steps, "stopped_by": stopped_by,
+        "val_loss": val_loss, "train_loss": last_loss, "ranks": world.size, "threads_per_rank": world.threads,
+        "global_batch": plan.global_batch, "micro_batch": plan.micro, "grad_accum": plan.accum,
         "precision": precision, "params": model.num_params(), "seconds": elapsed,
         # throughput of the training steps alone (evaluation and checkpoints excluded)
         "tokens_per_s": tokens_per_step * run_steps / train_time if run_steps else 0.0,
@@ -226,8 +260,13 @@ def train(cfg: Config) -> dict:
     metrics.record("summary", **summary)
     metrics.close()
     if world.is_root:
-        print(f"hvdlm: done at step {step}/{t.max_steps} in {elapsed:.1f}s: val loss {val_loss:.4f}, "
-              f"{summary['tokens_per_s']:.0f} tokens/s, checkpoint {checkpoint.path_in(t.out_dir)}", flush=True)
+        ckpt = checkpoint.path_in(t.out_dir)
+        if stopped_by:
+            print(f"hvdlm: stopped at step {step}/{t.max_steps} on {stopped_by}: checkpoint written to {ckpt}; "
+                  "run the same command to resume", flush=True)
+        else:
+            print(f"hvdlm: done at step {step}/{t.max_steps} in {elapsed:.1f}s: val loss {val_loss:.4f}, "
+                  f"{summary['tokens_per_s']:.0f} tokens/s, checkpoint {ckpt}", flush=True)
         if t.sample_tokens and summary["finished"]:
             from hvdlm.sample import generate_text
             tokenizer = load_tokenizer(cfg.data.data_dir)

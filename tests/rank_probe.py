@@ -3,6 +3,7 @@
     python rank_probe.py samples OUT.json NUM_SEQS BATCH SEED
     python rank_probe.py params OUT.json -- <hvdlm train flags>
     python rank_probe.py crash UNUSED -- <hvdlm train flags>   (rank 1 raises at step 3)
+    python rank_probe.py signal UNUSED -- <hvdlm train flags>  (rank 1 gets SIGUSR1 at step 3)
 
 Rank 0 writes one JSON file with every rank's answer (gathered with Horovod), so the test
 asserts on what the ranks really did, not on what a single process predicts.
@@ -44,8 +45,8 @@ def params(out, *flags):
         json.dump(everyone, open(out, "w"))
 
 
-def crash(out, *flags):
-    """Train through the real CLI, with rank 1 raising at its 3rd step's batch."""
+def _train_with_fault_at_step_3(flags, fault):
+    """Train through the real CLI; rank 1 calls ``fault()`` when it fetches its 3rd batch."""
     import hvdlm.train
     from hvdlm.cli import main
 
@@ -54,14 +55,29 @@ def crash(out, *flags):
     def faulty(*args, **kwargs):
         calls.append(1)
         if hvd.rank() == 1 and len(calls) == 3:
-            raise RuntimeError("injected fault at step 3")
+            fault()
         return real(*args, **kwargs)
 
     hvdlm.train.get_batch = faulty
     main(["train", *flags])
 
 
+def crash(out, *flags):
+    def fault():
+        raise RuntimeError("injected fault at step 3")
+
+    _train_with_fault_at_step_3(flags, fault)
+
+
+def signal(out, *flags):
+    """Rank 1 alone receives SIGUSR1 (as from SLURM's --signal) during step 3."""
+    import os
+    import signal as sig
+
+    _train_with_fault_at_step_3(flags, lambda: os.kill(os.getpid(), sig.SIGUSR1))
+
+
 if __name__ == "__main__":
     what, out, *rest = sys.argv[1:]
     torch.set_num_threads(1)
-    {"samples": samples, "params": params, "crash": crash}[what](out, *[a for a in rest if a != "--"])
+    {"samples": samples, "params": params, "crash": crash, "signal": signal}[what](out, *[a for a in rest if a != "--"])

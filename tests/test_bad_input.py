@@ -116,3 +116,15 @@ def test_one_rank_raising_ends_every_rank(launcher, corpus, tmp_path):
     assert "RuntimeError: injected fault at step 3" in failed[0]
     assert "Traceback" not in rank_output(run), run.output
     assert "injected fault" in (tmp_path / "error-rank1.log").read_text()  # the details are kept
+
+
+def test_global_batch_that_the_ranks_cannot_split(corpus, tmp_path):
+    run = launch("horovodrun-gloo", [HVDLM, "train", "--data_dir", str(corpus), "--out_dir", str(tmp_path),
+                                     *TINY, "--global_batch_size", "15"])
+    assert_one_clear_error(run, "global batch of 15 sequences cannot be split evenly over 2 ranks")
+
+
+def test_more_ranks_than_the_data_can_feed(small_corpus, tmp_path):
+    run = launch("mpirun", [HVDLM, "train", "--data_dir", str(small_corpus), "--out_dir", str(tmp_path),
+                            *TINY, "--batch_size", "64"])
+    assert_one_clear_error(run, "fewer than one global batch of 128")

@@ -112,3 +112,28 @@ def test_short_run_on_default_corpus_lowers_validation_loss(corpus, tmp_path):
     texts = sample.stdout.split("-" * 40)
     assert len(texts) == 3 and all(t.strip().startswith("def ") for t in texts[:2]), sample.stdout
     assert len(texts[0].strip()) > 30
+
+
+def test_a_signal_on_one_rank_stops_all_with_a_checkpoint_and_resumes_on_another_rank_count(corpus, tmp_path):
+    """SLURM's warning signal (SIGUSR1) reaches rank 1 during step 3: every rank stops after
+    step 3, rank 0 checkpoints, all exit 75. The run then resumes on 1 rank with the same global
+    batch (2 micro-steps) and reproduces the losses of an unbroken 2-rank run."""
+    common = ["--data_dir", str(corpus), *TINY, "--max_steps", "8", "--log_interval", "1", "--eval_interval", "0"]
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    check(launch("mpirun", [HVDLM, "train", *common, "--out_dir", str(whole)]))
+    stopped = launch("mpirun", [sys.executable, PROBE, "signal", "unused", "--", *common, "--out_dir", str(split)])
+    assert stopped.returncode == 75, stopped.output
+    assert "hvdlm: stopped at step 3/8 on SIGUSR1: checkpoint written" in stopped.output
+    state = torch.load(split / "checkpoint.pt", weights_only=True)
+    assert state["step"] == 3 and state["global_batch"] == 16
+
+    resumed = check(launch("single", [HVDLM, "train", *common, "--out_dir", str(split)]))
+    assert "resuming at step 3" in resumed.output and "(1 x 8 x 2 micro-steps)" in resumed.output
+
+    def losses(out_dir):
+        return {r["step"]: r["loss"] for r in read_jsonl(out_dir / "metrics.jsonl", "train")}
+
+    expected, got = losses(whole), losses(split)
+    assert sorted(got) == list(range(1, 9))
+    for step in range(4, 9):  # another reduction order: equal to rounding, not bitwise
+        assert got[step] == pytest.approx(expected[step], rel=1e-5), step

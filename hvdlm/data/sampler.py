@@ -9,7 +9,8 @@ B would. The tail of an epoch that cannot fill a whole global batch is skipped: 
 run the same number of steps, or the allreduce of the last one would wait forever.
 
 The position (epoch, sequences consumed in it) is global, the same on every rank, so it goes in
-the checkpoint and a resumed run continues where it stopped.
+the checkpoint and a resumed run continues where it stopped, on any number of ranks that can
+split the same global batch.
 """
 
 from __future__ import annotations
@@ -22,12 +23,24 @@ def num_sequences(num_tokens: int, block_size: int) -> int:
     return max(0, (num_tokens - 1) // block_size)
 
 
+def split_global_batch(global_batch: int, size: int, max_micro: int) -> tuple[int, int]:
+    """(per-rank micro-batch, micro-steps per step) that make ``global_batch`` sequences per step
+    on ``size`` ranks, with the fewest micro-steps whose micro-batch is at most ``max_micro``."""
+    if global_batch % size:
+        raise ValueError(f"a global batch of {global_batch} sequences cannot be split evenly over {size} ranks")
+    accum = -(-global_batch // (size * max_micro))  # ceil
+    while global_batch % (size * accum):
+        accum += 1
+    return global_batch // (size * accum), accum
+
+
 class ShardedSampler:
-    def __init__(self, num_seqs: int, batch_size: int, rank: int, size: int, seed: int):
+    def __init__(self, num_seqs: int, batch_size: int, rank: int, size: int, seed: int, grad_accum: int = 1):
         self.num_seqs, self.batch_size, self.rank, self.size, self.seed = num_seqs, batch_size, rank, size, seed
-        self.global_batch = batch_size * size
-        if num_seqs < self.global_batch:
-            raise ValueError(f"{num_seqs} sequences cannot fill one global batch of {self.global_batch}")
+        self.global_batch = batch_size * size  # sequences per micro-step, all ranks
+        self.step_sequences = self.global_batch * grad_accum  # per optimizer step
+        if num_seqs < self.step_sequences:
+            raise ValueError(f"{num_seqs} sequences cannot fill one global batch of {self.step_sequences}")
         self.epoch, self.offset = 0, 0
         self._perm = self._permutation(0)
 
@@ -36,11 +49,15 @@ class ShardedSampler:
 
     @property
     def steps_per_epoch(self) -> int:
-        return self.num_seqs // self.global_batch
+        return self.num_seqs // self.step_sequences
 
     def next_indices(self) -> np.ndarray:
         """This rank's sequence indices for the next micro-step."""
-        if self.offset + self.global_batch > self.num_seqs:
+        # Epochs turn only between optimizer steps, so a step's micro-batches never straddle two
+        # epochs and any split of the same global batch (ranks x micro-batch x micro-steps) reads
+        # the same sequences in each step.
+        at_step_start = self.offset % self.step_sequences == 0
+        if at_step_start and self.offset + self.step_sequences > self.num_seqs:
             self.epoch, self.offset = self.epoch + 1, 0
             self._perm = self._permutation(self.epoch)
         start = self.offset + self.rank * self.batch_size
