@@ -44,20 +44,19 @@ class Table:
     sep: str = "  "
     prefix: str = "  "  # data lines; headers start with "#" in the same place (nccl-tests style)
 
-    def header(self, title_row: Sequence[str] | None = None) -> str:
-        lines = []
-        if title_row is not None:  # an optional line above the titles, e.g. units or groups
-            lines.append("#" + " " * (len(self.prefix) - 1)
-                         + self.sep.join(f"{t:>{c.width}}" for t, c in zip(title_row, self.columns)))
-        lines.append("#" + " " * (len(self.prefix) - 1)
-                     + self.sep.join(f"{c.title:{c.align}{c.width}}" for c in self.columns))
+    def header(self, units: Sequence[str] | None = None) -> str:
+        """The column titles, and optionally a line of units under them (nccl-tests style)."""
+        lead = "#" + " " * (len(self.prefix) - 1)
+        lines = [lead + self.sep.join(f"{c.title:{c.align}{c.width}}" for c in self.columns)]
+        if units is not None:
+            lines.append(lead + self.sep.join(f"{u:{c.align}{c.width}}" for u, c in zip(units, self.columns)))
         return "\n".join(line.rstrip() for line in lines)
 
     def line(self, row: dict) -> str:
         return (self.prefix + self.sep.join(c.cell(row.get(c.key)) for c in self.columns)).rstrip()
 
-    def render(self, rows: Iterable[dict], title_row: Sequence[str] | None = None) -> str:
-        return "\n".join([self.header(title_row), *(self.line(r) for r in rows)])
+    def render(self, rows: Iterable[dict], units: Sequence[str] | None = None) -> str:
+        return "\n".join([self.header(units), *(self.line(r) for r in rows)])
 
 
 def format_grid(header: Sequence[str], body: Sequence[Sequence[str]], first_left: bool = True) -> str:
@@ -141,7 +140,7 @@ def plot_panels(path: str | os.PathLike, panels: Sequence[Panel], title: str = "
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, NullLocator
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -160,6 +159,7 @@ def plot_panels(path: str | os.PathLike, panels: Sequence[Panel], title: str = "
             if panel.x_bytes:
                 ax.xaxis.set_major_locator(LogLocator(base=panel.logx, numticks=40))
                 ax.xaxis.set_major_formatter(FuncFormatter(_every_other_pow4))
+                ax.xaxis.set_minor_locator(NullLocator())
                 ax.xaxis.set_minor_formatter(NullFormatter())
         if panel.logy:
             ax.set_yscale("log")
