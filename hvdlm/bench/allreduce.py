@@ -742,6 +742,13 @@ def _is_knob(name: str) -> bool:
     return name.startswith("OMPI_MCA_") and not name.startswith(OMPI_PLUMBING)
 
 
+def _loadavg() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
 def describe(s: Settings, world, hosts, device, launcher, backends) -> dict:
     """Everything needed to read or redo the run later (stored in the JSON)."""
     import horovod
@@ -758,6 +765,7 @@ def describe(s: Settings, world, hosts, device, launcher, backends) -> dict:
         "device": str(device),
         "torch_threads_per_rank": world.threads,
         "cpu_count": os.cpu_count(),
+        "loadavg_start": _loadavg(),  # a shared machine: other work skews every figure
         "python": sys.version.split()[0],
         "torch": torch.__version__,
         "horovod": horovod.__version__,
@@ -951,7 +959,7 @@ def run(s: Settings) -> list[dict]:
                 text = side_by_side(rows, dtype, placement)
                 if text:
                     print("#\n" + text, flush=True)
-        meta = {**ctx.meta, "notes": ctx.notes}
+        meta = {**ctx.meta, "loadavg_end": _loadavg(), "notes": ctx.notes}
         s.out_dir.mkdir(parents=True, exist_ok=True)
         written = [report.write_csv(s.out_dir / "allreduce.csv", rows, CSV_FIELDS),
                    report.write_json(s.out_dir / "allreduce.json", meta, rows)]
