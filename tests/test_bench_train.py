@@ -1,0 +1,24 @@
+"""hvdlm bench train runs hvdlm and the DDP baseline for real and reports comparable figures."""
+
+from conftest import HVDLM, check, launch
+from hvdlm.bench.report import read_csv
+
+
+def test_bench_train_compares_horovod_with_ddp_and_one_rank(corpus, tmp_path):
+    out = tmp_path / "bench"
+    run = check(launch("single", [HVDLM, "bench", "train", "--data_dir", str(corpus), "--preset", "tiny",
+                                  "--block_size", "32", "--global_batch", "4", "--steps", "4", "--warmup", "2",
+                                  "--repeats", "1", "--runs", "single,single-1,horovod-gloo,ddp",
+                                  "--out_dir", str(out)], timeout=400))
+    rows = {r["run"]: r for r in read_csv(out / "train.csv")}
+    assert set(rows) == {"1 rank x 2 threads", "1 rank x 1 thread(s)", "Horovod Gloo 2 x 1", "DDP gloo 2 x 1"}, run.output
+    for r in rows.values():
+        assert r["global_batch"] == 4 and r["tokens_per_s"] > 0
+    assert rows["Horovod Gloo 2 x 1"]["micro_batch"] == 2 and rows["DDP gloo 2 x 1"]["micro_batch"] == 2
+    assert rows["1 rank x 2 threads"]["vs_1_rank_all_cores"] == 1.0
+    assert rows["1 rank x 1 thread(s)"]["scaling_efficiency"] == 1.0
+    hvd = rows["Horovod Gloo 2 x 1"]
+    assert abs(hvd["scaling_efficiency"] - hvd["tokens_per_s"] / (2 * rows["1 rank x 1 thread(s)"]["tokens_per_s"])) < 1e-6
+    assert hvd["allreduce_wait_ms"] >= 0  # Horovod reports its wait; DDP overlaps and cannot
+    assert (out / "train.png").stat().st_size > 1000
+    assert "scaling eff." in run.stdout
