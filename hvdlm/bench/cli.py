@@ -22,7 +22,7 @@ def add_bench_parser(subparsers) -> None:
     """Add ``bench`` with its ``allreduce`` subcommand to hvdlm's subcommands."""
     p = subparsers.add_parser("bench", help="benchmarks (launch with horovodrun, mpirun or srun)",
                               description="Benchmarks of the pieces training relies on.")
-    sub = p.add_subparsers(dest="bench", required=True, metavar="{allreduce}")
+    sub = p.add_subparsers(dest="bench", required=True, metavar="{allreduce,train}")
 
     a = sub.add_parser("allreduce", help="allreduce latency and bandwidth: Horovod, torch.distributed, mpi4py, memcpy",
                        description="Sweep allreduce over message sizes, dtypes and in-place/out-of-place for "
@@ -55,6 +55,10 @@ def add_bench_parser(subparsers) -> None:
     o.add_argument("--no_plot", action="store_true", help="skip the PNG")
     a.add_argument("--corrupt_for_test", action="store_true", help=argparse.SUPPRESS)
     a.set_defaults(func=cmd_allreduce)
+
+    from hvdlm.bench.train import add_train_parser
+
+    add_train_parser(sub)
 
 
 def cmd_allreduce(args: argparse.Namespace) -> None:
