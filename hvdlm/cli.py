@@ -59,6 +59,12 @@ def cmd_sample(args: argparse.Namespace) -> None:
         print("-" * 40)
 
 
+def cmd_preflight(args: argparse.Namespace) -> None:
+    from hvdlm.preflight import run, settings_from_args
+
+    run(settings_from_args(args))
+
+
 def build_parser() -> argparse.ArgumentParser:
     from hvdlm.config import add_config_args
 
@@ -93,6 +99,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top_k", type=int, default=200, help="sample among the k likeliest tokens; 0 = all")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_sample)
+    p = sub.add_parser("preflight", help="check the network of an allocation before training (launch like training)",
+                       description="Time point-to-point exchanges between every pair of ranks and a Horovod "
+                                   "allreduce; name the slow ranks and exit 2 when below the thresholds. "
+                                   "Launch over MPI: `srun hvdlm preflight`, `mpirun -np N hvdlm preflight`.")
+    p.add_argument("--size", default="4M", help="bytes per message, K/M/G binary (default: 4M)")
+    p.add_argument("--iters", type=int, default=5, help="timed exchanges per pair and allreduces (default: 5)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed ones before them (default: 1)")
+    p.add_argument("--min_busbw", type=float, default=0.0,
+                   help="fail when the allreduce busbw is below this, in GB/s (default: 0 = only report)")
+    p.add_argument("--min_p2p", type=float, default=None,
+                   help="fail when a rank's point-to-point GB/s is below this (default: --min_busbw)")
+    p.add_argument("--timeout", type=float, default=60.0,
+                   help="seconds to wait for a partner before naming it and ending the job (default: 60)")
+    p.add_argument("--device", default="auto", help="allreduce buffer: auto (GPU if any), cpu or cuda")
+    p.add_argument("--json", default=None, metavar="PATH", help="also write every figure to this JSON file")
+    p.set_defaults(func=cmd_preflight)
+
     from hvdlm.bench.cli import add_bench_parser
     add_bench_parser(sub)
     return parser

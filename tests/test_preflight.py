@@ -1,0 +1,70 @@
+"""hvdlm preflight's analysis, without a launcher: the pairing schedule, per-rank figures and the
+verdict line. (tests/test_slurm.py runs it for real across hosts, with one link slowed.)"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from hvdlm.errors import HvdlmError
+from hvdlm.preflight import Result, Settings, judge, parse_size, rank_figures, tournament
+
+
+@pytest.mark.parametrize("n", range(2, 10))
+def test_tournament_meets_every_pair_once_in_disjoint_rounds(n):
+    rounds = tournament(n)
+    assert len(rounds) == (n - 1 if n % 2 == 0 else n)
+    seen = [p for r in rounds for p in r]
+    assert sorted(seen) == sorted(itertools.combinations(range(n), 2))
+    for r in rounds:
+        ranks = [x for p in r for x in p]
+        assert len(ranks) == len(set(ranks)), r  # nobody in two exchanges at once
+
+
+def result(hosts: list[str], slow_host: str | None, fast=1.0, slow=0.001, allreduce=0.5) -> Result:
+    n = len(hosts)
+    pairs = {(a, b): {"gbps": slow if slow_host in (hosts[a], hosts[b]) else fast, "min_gbps": 0.0}
+             for a, b in itertools.combinations(range(n), 2)}
+    res = Result(n, hosts, pairs, rank_figures(n, hosts, pairs), {"busbw_gbps": allreduce})
+    return res
+
+
+def test_a_slow_host_among_three_is_named_alone():
+    res = judge(result(["n1", "n2", "n3"], "n2", allreduce=0.002), Settings(min_busbw=0.1))
+    assert not res.passed and res.slow == [1]
+    assert res.verdict.startswith("rank 1 on n2 is slow: point-to-point 0.001 GB/s (the other ranks: 1 GB/s); "
+                                  "allreduce busbw 0.002 GB/s < threshold 0.1 GB/s"), res.verdict
+    assert res.verdict.endswith("sbatch --exclude=n2 ..."), res.verdict
+
+
+def test_ranks_sharing_a_slow_host_are_grouped_and_intra_host_pairs_do_not_count():
+    hosts = ["n1", "n1", "n2", "n2", "n3", "n3"]
+    res = judge(result(hosts, "n3"), Settings(min_busbw=0.1))
+    assert res.slow == [4, 5] and res.verdict.startswith("ranks 4, 5 on n3 are slow"), res.verdict
+
+
+def test_with_two_hosts_both_ends_are_named():
+    res = judge(result(["n1", "n2"], "n2"), Settings(min_busbw=0.1))
+    assert res.slow == [0, 1] and "rank 0 on n1 and rank 1 on n2 are slow" in res.verdict
+    assert "cannot tell which end" in res.verdict
+
+
+def test_passes_above_the_thresholds_and_without_any():
+    for s in (Settings(min_busbw=0.1), Settings()):
+        res = judge(result(["n1", "n2", "n3"], None), s)
+        assert res.passed and res.slow == [], res.verdict
+    assert "no threshold set" in judge(result(["n1", "n2"], None), Settings()).verdict
+
+
+def test_slow_allreduce_with_healthy_pairs_fails_and_says_so():
+    res = judge(result(["n1", "n2", "n3"], None, allreduce=0.01), Settings(min_busbw=0.1, min_p2p=0.5))
+    assert not res.passed and res.slow == []
+    assert res.verdict.startswith("allreduce busbw 0.01 GB/s < threshold 0.1 GB/s; no rank stands out")
+
+
+def test_sizes():
+    assert parse_size("4M") == 4 * 2 ** 20 and parse_size("512K") == 512 * 1024 and parse_size("1000") == 1000
+    for bad in ("x", "0", "2G"):
+        with pytest.raises(HvdlmError):
+            parse_size(bad)
