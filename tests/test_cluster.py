@@ -24,8 +24,9 @@ HOSTS = ["hvdnode1", "hvdnode2"]
 DAEMONS = {"slurmctld", "slurmd", "slurmstepd", "slurmscriptd", "munged", "sshd"}
 PY = sys.executable
 # One line per rank: rank, size, cross_size (number of hosts), and the host it ran on.
-PROBE = ("import socket, horovod.torch as hvd; hvd.init(); "
-         "print('PROBE', hvd.rank(), hvd.size(), hvd.cross_size(), socket.gethostname(), flush=True)")
+# One write() per line: launchers that tag output per rank split lines written in pieces.
+PROBE = ("import os, socket, horovod.torch as hvd; hvd.init(); "
+         "os.write(1, f'PROBE {hvd.rank()} {hvd.size()} {hvd.cross_size()} {socket.gethostname()}\\n'.encode())")
 
 
 def env() -> dict:
