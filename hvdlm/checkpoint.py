@@ -1,15 +1,35 @@
-"""Checkpoints: written by rank 0 atomically, read back with ``weights_only=True``.
+"""Checkpoints: written by rank 0 so that no crash leaves a broken one, verified when read.
 
-A checkpoint is one file, ``<out_dir>/checkpoint.pt``: model and optimizer state, the step, the
-data position, the model shape and the config. It is first written to a temporary file in the
-same folder, flushed to disk, then renamed over the old one, so a crash or a full disk mid-write
-leaves the previous checkpoint as it was.
+A checkpoint is one ``torch.save`` file (model and optimizer state, the step, the data position,
+the model shape, the tokenizer and the config) that carries a ``checksum``: a sha256 over every
+tensor's bytes and every value in it, recomputed and compared on load, so a damaged file is
+refused instead of resumed from. Loading uses ``torch.load(weights_only=True)``.
+
+Layout of ``out_dir`` (``keep`` = ``--keep_checkpoints``):
+
+    checkpoint.pt                 always the newest complete checkpoint (what `hvdlm sample` reads)
+    checkpoint-step00000120.pt    with keep > 1: the last ``keep`` checkpoints by step; the newest
+    checkpoint-step00000100.pt    is the same file as checkpoint.pt (a hard link, or a copy)
+
+Each file is written under a temporary name, flushed to disk (fsync), then renamed into place,
+and ``checkpoint.pt`` is switched to the new file by another rename: a rename is atomic, so a
+kill at any moment leaves ``checkpoint.pt`` naming a complete checkpoint (the old or the new
+one) and at worst a stray ``.checkpoint*.tmp`` file, which the next save removes. Older
+checkpoints are deleted only after the new one is in place.
+
+A resume (``newest_valid``) tries the checkpoints newest first and takes the first that loads and
+verifies, reporting each one it skipped and why.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
+import shutil
 import tempfile
+import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -17,15 +37,78 @@ import torch
 from hvdlm.errors import HvdlmError
 
 FILENAME = "checkpoint.pt"
+STEP_FILE = re.compile(r"^checkpoint-step(\d+)\.pt$")
+CHECKSUM_KEY = "checksum"
 
 
 def path_in(out_dir: str | Path) -> Path:
     return Path(out_dir) / FILENAME
 
 
-def save(state: dict, out_dir: str | Path) -> Path:
-    final = path_in(out_dir)
-    fd, tmp = tempfile.mkstemp(prefix=f".{FILENAME}.", suffix=".tmp", dir=final.parent)
+def step_path(out_dir: str | Path, step: int) -> Path:
+    return Path(out_dir) / f"checkpoint-step{step:08d}.pt"
+
+
+# --- the checksum --------------------------------------------------------------------------------
+
+def checksum(state: dict) -> str:
+    """sha256 over the content (not the file's bytes): every tensor's dtype, shape and bytes, and
+    every other value, in a fixed order. Whatever ``torch.save`` writes, the same content gives
+    the same sum, so the loaded state can be checked against the sum saved with it."""
+    h = hashlib.sha256()
+    _feed(h, {k: v for k, v in state.items() if k != CHECKSUM_KEY})
+    return "sha256:" + h.hexdigest()
+
+
+def _feed(h, obj) -> None:
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)}|".encode())
+        if t.numel():
+            h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+    elif isinstance(obj, dict):
+        h.update(f"D{len(obj)}|".encode())
+        for key in sorted(obj, key=lambda k: (type(k).__name__, repr(k))):
+            _feed(h, key)
+            _feed(h, obj[key])
+    elif isinstance(obj, (list, tuple)):
+        h.update(f"{'L' if isinstance(obj, list) else 'U'}{len(obj)}|".encode())
+        for item in obj:
+            _feed(h, item)
+    elif isinstance(obj, float):
+        h.update(f"F{obj.hex()}|".encode())
+    else:  # int, bool, str, None, torch.dtype, ...: a length-prefixed repr
+        text = f"{type(obj).__name__}:{obj!r}"
+        h.update(f"S{len(text)}|{text}".encode())
+
+
+# --- writing -------------------------------------------------------------------------------------
+
+def save(state: dict, out_dir: str | Path, keep: int = 1) -> Path:
+    """Write ``state`` with its checksum; afterwards ``checkpoint.pt`` is this checkpoint.
+
+    With ``keep`` > 1 the checkpoint is written as ``checkpoint-step<N>.pt`` (``state["step"]``)
+    and ``checkpoint.pt`` becomes a second name for it; the oldest beyond ``keep`` are deleted.
+    Returns the path of ``checkpoint.pt``.
+    """
+    out = Path(out_dir)
+    _remove_stale_temporaries(out)
+    state = dict(state)
+    state[CHECKSUM_KEY] = checksum(state)
+    latest = path_in(out)
+    step = state.get("step")
+    if keep > 1 and isinstance(step, int):
+        target = step_path(out, step)
+        _write_atomically(state, target)
+        _point_latest_at(target, latest)
+    else:
+        _write_atomically(state, latest)
+    _prune(out, keep if keep > 1 else 0)
+    return latest
+
+
+def _write_atomically(state: dict, final: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             torch.save(state, fh)
@@ -35,23 +118,138 @@ def save(state: dict, out_dir: str | Path) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    # make the rename itself durable
-    dir_fd = os.open(final.parent, os.O_RDONLY)
+    _fsync_dir(final.parent)
+
+
+def _point_latest_at(target: Path, latest: Path) -> None:
+    """Make ``latest`` a second name of ``target`` (hard link; a copy where links are refused)."""
+    tmp = latest.parent / f".{latest.name}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        try:
+            os.link(target, tmp)
+        except OSError:
+            shutil.copyfile(target, tmp)
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+        os.replace(tmp, latest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(latest.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the renames in ``folder`` durable."""
+    dir_fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
-    return final
 
+
+def _step_files(out: Path) -> list[tuple[int, Path]]:
+    """(step, path) of the step-named checkpoints, newest first."""
+    found = []
+    for p in out.glob("checkpoint-step*.pt"):
+        m = STEP_FILE.match(p.name)
+        if m:
+            found.append((int(m.group(1)), p))
+    return sorted(found, reverse=True)
+
+
+def _prune(out: Path, keep: int) -> None:
+    """Delete step-named checkpoints beyond the newest ``keep`` (0: all of them)."""
+    for _, p in _step_files(out)[keep:]:
+        p.unlink(missing_ok=True)
+
+
+def _remove_stale_temporaries(out: Path) -> None:
+    """Half-written files of a writer that was killed (only rank 0 writes, one save at a time)."""
+    for p in out.glob(".checkpoint*.tmp"):
+        p.unlink(missing_ok=True)
+
+
+# --- reading -------------------------------------------------------------------------------------
 
 def load(path: str | Path) -> dict:
+    """Read one checkpoint and verify its checksum; any problem is one HvdlmError line."""
     path = Path(path)
+    state, problem = _try_load(path)
+    if problem:
+        raise HvdlmError(f"cannot read checkpoint {path}: {problem}")
+    return state
+
+
+def _try_load(path: Path) -> tuple[dict | None, str | None]:
+    """(state, None), or (None, why it cannot be used)."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise HvdlmError(f"no checkpoint at {path}") from None
+        return None, "no such file"
     except Exception as e:  # truncated, not a checkpoint, or holding objects we do not unpickle
-        raise HvdlmError(f"cannot read checkpoint {path}: {type(e).__name__}: {str(e).splitlines()[0]}") from None
+        first = (str(e).splitlines() or [""])[0]
+        return None, f"{type(e).__name__}: {first}"
+    if not isinstance(state, dict):
+        return None, f"not an hvdlm checkpoint (a {type(state).__name__})"
+    saved = state.pop(CHECKSUM_KEY, None)
+    if saved is not None and saved != checksum(state):
+        return None, "checksum mismatch (the file changed after it was written: damaged or edited)"
+    return state, None
+
+
+@dataclass
+class Found:
+    """The checkpoint a resume takes, and those it skipped on the way (newest first)."""
+    state: dict
+    path: Path
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+
+    def note(self) -> str:
+        """One line for the log: what was skipped and why, and what is resumed."""
+        if not self.skipped:
+            return ""
+        skipped = "; ".join(f"{p.name} ({why})" for p, why in self.skipped)
+        return (f"hvdlm: skipped damaged checkpoint(s): {skipped}; resuming from {self.path.name} "
+                f"(step {self.state.get('step')})")
+
+
+def candidates(out_dir: str | Path) -> list[Path]:
+    """Every checkpoint in ``out_dir``, newest first, each file once."""
+    out = Path(out_dir)
+    steps = [p for _, p in _step_files(out)]
+    latest = path_in(out)
+    if latest.exists():
+        same = any(_same_file(latest, p) for p in steps)
+        if not same:  # written with keep 1 (or by an older hvdlm): it is the newest
+            steps.insert(0, latest)
+        else:  # report it under the name users know when it is the newest
+            steps = [latest if _same_file(latest, p) and i == 0 else p for i, p in enumerate(steps)]
+    return steps
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def newest_valid(out_dir: str | Path) -> Found | None:
+    """The newest checkpoint that loads and verifies; None when there is none at all.
+
+    Raises HvdlmError (one line) when there are checkpoints but none of them can be used: the
+    run would otherwise silently start over and, at its first save, push the damaged ones out.
+    """
+    skipped: list[tuple[Path, str]] = []
+    for path in candidates(out_dir):
+        state, problem = _try_load(path)
+        if problem is None:
+            return Found(state, path, skipped)
+        skipped.append((path, problem))
+    if skipped:
+        raise HvdlmError("; ".join(f"cannot read checkpoint {p}: {why}" for p, why in skipped)
+                         + "; move them away or use --resume false to start over")
+    return None
 
 
 def check_shape(state: dict, shape: dict, path: str | Path) -> None:

@@ -2,7 +2,10 @@
 
 Problems a user can fix end with one line, ``hvdlm: error: ...``, printed once (by rank 0) and
 exit status 2 on every rank; anything unexpected prints one line naming the rank and host and
-exits 1, with the traceback in ``<out_dir>/error-rank<N>.log``.
+exits 1, with the traceback in ``<out_dir>/error-rank<N>.log``. A rank that ends because a peer
+died, stalled or was cut off (or because it stalled itself) exits 3 (``watchdog.EXIT_STALLED``);
+of all ranks, one prints the line that names the cause (watchdog.py). Exit statuses:
+0 done, 1 crashed, 2 bad input, 3 stalled or lost a peer, 75 stopped on a signal (resumable).
 """
 
 from __future__ import annotations
@@ -121,23 +124,48 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def report_crash(args: argparse.Namespace, rank: int, exc: BaseException) -> None:
-    """One line on stderr; the traceback in a log file next to the run's output."""
+def report_crash(args: argparse.Namespace, rank: int, exc: BaseException) -> int:
+    """One line on stderr, from one rank; the traceback in a log file next to the run's output.
+    Returns the exit status: 1 when this rank failed, 3 when a peer did (the watchdog's)."""
+    from hvdlm import watchdog
+
     host = socket.gethostname()
     log_dir = Path(getattr(args, "out_dir", None) or ".")
     log = log_dir / f"error-rank{rank}.log"
+    peer_failure = "horovod" in sys.modules and _is_peer_failure(exc)
+    verdict = None
+    if peer_failure and watchdog.current() is not None:
+        # Which peer went away, and whether it already said why (then this rank keeps quiet).
+        verdict = watchdog.current().explain_peer_failure()
     try:
         log_dir.mkdir(parents=True, exist_ok=True)
-        log.write_text("".join(traceback.format_exception(exc)))
+        log.write_text((f"{verdict.cause}\n\n" if verdict else "") + "".join(traceback.format_exception(exc)))
         where = f" (traceback in {log})"
     except OSError:
         where = ""
         traceback.print_exception(exc)
-    if "horovod" in sys.modules and _is_peer_failure(exc):
+    if peer_failure:
+        if verdict is not None and verdict.line is None:
+            return watchdog.EXIT_STALLED  # the failed rank, or the rank that reports it, says why
+        if verdict is not None and verdict.line:
+            print(verdict.line, file=sys.stderr, flush=True)
+            return watchdog.EXIT_STALLED
         what = "stopped: another rank failed or left during a collective (its message names the cause)"
-    else:
-        what = f"failed: {type(exc).__name__}: {exc}"
-    print(f"hvdlm: rank {rank} on {host} {what}{where}", file=sys.stderr, flush=True)
+        print(f"hvdlm: rank {rank} on {host} {what}{where}", file=sys.stderr, flush=True)
+        return watchdog.EXIT_STALLED
+    message = f"{type(exc).__name__}: {exc}"
+    farewell(f"failed: {message}")
+    print(f"hvdlm: rank {rank} on {host} failed: {message}{where}", file=sys.stderr, flush=True)
+    return 1
+
+
+def farewell(why: str) -> None:
+    """Tell the other ranks (through the watchdog) why this rank is leaving, so they stay quiet."""
+    if "hvdlm.watchdog" in sys.modules:
+        from hvdlm import watchdog
+
+        if watchdog.current() is not None:
+            watchdog.current().stop(why)
 
 
 def _is_peer_failure(exc: BaseException) -> bool:
@@ -152,17 +180,21 @@ def main(argv: list[str] | None = None) -> None:
     try:
         args.func(args)
     except HvdlmError as e:
+        farewell("done" if e.everywhere else f"error: {e}")
         if rank == 0 or not e.everywhere:
             print(f"hvdlm: error: {e}", file=sys.stderr, flush=True)
+        if not e.everywhere and "horovod" in sys.modules:
+            sys.stdout.flush()  # one rank alone: the others may wait in a collective (see below)
+            os._exit(2)
         sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)
     except Exception as e:
-        report_crash(args, rank, e)
+        code = report_crash(args, rank, e)
         sys.stdout.flush()
         # Skip interpreter teardown: Horovod's background thread may be mid-collective, and a clean
         # exit could wait on it; the launcher sees the non-zero status and stops the other ranks.
-        os._exit(1)
+        os._exit(code)
 
 
 if __name__ == "__main__":

@@ -64,6 +64,18 @@ class DistributedConfig:
                          ["average", "adasum"])
     grad_accum: int = opt(1, "micro-steps per optimizer step (Horovod backward_passes_per_step)")
     threads: int = opt(0, "torch threads per rank on CPU; 0 = the usable cores / ranks on this host")
+    watchdog: bool = opt(True, "end the job, with one line naming the cause, when a rank makes no progress or a "
+                               "peer is stopped, dead or cut off (docs/faults.md)")
+    step_timeout: float | None = opt(None, "seconds without progress before the watchdog ends the job (default: "
+                                           "max(60, 10 x the median step time); 300 while starting and checkpointing)")
+    peer_timeout: float = opt(20.0, "seconds a peer may send no heartbeat (stopped, hung, cut off) before the "
+                                    "watchdog ends the job")
+    elastic: bool = opt(False, "train under Horovod elastic: ranks may leave and join (launch with `hvdlm elastic`)")
+    min_ranks: int = opt(1, "elastic: the fewest ranks the job trains on")
+    max_ranks: int = opt(0, "elastic: the most ranks the job trains on; 0 = the ranks it starts with")
+    discovery_script: str = opt("", "elastic: executable that prints the available hosts, one `host:slots` a line")
+    commit_interval: int = opt(10, "elastic: commit the state in memory every this many steps; a lost rank costs "
+                                   "at most this many steps")
 
 
 @dataclass
@@ -75,7 +87,10 @@ class TrainConfig:
     eval_sequences: int = opt(64, "validation sequences per evaluation, split across ranks")
     log_interval: int = opt(10, "write a metrics line every this many steps")
     checkpoint_interval: int = opt(0, "checkpoint every this many steps (and at the end); 0 = only at the end")
-    resume: bool = opt(True, "continue from out_dir/checkpoint.pt when it exists")
+    resume: bool = opt(True, "continue from the newest valid checkpoint in out_dir when there is one")
+    keep_checkpoints: int = opt(3, "checkpoints kept in out_dir (the newest is also checkpoint.pt); a resume skips "
+                                   "damaged ones and takes the newest that verifies")
+    verify_data: bool = opt(True, "check the shards against their sha256 in meta.json before training (reads them once)")
     precision: str = opt("auto", "fp32, or bf16 autocast; auto = bf16 on GPUs with bf16, fp32 on CPUs",
                          ["auto", "fp32", "bf16"])
     seed: int = opt(1337, "seed for initialisation and data order (same on every rank)")
@@ -218,11 +233,22 @@ def validate(cfg: Config) -> None:
          "reduce_op adasum combines each rank's optimizer update, not gradients: set grad_clip 0")
     need(dist.grad_accum >= 1, f"grad_accum must be >= 1, got {dist.grad_accum}")
     need(dist.threads >= 0, f"threads must be >= 0, got {dist.threads}")
+    need(dist.step_timeout is None or dist.step_timeout > 0,
+         f"step_timeout must be positive, got {dist.step_timeout} (leave it out for the automatic limit, "
+         "or set --watchdog false to turn the watchdog off)")
+    need(dist.peer_timeout > 0, f"peer_timeout must be positive, got {dist.peer_timeout} "
+                                "(or set --watchdog false to turn the watchdog off)")
+    need(dist.min_ranks >= 1, f"min_ranks must be >= 1, got {dist.min_ranks}")
+    need(dist.max_ranks >= 0, f"max_ranks must be >= 0, got {dist.max_ranks}")
+    need(not dist.max_ranks or dist.min_ranks <= dist.max_ranks,
+         f"the elastic range is empty: min_ranks {dist.min_ranks} is above max_ranks {dist.max_ranks}")
+    need(dist.commit_interval >= 1, f"commit_interval must be >= 1, got {dist.commit_interval}")
     need(t.max_steps > 0, f"max_steps must be positive, got {t.max_steps}")
     for name in ("stop_after", "eval_interval", "checkpoint_interval", "sample_tokens"):
         need(getattr(t, name) >= 0, f"{name} must be >= 0, got {getattr(t, name)}")
     need(t.eval_sequences > 0, f"eval_sequences must be positive, got {t.eval_sequences}")
     need(t.log_interval > 0, f"log_interval must be positive, got {t.log_interval}")
+    need(t.keep_checkpoints >= 1, f"keep_checkpoints must be >= 1, got {t.keep_checkpoints}")
     need(bool(d.data_dir), "data_dir must not be empty")
     need(bool(t.out_dir), "out_dir must not be empty")
 

@@ -143,6 +143,11 @@ def sum_all(values: list[float], name: str) -> list[float]:
     return hvd.allreduce(t, op=hvd.Sum, name=name).tolist()
 
 
+def allgather(obj: T) -> list[T]:
+    """Every rank's picklable ``obj``, in rank order (the watchdog's address exchange)."""
+    return hvd.allgather_object(obj, name="hvdlm.allgather")
+
+
 def agree(fn: Callable[[], T]) -> T:
     """Run ``fn`` on every rank; if it raises HvdlmError on any rank, raise it on all of them.
 

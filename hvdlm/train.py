@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hvdlm import checkpoint
+from hvdlm import checkpoint, watchdog
 from hvdlm import distributed as dist
 from hvdlm.config import Config, model_shape, save_toml
-from hvdlm.data import load_meta, load_tokenizer, open_tokens
+from hvdlm.data import load_meta, load_tokenizer, open_tokens, verify_checksums
 from hvdlm.data.sampler import ShardedSampler, get_batch, num_sequences, split_global_batch
 from hvdlm.errors import HvdlmError
 from hvdlm.metrics import Metrics
@@ -34,8 +34,11 @@ class Data:
 
 
 def load_data(cfg: Config, block_size: int) -> Data:
-    """Open the token shards and check they hold at least a sequence each (same on every rank)."""
+    """Open the token shards and check they hold at least a sequence each (same on every rank),
+    and unless ``--verify_data false`` that they match their sha256 (a corrupt shard stops here)."""
     meta = load_meta(cfg.data.data_dir)
+    if cfg.train.verify_data:
+        verify_checksums(cfg.data.data_dir, meta)
     train, val = open_tokens(cfg.data.data_dir, "train", meta), open_tokens(cfg.data.data_dir, "val", meta)
     for split, tokens in (("training", train), ("validation", val)):
         if len(tokens) < block_size + 1:
@@ -91,11 +94,13 @@ def prepare_out_dir(out_dir: str) -> None:
 
 
 def load_resume_state(cfg: Config, shape: dict, meta: dict) -> dict | None:
-    """Rank 0 reads ``out_dir/checkpoint.pt`` if there is one and it fits this run."""
-    path = checkpoint.path_in(cfg.train.out_dir)
-    if not cfg.train.resume or not path.exists():
+    """Rank 0 reads the newest valid checkpoint in ``out_dir``, if any, and checks it fits this run.
+    ``state["resumed_from"]`` says which file it is and which newer ones were skipped, and why."""
+    found = checkpoint.newest_valid(cfg.train.out_dir) if cfg.train.resume else None
+    if found is None:
         return None
-    state = checkpoint.load(path)
+    state, path = found.state, found.path
+    state["resumed_from"] = {"path": str(path), "note": found.note()}
     checkpoint.check_shape(state, shape, path)
     if state.get("tokenizer") != meta["tokenizer"]:
         raise HvdlmError(
@@ -137,6 +142,7 @@ def evaluate(model: GPT, val: np.ndarray, cfg: Config, world: dist.World, precis
         with autocast(precision, world.device):
             _, loss = model(x, y)
         total, count = total + loss.item() * len(idx), count + len(idx)
+        watchdog.beat()
     model.train()
     total, count = dist.sum_all([total, count], name="eval_loss")
     return total / count
@@ -146,6 +152,8 @@ def train(cfg: Config) -> dict:
     """Train as configured; returns the final summary (the same dict on every rank)."""
     # 1. Horovod: start, pin a GPU or size the CPU threads.
     world = dist.init(cfg.distributed.threads)
+    # The watchdog ends the job, with one line, if this rank or a peer stops making progress.
+    watch = watchdog.start(world, cfg, dist.allgather)
 
     # Inputs first, on every rank, so bad input stops the job before any training.
     meta = dist.agree(lambda: load_meta(cfg.data.data_dir))
@@ -189,15 +197,18 @@ def train(cfg: Config) -> dict:
         f"{model.num_params() / 1e6:.2f}M parameters, {precision}, global batch {plan.global_batch} x "
         f"{shape['block_size']} tokens ({world.size} x {plan.micro} x {plan.accum} micro-steps), "
         f"lr {plan.peak_lr:g}" + (f", resuming at step {step}" if step else ""))
+    if resume is not None and resume["resumed_from"]["note"]:
+        metrics.info(resume["resumed_from"]["note"])
 
     def save_checkpoint():
+        watch.phase("checkpointing")
         if world.is_root:
             checkpoint.save({
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
                 "sampler": sampler.state_dict(), "global_batch": plan.global_batch,
                 "lr": {"peak": plan.peak_lr, "min": plan.min_lr}, "model_shape": shape,
                 "tokenizer": data.meta["tokenizer"], "config": cfg.to_dict(), "world_size": world.size,
-            }, t.out_dir)
+            }, t.out_dir, keep=t.keep_checkpoints)
 
     val_loss = float("nan")
     if step == 0:  # the untrained model's loss: the baseline every later evaluation is read against
@@ -215,17 +226,21 @@ def train(cfg: Config) -> dict:
         set_lr(optimizer, lr)
         loss_sum = 0.0
         for _ in range(plan.accum):
+            watch.phase("data loading")
             x, y = get_batch(data.train, sampler.next_indices(), shape["block_size"], world.device)
+            watch.phase("forward/backward")
             with autocast(precision, world.device):
                 _, loss = model(x, y)
             # Horovod allreduces each gradient as backward produces it (on the last micro-step).
             (loss / plan.accum).backward()
             loss_sum += loss.item()
         # 5. Wait for the averaged gradients, clip them, step.
+        watch.phase("allreduce")
         wait, grad_norm = dist.optimizer_step(optimizer, model, o.grad_clip)
         step += 1
         run_steps += 1
         stopped_by = stop.end_step()
+        watch.step_done(step)
         step_time = time.perf_counter() - t0
         train_time += step_time
         metrics.advance()
@@ -235,6 +250,7 @@ def train(cfg: Config) -> dict:
             metrics.record("train", step=step, loss=last_loss, lr=lr, grad_norm=grad_norm,
                            tokens_per_s=tokens_per_step / step_time, step_time=step_time, allreduce_wait=wait)
         if (t.eval_interval and step % t.eval_interval == 0) or step == last_step:
+            watch.phase("evaluation")
             val_loss = evaluate(model, data.val, cfg, world, precision)
             metrics.record("eval", step=step, val_loss=val_loss, val_ppl=math.exp(min(val_loss, 50)))
             metrics.info(f"step {step}: train loss {last_loss:.4f}, val loss {val_loss:.4f}, "
@@ -247,6 +263,7 @@ def train(cfg: Config) -> dict:
         metrics.info(f"checkpoint is at step {step} of max_steps {t.max_steps}: nothing to train "
                      "(raise --max_steps to continue, or --resume false to start over)")
         val_loss = evaluate(model, data.val, cfg, world, precision)
+    watch.stop()  # the last collective is behind us: a rank that exits now is not a lost peer
     elapsed = time.perf_counter() - run_start
     summary = {
         "step": step, "max_steps": t.max_steps, "finished": step >= t.max_steps, "stopped_by": stopped_by,

@@ -4,6 +4,8 @@
     python rank_probe.py params OUT.json -- <hvdlm train flags>
     python rank_probe.py crash UNUSED -- <hvdlm train flags>   (rank 1 raises at step 3)
     python rank_probe.py signal UNUSED -- <hvdlm train flags>  (rank 1 gets SIGUSR1 at step 3)
+    python rank_probe.py fault UNUSED -- <hvdlm train flags>   (HVDLM_PROBE_FAULT=RANK:BATCH:raise|hang,
+                                                                HVDLM_PROBE_SLOW_SAVE=SECONDS: slow checkpoint writes)
 
 Rank 0 writes one JSON file with every rank's answer (gathered with Horovod), so the test
 asserts on what the ranks really did, not on what a single process predicts.
@@ -77,7 +79,64 @@ def signal(out, *flags):
     _train_with_fault_at_step_3(flags, lambda: os.kill(os.getpid(), sig.SIGUSR1))
 
 
+def slow_torch_save(seconds):
+    """Make ``torch.save`` into a file take about ``seconds``: the bytes trickle out in 50 writes,
+    so a test can kill the writer in the middle of a checkpoint."""
+    import io
+    import time
+
+    real = torch.save
+
+    def save(obj, f, *args, **kwargs):
+        if isinstance(f, (str, bytes)) or not hasattr(f, "write"):
+            return real(obj, f, *args, **kwargs)
+        buf = io.BytesIO()
+        real(obj, buf, *args, **kwargs)
+        data = buf.getvalue()
+        chunk = max(1, len(data) // 50)
+        for i in range(0, len(data), chunk):
+            f.write(data[i:i + chunk])
+            f.flush()
+            time.sleep(seconds / 50)
+
+    torch.save = save
+
+
+def fault(out, *flags):
+    """HVDLM_PROBE_FAULT=R:N:KIND: rank R, at its N-th batch, raises (raise) or stops making
+    progress while loading data (hang). HVDLM_PROBE_SLOW_SAVE=S: checkpoint writes take ~S s."""
+    import os
+    import time
+
+    if os.environ.get("HVDLM_PROBE_SLOW_SAVE"):
+        slow_torch_save(float(os.environ["HVDLM_PROBE_SLOW_SAVE"]))
+    spec = os.environ.get("HVDLM_PROBE_FAULT", "")
+    if not spec:
+        from hvdlm.cli import main
+
+        return main(["train", *flags])
+    rank, batch, kind = spec.split(":")
+    import hvdlm.train
+    from hvdlm.cli import main
+
+    real, calls = hvdlm.train.get_batch, []
+
+    def faulty(*args, **kwargs):
+        calls.append(1)
+        if hvd.rank() == int(rank) and len(calls) == int(batch):
+            if kind == "raise":
+                raise RuntimeError(f"injected fault at batch {batch}")
+            if kind == "hang":
+                while True:
+                    time.sleep(1)
+        return real(*args, **kwargs)
+
+    hvdlm.train.get_batch = faulty
+    main(["train", *flags])
+
+
 if __name__ == "__main__":
     what, out, *rest = sys.argv[1:]
     torch.set_num_threads(1)
-    {"samples": samples, "params": params, "crash": crash, "signal": signal}[what](out, *[a for a in rest if a != "--"])
+    {"samples": samples, "params": params, "crash": crash, "signal": signal,
+     "fault": fault}[what](out, *[a for a in rest if a != "--"])

@@ -1,0 +1,214 @@
+"""Fault injection on real processes: start a job under a launcher, find the process of a given
+rank, hurt it (kill -9, SIGSTOP, ...) and time how long the job takes to end.
+
+Used by tests/test_faults.py, tests/test_elastic.py and benchmarks/faults/matrix.py (the fault
+matrix in docs/faults.md), so the tests and the published figures come from the same harness.
+
+Every process a job starts carries ``HVDLM_FAULT_TAG=<tag>`` in its environment (launchers pass
+the environment on), which is how its ranks are found and how nothing is left behind: ``stop()``
+kills every process with the tag, stopped ones included.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+RANK_VARS = ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID")
+
+
+def _environ(pid: int) -> dict[str, str]:
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return {}
+    env = {}
+    for item in raw.split(b"\0"):
+        key, sep, value = item.partition(b"=")
+        if sep:
+            env[key.decode(errors="replace")] = value.decode(errors="replace")
+    return env
+
+
+def _ppid_and_state(pid: int) -> tuple[int, str]:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return -1, "X"
+    fields = stat.rsplit(")", 1)[1].split()
+    return int(fields[1]), fields[0]
+
+
+def tagged_pids(tag: str) -> list[int]:
+    """Live processes (not zombies) whose environment carries this tag."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        if pid == os.getpid():
+            continue
+        if _environ(pid).get("HVDLM_FAULT_TAG") == tag and _ppid_and_state(pid)[1] not in ("Z", "X"):
+            pids.append(pid)
+    return pids
+
+
+@dataclass
+class Result:
+    returncode: int | None  # None: it hung and was killed by the harness
+    seconds: float  # from start() to the end
+    since_fault: float | None  # from the injected fault to the end
+    stdout: str
+    stderr: str
+    leftovers: list[str]  # rank processes still alive after the launcher had ended
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+    def error_lines(self) -> list[str]:
+        """The ``hvdlm:`` lines the ranks wrote on stderr (launcher prefixes removed)."""
+        lines = []
+        for line in self.stderr.splitlines():
+            line = re.sub(r"^\[\d+\]<stderr>:", "", line)
+            if line.startswith("hvdlm:"):
+                lines.append(line)
+        return lines
+
+    def rank_tracebacks(self) -> int:
+        """Tracebacks the ranks printed (horovodrun's own, about its launcher, excluded)."""
+        return sum("Traceback" in line for line in self.stderr.splitlines()
+                   if re.match(r"^\[\d+\]<stderr>:", line) or "horovodrun" not in self.argv_text)
+
+    argv_text: str = ""
+
+    @property
+    def hung(self) -> bool:
+        return self.returncode is None
+
+
+class Job:
+    """One launched job; ``argv`` is the whole command (launcher included)."""
+
+    def __init__(self, argv: list[str], workdir: Path, env: dict | None = None, tag: str | None = None):
+        self.argv, self.workdir = argv, Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.tag = tag or uuid.uuid4().hex[:12]
+        self.env = dict(env or os.environ, HVDLM_FAULT_TAG=self.tag)
+        self.fault_at: float | None = None
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "Job":
+        self._out = open(self.workdir / f"job-{self.tag}.out", "w+")
+        self._err = open(self.workdir / f"job-{self.tag}.err", "w+")
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(self.argv, stdout=self._out, stderr=self._err, env=self.env,
+                                     start_new_session=True, stdin=subprocess.DEVNULL)
+        return self
+
+    def output(self) -> str:
+        self._out.flush()
+        self._err.flush()
+        return Path(self._out.name).read_text() + Path(self._err.name).read_text()
+
+    def rank_pid(self, rank: int, timeout: float = 60) -> int:
+        """The process of ``rank``: the deepest tagged process whose launcher rank is ``rank``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            mine = {}
+            for pid in tagged_pids(self.tag):
+                env = _environ(pid)
+                if any(env.get(v) == str(rank) for v in RANK_VARS):
+                    mine[pid] = _ppid_and_state(pid)[0]
+            leaves = [pid for pid in mine if pid not in mine.values()]
+            if len(leaves) == 1 and self._is_python(leaves[0]):
+                return leaves[0]
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"job ended before rank {rank} could be found:\n{self.output()}")
+            time.sleep(0.2)
+        raise RuntimeError(f"no single process for rank {rank} within {timeout}s")
+
+    @staticmethod
+    def _is_python(pid: int) -> bool:
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return False
+        return b"python" in cmd or b"hvdlm" in cmd
+
+    def wait_until(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"job ended (rc {self.proc.returncode}) while waiting for {what}:\n{self.output()}")
+            time.sleep(0.1)
+        raise RuntimeError(f"timed out after {timeout}s waiting for {what}:\n{self.output()}")
+
+    def wait_for_output(self, pattern: str, timeout: float = 90) -> None:
+        self.wait_until(lambda: re.search(pattern, self.output()) is not None, timeout, repr(pattern))
+
+    def inject(self, pid: int, sig: int) -> None:
+        """Send ``sig`` to ``pid`` and start the clock of ``Result.since_fault``."""
+        self.fault_at = time.monotonic()
+        os.kill(pid, sig)
+
+    def mark_fault(self) -> None:
+        self.fault_at = time.monotonic()
+
+    def wait(self, timeout: float) -> Result:
+        """Wait for the job to end; past ``timeout`` it counts as hung and everything is killed."""
+        try:
+            rc = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            rc = None
+        end = time.monotonic()
+        leftovers = []
+        if rc is not None:
+            time.sleep(0.5)
+            leftovers = [self._cmdline(pid) for pid in tagged_pids(self.tag) if self._is_python(pid)]
+        self.stop()
+        return Result(rc, end - self.started, None if self.fault_at is None else end - self.fault_at,
+                      Path(self._out.name).read_text(), Path(self._err.name).read_text(), leftovers,
+                      " ".join(self.argv))
+
+    @staticmethod
+    def _cmdline(pid: int) -> str:
+        try:
+            return f"{pid}: " + Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:200]
+        except OSError:
+            return f"{pid}: ?"
+
+    def stop(self) -> None:
+        """Kill the launcher's session and every tagged process (stopped ones too), then reap."""
+        if self.proc and self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except OSError:
+                pass
+        for _ in range(50):
+            pids = tagged_pids(self.tag)
+            if not pids:
+                break
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            time.sleep(0.1)
+        if self.proc:
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+        for fh in (getattr(self, "_out", None), getattr(self, "_err", None)):
+            if fh:
+                fh.flush()
