@@ -49,8 +49,24 @@ def cmd_train(args: argparse.Namespace) -> None:
         cfg = config_from_args(args)
     except HvdlmError as e:  # every rank parses the same command line
         raise HvdlmError(str(e), everywhere=True) from None
+    if cfg.distributed.elastic:
+        from hvdlm.elastic import train_elastic
+
+        train = train_elastic  # noqa: F811  (ranks come and go: elastic.py)
     if train(cfg)["stopped_by"]:
         sys.exit(EXIT_RESUMABLE)
+
+
+def cmd_elastic(args: argparse.Namespace) -> None:
+    """Check the elastic range and the discovery script, then become horovodrun."""
+    from hvdlm.config import config_from_args
+    from hvdlm.elastic import given_options, launch_command
+
+    cfg = config_from_args(args)
+    cmd = launch_command(cfg, given_options(args), args.np, args.network_interface, args.host_cooldown,
+                         args.config)
+    sys.stdout.flush()
+    os.execvp(cmd[0], cmd)
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
@@ -91,6 +107,19 @@ def build_parser() -> argparse.ArgumentParser:
                                    "launch N with `horovodrun -np N`, `mpirun -np N` or `srun`.")
     add_config_args(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("elastic", help="train under Horovod elastic: ranks may leave and join (starts horovodrun)",
+                       description="Check the elastic range (--min_ranks, --max_ranks) and --discovery_script, then "
+                                   "start `horovodrun --min-np --max-np --host-discovery-script` with `hvdlm train "
+                                   "--elastic true` on every rank. Takes every `hvdlm train` option.")
+    add_config_args(p)
+    p.add_argument("--np", type=int, default=0, help="ranks to start with (default: max_ranks, or all discovered slots)")
+    p.add_argument("--network_interface", default="",
+                   help="the NIC the ranks talk over (horovodrun --network-interface); needed when the job starts "
+                        "on one host: lo on one machine")
+    p.add_argument("--host_cooldown", type=int, default=60,
+                   help="seconds before a host whose rank failed may join again (default: 60)")
+    p.set_defaults(func=cmd_elastic)
 
     p = sub.add_parser("sample", help="generate text from a checkpoint")
     p.add_argument("--out_dir", default="out/default", help="training output folder holding checkpoint.pt")

@@ -11,6 +11,7 @@ Everything also runs at size 1 (plain ``hvdlm train``), where the collectives ar
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import signal
@@ -222,3 +223,95 @@ class StopSignals:
     def restore(self) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+
+# --- Elastic training (elastic.py): ranks leave and join while the job runs ----------------------
+
+def elastic_launched() -> bool:
+    """Whether this process was started by Horovod's elastic launcher."""
+    return os.environ.get("HOROVOD_ELASTIC") == "1"
+
+
+def world_now(world: World) -> World:
+    """This rank's place after an elastic reset (rank, size and local rank may all have changed)."""
+    return World(hvd.rank(), hvd.size(), hvd.local_rank(), hvd.local_size(), world.host, world.device,
+                 world.threads)
+
+
+def set_accumulation(optimizer, grad_accum: int) -> None:
+    """Micro-steps per optimizer step, when a new world size splits the global batch anew."""
+    optimizer.set_backward_passes_per_step(grad_accum)
+
+
+class ElasticState:
+    """What Horovod elastic restores after a rank is lost and sends to a rank that joins: the
+    model, the optimizer, and plain ``values`` (step, data position, the batch plan), as of the
+    last ``commit()``.
+
+    Horovod's own ``TorchState`` syncs the optimizer with ``broadcast_optimizer_state``, which on
+    a fresh optimizer (every rank at the start, a joining rank later) runs a zero-gradient
+    ``step()``: with AdamW that moves the weights by their weight decay and sets the step count to
+    1, so a joining rank's weights would no longer match the others'. Here rank 0's optimizer
+    state dict is broadcast and loaded instead (``tests/test_elastic.py`` checks both).
+    """
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, **values):
+        from horovod.common.elastic import State
+
+        class _State(State):  # Horovod's protocol: save / restore / sync / commit
+            def save(inner):
+                self._saved = copy.deepcopy((model.state_dict(), optimizer.state_dict(), self.values))
+
+            def restore(inner):
+                model_state, optimizer_state, values = copy.deepcopy(self._saved)
+                model.load_state_dict(model_state)
+                optimizer.load_state_dict(optimizer_state)
+                self.values = values
+
+            def sync(inner):
+                hvd.broadcast_parameters(model.state_dict(), root_rank=0)
+                optimizer_state, self.values = hvd.broadcast_object(
+                    (optimizer.state_dict(), self.values), root_rank=0, name="hvdlm.elastic.sync")
+                optimizer.load_state_dict(optimizer_state)
+                inner.save()  # a rank lost before the first commit goes back to the synced state
+
+        self.values = values
+        self.horovod = _State(bcast_object=broadcast_object, get_rank=hvd.rank)
+        self.horovod.save()
+
+    def commit(self) -> None:
+        """Keep the current state in memory; raises HostsUpdatedInterrupt when ranks are to join
+        or leave (Horovod then restarts the training function at the new size)."""
+        self.horovod.commit()
+
+
+def elastic_run(fn: Callable[[ElasticState], T], log: str) -> Callable[[ElasticState], T]:
+    """``hvd.elastic.run``: run ``fn(state)``; when a rank fails (HorovodInternalError) restore the
+    last commit, when hosts change keep the current state; then re-initialise Horovod at the new
+    size, sync the state from rank 0 and call ``fn`` again.
+
+    A rank the launcher removes learns it inside ``hvd.init()``, where Horovod aborts the process
+    with a C++ message on stderr; that message goes to the file ``log`` instead of the terminal
+    (the launcher already says that the rank left).
+    """
+    from horovod.common.elastic import run_fn
+
+    def reset():
+        hvd.shutdown()
+        saved = os.dup(2)
+        try:
+            fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        except OSError:
+            fd = None
+        if fd is not None:
+            os.dup2(fd, 2)
+        try:
+            hvd.init()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            if fd is not None:
+                os.close(fd)
+
+    wrapped = run_fn(lambda horovod_state, state: fn(state), reset)
+    return lambda state: wrapped(state.horovod, state)

@@ -81,6 +81,9 @@ class Idle:
     def step_done(self, step: int) -> None:
         pass
 
+    def moved(self, rank: int, size: int) -> None:
+        pass
+
     def stop(self, why: str = "done") -> None:
         pass
 
@@ -232,6 +235,10 @@ class Watchdog:
         if self.steps_seen > WARMUP_STEPS:
             self.step_times.append(now - self.step_started)
         self.step, self.step_started, self.progress_at = step, now, now
+
+    def moved(self, rank: int, size: int) -> None:
+        """Under elastic training: this process's rank and the world size after a reset."""
+        self.rank, self.size = rank, size
 
     def stop(self, why: str = "done") -> None:
         """Stop watching; tell the peers this rank leaves (so they do not take it for dead)."""

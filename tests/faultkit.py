@@ -164,6 +164,9 @@ class Job:
     def mark_fault(self) -> None:
         self.fault_at = time.monotonic()
 
+    def since_fault(self) -> float:
+        return time.monotonic() - self.fault_at
+
     def wait(self, timeout: float) -> Result:
         """Wait for the job to end; past ``timeout`` it counts as hung and everything is killed."""
         try:

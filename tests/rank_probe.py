@@ -110,12 +110,10 @@ def fault(out, *flags):
 
     if os.environ.get("HVDLM_PROBE_SLOW_SAVE"):
         slow_torch_save(float(os.environ["HVDLM_PROBE_SLOW_SAVE"]))
-    spec = os.environ.get("HVDLM_PROBE_FAULT", "")
-    if not spec:
-        from hvdlm.cli import main
-
-        return main(["train", *flags])
+    spec = os.environ.get("HVDLM_PROBE_FAULT", "-1:-1:none")
+    pause = float(os.environ.get("HVDLM_PROBE_STEP_SLEEP", "0"))  # slows every batch (elastic timelines)
     rank, batch, kind = spec.split(":")
+    import hvdlm.elastic
     import hvdlm.train
     from hvdlm.cli import main
 
@@ -123,6 +121,8 @@ def fault(out, *flags):
 
     def faulty(*args, **kwargs):
         calls.append(1)
+        if pause:
+            time.sleep(pause)
         if hvd.rank() == int(rank) and len(calls) == int(batch):
             if kind == "raise":
                 raise RuntimeError(f"injected fault at batch {batch}")
@@ -131,12 +131,36 @@ def fault(out, *flags):
                     time.sleep(1)
         return real(*args, **kwargs)
 
-    hvdlm.train.get_batch = faulty
+    hvdlm.train.get_batch = hvdlm.elastic.get_batch = faulty
     main(["train", *flags])
+
+
+def elastic_sync(out, *flags):
+    """At size 1: what syncing a fresh AdamW does to the weights, with Horovod's TorchState and
+    with hvdlm's ElasticState (the first moves them by weight decay)."""
+    from horovod.torch.elastic import TorchState
+
+    from hvdlm import distributed as dist
+
+    hvd.init()
+    moved = {}
+    for name in ("TorchState", "ElasticState"):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(8, 8)
+        opt = torch.optim.AdamW(model.parameters(), lr=0.1, weight_decay=0.1)
+        opt = hvd.DistributedOptimizer(opt, named_parameters=model.named_parameters())
+        before = model.weight.detach().clone()
+        if name == "TorchState":
+            TorchState(model=model, optimizer=opt, step=0).sync()
+        else:
+            dist.ElasticState(model, opt, step=0).horovod.sync()
+        moved[name] = {"max_change": float((model.weight.detach() - before).abs().max()),
+                       "optimizer_steps": [float(s["step"]) for s in opt.state_dict()["state"].values()]}
+    json.dump(moved, open(out, "w"))
 
 
 if __name__ == "__main__":
     what, out, *rest = sys.argv[1:]
     torch.set_num_threads(1)
-    {"samples": samples, "params": params, "crash": crash, "signal": signal,
-     "fault": fault}[what](out, *[a for a in rest if a != "--"])
+    {"samples": samples, "params": params, "crash": crash, "signal": signal, "fault": fault,
+     "elastic_sync": elastic_sync}[what](out, *[a for a in rest if a != "--"])

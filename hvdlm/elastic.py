@@ -1,0 +1,286 @@
+"""Elastic training: ranks leave and join while the job runs (Horovod elastic, over Gloo).
+
+    hvdlm elastic --min_ranks 1 --max_ranks 2 --discovery_script ./hosts.sh [train options]
+
+``hvdlm elastic`` checks the range and the discovery script (it must run and print one ``host`` or
+``host:slots`` a line), then starts ``horovodrun --min-np --max-np --host-discovery-script ...``
+with ``hvdlm train --elastic true`` on each rank. While the job runs:
+
+* every ``--commit_interval`` steps each rank commits the state in memory: model, optimizer,
+  step, data position and the batch plan (``distributed.ElasticState``);
+* a rank that dies (or a host that disappears) makes a collective fail on the others: they go
+  back to the last commit, Horovod restarts at the new size, and training goes on from there
+  (the steps since that commit are done again, on the same data);
+* a host that the discovery script adds, or one that comes back after failing (after
+  ``--host_cooldown`` seconds), joins at the next commit: it receives the state from rank 0.
+
+**Global batch and learning rate when the world size changes.** They do not change. The global
+batch is fixed when the job starts: ``--global_batch_size``, or by default ``max_ranks x
+batch_size x grad_accum`` (what the full-size job takes per step); the learning rate is scaled
+for that batch once (``--lr_scaling``), and the warmup/cosine schedule runs over steps as usual.
+At any world size in the range, each optimizer step still consumes exactly that global batch:
+the ranks split it into micro-batches of at most ``--batch_size`` and accumulate as many as
+needed (16 sequences = 2 ranks x 8 x 1, or 1 rank x 8 x 2 micro-steps). So losing a host makes
+each step slower, not different: the parameters follow the same trajectory as an uninterrupted
+run (to float rounding), and the data order goes on without repeating or skipping a sequence.
+The global batch must divide evenly over every size in the range; ``hvdlm elastic`` refuses one
+that does not, before anything starts.
+
+Under elastic, no collective runs before the training function: a rank that joins later runs the
+same start-up while the others wait in the state sync. So each rank checks its inputs alone, and
+the watchdog watches only its own rank's progress (Horovod handles lost peers).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from hvdlm import checkpoint, watchdog
+from hvdlm import distributed as dist
+from hvdlm.config import FIELDS, Config, model_shape, save_toml
+from hvdlm.data import load_meta
+from hvdlm.data.sampler import ShardedSampler, get_batch, num_sequences, split_global_batch
+from hvdlm.errors import HvdlmError
+from hvdlm.metrics import Metrics
+from hvdlm.model import GPT, GPTConfig
+from hvdlm.optim import build_optimizer, lr_at, set_lr
+from hvdlm.train import (BatchPlan, autocast, evaluate, load_data, load_resume_state, plan_batches,
+                         prepare_out_dir, resolve_precision)
+
+HOST_LINE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(:[0-9]+)?$")
+
+
+# --- the launcher: `hvdlm elastic` ------------------------------------------------------------------
+
+def discover_hosts(script: str, timeout: float = 30) -> dict[str, int]:
+    """Run the discovery script as Horovod will (a shell command) and parse what it prints."""
+    if not script:
+        raise HvdlmError("elastic training needs --discovery_script: a program that prints the available "
+                         "hosts, one `host` or `host:slots` a line")
+    try:
+        run = subprocess.run(script, shell=True, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise HvdlmError(f"discovery script {script} did not finish within {timeout:.0f}s") from None
+    if run.returncode != 0:
+        said = (run.stderr.strip().splitlines() or run.stdout.strip().splitlines() or [""])[-1]
+        raise HvdlmError(f"discovery script {script} failed with exit status {run.returncode}"
+                         + (f": {said}" if said else ""))
+    hosts: dict[str, int] = {}
+    for line in run.stdout.splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        if not HOST_LINE.match(line) or line.endswith(":0"):
+            raise HvdlmError(f"discovery script {script} printed {line[:80]!r}: expected one `host` or "
+                             "`host:slots` (slots >= 1) a line")
+        host, _, slots = line.partition(":")
+        hosts[host] = int(slots) if slots else 1
+    if not hosts:
+        raise HvdlmError(f"discovery script {script} printed no hosts")
+    return hosts
+
+
+def check_range(cfg: Config, size_now: int | None = None) -> range:
+    """The world sizes the job may train on; the global batch must split evenly over each."""
+    d = cfg.distributed
+    top = d.max_ranks or size_now or d.min_ranks
+    if d.min_ranks > top:
+        raise HvdlmError(f"the elastic range is empty: min_ranks {d.min_ranks} is above max_ranks {top}")
+    sizes = range(d.min_ranks, top + 1)
+    global_batch = cfg.data.global_batch_size or top * cfg.data.batch_size * d.grad_accum
+    bad = [s for s in sizes if global_batch % s]
+    if bad:
+        step = math.lcm(*sizes)
+        suggestion = step * max(1, round(global_batch / step))
+        raise HvdlmError(f"a global batch of {global_batch} sequences cannot be split evenly over "
+                         f"{', '.join(map(str, bad))} rank(s), in the elastic range {d.min_ranks}..{top}; set "
+                         f"--global_batch_size to a multiple of {step} (e.g. {suggestion})")
+    return sizes
+
+
+def check_inputs(cfg: Config, top: int) -> None:
+    """What every rank will check, checked here first (on a shared file system it is the same):
+    the data, its checksums, the output folder, the batch plan."""
+    meta = load_meta(cfg.data.data_dir)
+    shape = model_shape(cfg.model, meta["vocab_size"])
+    data = load_data(cfg, shape["block_size"])
+    prepare_out_dir(cfg.train.out_dir)
+    plan_batches(cfg, top, num_sequences(len(data.train), shape["block_size"]), None)
+
+
+def launch_command(cfg: Config, given: dict, np: int, network_interface: str, host_cooldown: int,
+                   config_file: str | None) -> list[str]:
+    """The horovodrun command for this job, after checking everything it can before starting."""
+    d = cfg.distributed
+    hosts = discover_hosts(d.discovery_script)
+    slots = sum(hosts.values())
+    top = d.max_ranks or slots
+    check_range(cfg, top)
+    check_inputs(cfg, top)
+    if slots < d.min_ranks:
+        raise HvdlmError(f"discovery script {d.discovery_script} offers {slots} slot(s) "
+                         f"({', '.join(f'{h}:{n}' for h, n in hosts.items())}), fewer than min_ranks {d.min_ranks}")
+    if len(hosts) < 2 and not network_interface:
+        raise HvdlmError(f"the elastic job starts on one host ({next(iter(hosts))}): give --network_interface "
+                         "(lo on one machine, else the NIC the hosts share, e.g. eth0); without it Horovod waits "
+                         "for a second host to test the network with")
+    if host_cooldown < 1:
+        raise HvdlmError(f"host_cooldown must be >= 1 second, got {host_cooldown}")
+    start = min(np or top, slots, top)
+    horovodrun = shutil.which("horovodrun", path=str(Path(sys.executable).parent)) or "horovodrun"
+    cmd = [horovodrun, "-np", str(start), "--min-np", str(d.min_ranks), "--max-np", str(top),
+           "--host-discovery-script", d.discovery_script,
+           "--blacklist-cooldown-range", str(host_cooldown), str(min(3600, 10 * host_cooldown))]
+    if network_interface:
+        cmd += ["--network-interface", network_interface]
+    train = [sys.executable, "-m", "hvdlm.cli", "train"]
+    if config_file:
+        train += ["--config", config_file]
+    for name, value in given.items():
+        if name in ("elastic", "max_ranks"):
+            continue
+        train += [f"--{name}", str(value)]
+    return cmd + train + ["--elastic", "true", "--max_ranks", str(top)]
+
+
+# --- a rank of the elastic job ------------------------------------------------------------------------
+
+def train_elastic(cfg: Config) -> dict:
+    """Train under Horovod elastic; returns the final summary (on the ranks that finish)."""
+    if not dist.elastic_launched():
+        raise HvdlmError("--elastic true needs Horovod's elastic launcher: start it with `hvdlm elastic ...` "
+                         "(or horovodrun --min-np/--max-np --host-discovery-script)", everywhere=True)
+    world = dist.init(cfg.distributed.threads)
+    watch = watchdog.start(world, cfg, dist.allgather)  # this rank's own progress only
+
+    # Inputs, each rank alone (no collective may run before the elastic loop).
+    meta = load_meta(cfg.data.data_dir)
+    shape = model_shape(cfg.model, meta["vocab_size"])
+    data = load_data(cfg, shape["block_size"])
+    prepare_out_dir(cfg.train.out_dir)
+    sizes = check_range(cfg, world.size)
+    resume = load_resume_state(cfg, shape, data.meta) if world.is_root else None
+    num_train_seqs = num_sequences(len(data.train), shape["block_size"])
+    plan = plan_batches(cfg, sizes[-1], num_train_seqs, resume)  # the full-size job's batch and lr
+    precision = resolve_precision(cfg.train.precision, world.device)
+
+    torch.manual_seed(cfg.train.seed)
+    model = GPT(GPTConfig(**shape)).to(world.device)
+    optimizer = build_optimizer(model, cfg.optim, plan.peak_lr)
+    optimizer = dist.wrap_optimizer(optimizer, model, cfg.distributed.compression,
+                                    cfg.distributed.reduce_op, plan.accum)
+    # ``evaluated`` is part of the synced state: a rank that joins must not run the step-0
+    # evaluation (a collective) that the others have already done.
+    state = dist.ElasticState(model, optimizer, step=0, sampler=None, plan=asdict(plan), evaluated=False)
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        state.values.update(step=resume["step"], sampler=resume["sampler"], evaluated=True)
+        state.horovod.save()
+    if world.is_root:
+        save_toml(cfg, Path(cfg.train.out_dir) / "config.toml")
+
+    t, o = cfg.train, cfg.optim
+    stop = dist.StopSignals()
+    seen = {"size": None}
+
+    def run(state: dist.ElasticState) -> dict:
+        """Train from the state as synced; Horovod calls this again after every reset."""
+        w = dist.world_now(world)
+        watch.moved(w.rank, w.size)
+        plan = BatchPlan(**state.values["plan"])
+        micro, accum = split_global_batch(plan.global_batch, w.size, cfg.data.batch_size)
+        sampler = ShardedSampler(num_train_seqs, micro, w.rank, w.size, t.seed, accum)
+        if state.values["sampler"] is not None:
+            sampler.load_state_dict(state.values["sampler"])
+        dist.set_accumulation(optimizer, accum)
+        optimizer.zero_grad()
+        step = state.values["step"]
+        tokens_per_step = plan.global_batch * shape["block_size"]
+        metrics = Metrics(t.out_dir, w.is_root, t.max_steps, step, t.progress)
+        try:
+            split = f"global batch {plan.global_batch} = {w.size} x {micro} x {accum} micro-steps"
+            if seen["size"] is None:
+                metrics.info(f"hvdlm: elastic, {w.size} rank(s) (range {sizes[0]}..{sizes[-1]}), "
+                             f"{model.num_params() / 1e6:.2f}M parameters, {precision}, {split}, lr {plan.peak_lr:g}"
+                             + (f", resuming at step {step}" if step else ""))
+            else:
+                metrics.info(f"hvdlm: elastic: {w.size} rank(s) now (were {seen['size']}), going on from step "
+                             f"{step} (the last commit); {split}, same lr schedule")
+            seen["size"] = w.size
+            if not state.values["evaluated"]:  # the untrained model's loss, once
+                val = evaluate(model, data.val, cfg, w, precision)
+                metrics.record("eval", step=step, val_loss=val, val_ppl=math.exp(min(val, 50)), ranks=w.size)
+                state.values["evaluated"] = True
+            val_loss = float("nan")
+            while step < t.max_steps:
+                stop.begin_step()
+                torch.manual_seed(hash((t.seed, step, w.rank)))
+                lr = lr_at(step, plan.peak_lr, plan.min_lr, o.warmup_steps, t.max_steps)
+                set_lr(optimizer, lr)
+                loss_sum = 0.0
+                for _ in range(accum):
+                    watch.phase("data loading")
+                    x, y = get_batch(data.train, sampler.next_indices(), shape["block_size"], w.device)
+                    watch.phase("forward/backward")
+                    with autocast(precision, w.device):
+                        _, loss = model(x, y)
+                    (loss / accum).backward()
+                    loss_sum += loss.item()
+                watch.phase("allreduce")
+                _, grad_norm = dist.optimizer_step(optimizer, model, o.grad_clip)
+                step += 1
+                stopped_by = stop.end_step()
+                watch.step_done(step)
+                if step % t.log_interval == 0 or step == t.max_steps:
+                    (loss_avg,) = dist.average([loss_sum / accum], name="train_loss")
+                    metrics.record("train", step=step, loss=loss_avg, lr=lr, grad_norm=grad_norm, ranks=w.size)
+                if (t.eval_interval and step % t.eval_interval == 0) or step == t.max_steps:
+                    watch.phase("evaluation")
+                    val_loss = evaluate(model, data.val, cfg, w, precision)
+                    metrics.record("eval", step=step, val_loss=val_loss, val_ppl=math.exp(min(val_loss, 50)),
+                                   ranks=w.size)
+                if (t.checkpoint_interval and step % t.checkpoint_interval == 0) or step == t.max_steps \
+                        or stopped_by:
+                    watch.phase("checkpointing")
+                    if w.is_root:
+                        checkpoint.save({
+                            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                            "sampler": sampler.state_dict(), "global_batch": plan.global_batch,
+                            "lr": {"peak": plan.peak_lr, "min": plan.min_lr}, "model_shape": shape,
+                            "tokenizer": data.meta["tokenizer"], "config": cfg.to_dict(), "world_size": w.size,
+                        }, t.out_dir, keep=t.keep_checkpoints)
+                if stopped_by:
+                    return {"step": step, "stopped_by": stopped_by, "val_loss": val_loss, "ranks": w.size}
+                if step % cfg.distributed.commit_interval == 0:
+                    state.values.update(step=step, sampler=sampler.state_dict())
+                    watch.phase("allreduce")
+                    state.commit()  # may raise HostsUpdatedInterrupt: ranks join or leave here
+            summary = {"step": step, "stopped_by": None, "val_loss": val_loss, "ranks": w.size,
+                       "max_steps": t.max_steps, "finished": step >= t.max_steps}
+            metrics.record("summary", **summary)
+            if w.is_root:
+                print(f"hvdlm: done at step {step}/{t.max_steps} on {w.size} rank(s): val loss {val_loss:.4f}, "
+                      f"checkpoint {checkpoint.path_in(t.out_dir)}", flush=True)
+            return summary
+        finally:
+            metrics.close()
+
+    summary = dist.elastic_run(run, str(Path(t.out_dir) / f"elastic-{world.host}-{world.local_rank}.log"))(state)
+    stop.restore()
+    watch.stop()
+    summary["model"] = model
+    return summary
+
+
+def given_options(args) -> dict:
+    """The config options given on the command line (to hand on to each rank)."""
+    return {k: v for k, v in vars(args).items() if k in FIELDS}
