@@ -204,6 +204,11 @@ def _is_peer_failure(exc: BaseException) -> bool:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] in (["train"], ["elastic"]):
+        from hvdlm import stop_signals
+
+        stop_signals.install()  # before torch and Horovod load: a signal now must not kill the rank
     args = build_parser().parse_args(argv)
     rank = launcher_rank()
     try:

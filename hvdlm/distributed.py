@@ -23,6 +23,7 @@ from typing import Callable, TypeVar
 import horovod.torch as hvd
 import torch
 
+from hvdlm import stop_signals
 from hvdlm.errors import HvdlmError
 
 T = TypeVar("T")
@@ -192,28 +193,20 @@ def is_peer_failure(exc: BaseException) -> bool:
 
 class StopSignals:
     """SIGUSR1 and SIGTERM (SLURM's warning before the time limit, preemption, scancel) ask the job
-    to stop after the current step, with a checkpoint.
+    to stop after the current step, with a checkpoint (``stop_signals`` records them, from the
+    start of the process).
 
     Ranks may see the signal at different steps, so they agree: each step starts a one-number
     allreduce of "did I get a signal?", which completes while the step computes and is read at
-    its end. A second signal of the same kind ends the process at once (the default action).
+    its end.
     """
 
-    SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
-
     def __init__(self):
-        self.received = 0
+        stop_signals.install()
         self._handle = None
-        self._previous = {sig: signal.signal(sig, self._on_signal) for sig in self.SIGNALS}
-
-    def _on_signal(self, signum, frame):
-        if self.received == signum:
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
-        self.received = signum
 
     def begin_step(self) -> None:
-        self._handle = hvd.allreduce_async(torch.tensor([self.received]), op=hvd.Max, name="hvdlm.stop")
+        self._handle = hvd.allreduce_async(torch.tensor([stop_signals.received()]), op=hvd.Max, name="hvdlm.stop")
 
     def end_step(self) -> str | None:
         """The name of the signal any rank received (the same on every rank), or None."""
@@ -221,8 +214,12 @@ class StopSignals:
         return signal.Signals(signum).name if signum else None
 
     def restore(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+        stop_signals.restore()
+
+
+def barrier(name: str) -> None:
+    """Every rank waits here for the others (e.g. for rank 0 to finish writing a checkpoint)."""
+    hvd.allreduce(torch.zeros(1), name=name)
 
 
 # --- Elastic training (elastic.py): ranks leave and join while the job runs ----------------------

@@ -126,6 +126,16 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "fp32"
 
 
+def describe_hosts(hosts: list[str]) -> str:
+    """'node1 (ranks 0-1), node2 (ranks 2-3)' or, on one host, 'node1'."""
+    ranks: dict[str, list[int]] = {}
+    for rank, host in enumerate(hosts):
+        ranks.setdefault(host, []).append(rank)
+    if len(ranks) == 1:
+        return hosts[0]
+    return ", ".join(f"{h} (rank{'s' if len(r) > 1 else ''} {','.join(map(str, r))})" for h, r in ranks.items())
+
+
 @torch.no_grad()
 def evaluate(model: GPT, val: np.ndarray, cfg: Config, world: dist.World, precision: str) -> float:
     """Mean validation loss over the same ``eval_sequences`` sequences, split across ranks."""
@@ -191,9 +201,10 @@ def train(cfg: Config) -> dict:
     tokens_per_step = plan.global_batch * shape["block_size"]
     if world.is_root:
         save_toml(cfg, Path(t.out_dir) / "config.toml")
+    hosts = dist.allgather(world.host)
     metrics = Metrics(t.out_dir, world.is_root, t.max_steps, step, t.progress)
     metrics.info(
-        f"hvdlm: {world.size} rank(s) x {world.threads} thread(s) on {world.device.type}, "
+        f"hvdlm: {world.size} rank(s) on {describe_hosts(hosts)}, {world.threads} thread(s) per rank on {world.device.type}, "
         f"{model.num_params() / 1e6:.2f}M parameters, {precision}, global batch {plan.global_batch} x "
         f"{shape['block_size']} tokens ({world.size} x {plan.micro} x {plan.accum} micro-steps), "
         f"lr {plan.peak_lr:g}" + (f", resuming at step {step}" if step else ""))
@@ -258,6 +269,7 @@ def train(cfg: Config) -> dict:
         if (t.checkpoint_interval and step % t.checkpoint_interval == 0) or step == last_step or stopped_by:
             save_checkpoint()
     stop.restore()
+    dist.barrier("hvdlm.final")  # no rank exits (and no launcher reaps rank 0) before the last checkpoint is on disk
 
     if run_steps == 0:  # resumed a finished run: nothing to train, but still report where it stands
         metrics.info(f"checkpoint is at step {step} of max_steps {t.max_steps}: nothing to train "
@@ -267,7 +279,8 @@ def train(cfg: Config) -> dict:
     elapsed = time.perf_counter() - run_start
     summary = {
         "step": step, "max_steps": t.max_steps, "finished": step >= t.max_steps, "stopped_by": stopped_by,
-        "val_loss": val_loss, "train_loss": last_loss, "ranks": world.size, "threads_per_rank": world.threads,
+        "val_loss": val_loss, "train_loss": last_loss, "ranks": world.size, "hosts": hosts,
+        "threads_per_rank": world.threads,
         "global_batch": plan.global_batch, "micro_batch": plan.micro, "grad_accum": plan.accum,
         "precision": precision, "params": model.num_params(), "seconds": elapsed,
         # throughput of the training steps alone (evaluation and checkpoints excluded)
