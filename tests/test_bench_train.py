@@ -1,6 +1,6 @@
 """hvdlm bench train runs hvdlm and the DDP baseline for real and reports comparable figures."""
 
-from conftest import HVDLM, check, launch
+from conftest import HVDLM, TINY, check, launch
 from hvdlm.bench.report import read_csv
 
 
@@ -22,3 +22,11 @@ def test_bench_train_compares_horovod_with_ddp_and_one_rank(corpus, tmp_path):
     assert hvd["allreduce_wait_ms"] >= 0  # Horovod reports its wait; DDP overlaps and cannot
     assert (out / "train.png").stat().st_size > 1000
     assert "scaling eff." in run.stdout
+
+
+def test_a_horovod_timeline_of_a_training_run_can_be_recorded(corpus, tmp_path):
+    timeline = tmp_path / "timeline.json"
+    check(launch("horovodrun-mpi", ["--timeline-filename", str(timeline), HVDLM, "train", "--data_dir", str(corpus),
+                                    "--out_dir", str(tmp_path / "run"), *TINY, "--max_steps", "3"]))
+    text = timeline.read_text()
+    assert '"ph"' in text and "allreduce" in text.lower()  # Chrome trace events of the gradient allreduces
