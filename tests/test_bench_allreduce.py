@@ -139,6 +139,21 @@ def test_report_writers_round_trip(tmp_path):
     assert report.human_bytes(256 * 2 ** 20) == "256M" and report.human_bytes(6) == "6B"
 
 
+def test_median_of_runs_takes_each_figure_s_median_and_adds_up_wrong():
+    def doc(date, t, wrong=0):
+        row = {"backend": "horovod", "dtype": "fp32", "placement": "in", "bytes": 1024, "time_avg_us": t,
+               "time_min_us": t / 2, "time_max_us": t * 2, "algbw_GBps": 1024 / t / 1e3,
+               "busbw_GBps": 1024 / t / 1e3, "wrong": wrong}
+        return {"meta": {"date": date, "backends": {}}, "rows": [row]}
+
+    meta, rows = ar.median_of_runs([doc("a", 10.0), doc("b", 1000.0, wrong=2), doc("c", 20.0)])
+    assert meta["runs"] == 3 and meta["dates"] == ["a", "b", "c"]
+    (row,) = rows
+    assert row["time_avg_us"] == 20.0 and row["time_min_us"] == 10.0 and row["runs"] == 3
+    assert row["busbw_GBps"] == pytest.approx(1024 / 20.0 / 1e3)
+    assert row["wrong"] == 2
+
+
 # ---------------------------------------------------------------------------------------------
 # Real ranks
 
@@ -225,6 +240,7 @@ BAD_INPUT = [
     (["--max_bytes", "lots"], "--max_bytes 'lots' is not a byte count"),
     (["--backends", "horovod,nccl2"], "unknown backend 'nccl2'"),
     (["--dtypes", "fp8"], "unknown dtype 'fp8'"),
+    (["--backends", "all,mpi4py-hvd"], "'all' cannot be combined with other names"),
     (["--placement", "sideways"], "unknown placement 'sideways'"),
     (["--cycle_time_ms", "0"], "--cycle_time_ms 0.0 is out of range"),
     (["--horovod_env", "CYCLE=1"], "only HOROVOD_* settings"),

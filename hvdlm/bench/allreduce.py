@@ -7,7 +7,11 @@ runs in turn (interleaved by size, so drift on a shared machine hits them all al
   horovod     ``hvd.allreduce_`` (in place) / ``hvd.allreduce``, op Sum, over whatever this launch
               gives Horovod: MPI or Gloo on CPUs (``mpirun`` vs ``horovodrun --gloo``), NCCL on GPUs
   torch-gloo  ``torch.distributed.all_reduce`` over gloo (torch-nccl: over NCCL, GPUs only)
-  mpi4py      ``MPI.COMM_WORLD.Allreduce``: raw MPI, the floor to beat (needs an MPI launcher)
+  mpi4py      ``MPI.COMM_WORLD.Allreduce``: raw MPI, the floor to beat (needs an MPI launcher).
+              Measured first, before hvd.init(): Horovod's background thread runs a coordination
+              collective every cycle (busy-polling under MPI), and on a host with few cores that
+              takes the cores raw MPI needs. ``mpi4py-hvd`` (asked for by name) measures the same
+              calls beside Horovod, interleaved with the others, to show that cost.
   memcpy      ``dst.copy_(src)`` of the same buffer on every rank at once: the one-host roofline
 
 Timing is synchronous: each call returns with the result in place (GPUs: after a device
@@ -23,7 +27,6 @@ holds (i + r) mod m) whose sum over ranks is exact in every dtype, one more allr
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import socket
@@ -243,6 +246,9 @@ def _choices(text: str, allowed: dict[str, list[str]], what: str) -> list[str] |
     if not names:
         raise HvdlmError(f"--{what} is empty: choose from {', '.join(allowed)}", everywhere=True)
     if "all" in names:
+        if len(names) > 1:
+            raise HvdlmError(f"--{what} {text}: 'all' cannot be combined with other names; give all, or list "
+                             "the ones you want", everywhere=True)
         return None
     out: list[str] = []
     for name in names:
@@ -919,8 +925,31 @@ def plot(rows: list[dict], meta: dict, path: Path) -> Path:
     title = (f"allreduce, {meta['ranks']} ranks on {len(hosts)} host{'s' if len(hosts) > 1 else ''} "
              f"({meta['device']}), launched by {meta['launcher']}")
     knobs = ", ".join(f"{k}={v}" for k, v in meta["settings"].items()) or "Horovod defaults"
-    note = f"{meta['date']}  warm-up {meta['warmup']}, {meta['iters']} iterations; {knobs}"
+    runs = f", median of {meta['runs']} runs" if meta.get("runs", 1) > 1 else ""
+    note = f"{meta['date']}  warm-up {meta['warmup']}, {meta['iters']} iterations{runs}; {knobs}"
     return report.plot_panels(path, panels, title=title, ncols=2, note=note)
+
+
+def median_of_runs(docs: list[dict]) -> tuple[dict, list[dict]]:
+    """Several runs of one configuration (their JSON documents) as one: each figure is the median
+    over the runs, #wrong the sum. On a shared machine a single run can catch a neighbour's burst."""
+    import statistics
+
+    groups: dict[tuple, list[dict]] = {}
+    for doc in docs:
+        for r in doc["rows"]:
+            groups.setdefault((r["backend"], r["dtype"], r["placement"], r["bytes"]), []).append(r)
+    rows = []
+    for same in groups.values():
+        row = dict(same[0])
+        for key in ("time_avg_us", "time_min_us", "time_max_us", "algbw_GBps", "busbw_GBps"):
+            row[key] = statistics.median(r[key] for r in same)
+        row["wrong"] = sum(r["wrong"] for r in same)
+        row["runs"] = len(same)
+        rows.append(row)
+    meta = {**docs[0]["meta"], "runs": len(docs), "dates": [d["meta"]["date"] for d in docs],
+            "loadavg_start": [d["meta"].get("loadavg_start") for d in docs]}
+    return meta, rows
 
 
 def header_lines(ctx: Context, s: Settings) -> list[str]:

@@ -30,8 +30,10 @@ def add_bench_parser(subparsers) -> None:
                        epilog=ALLREDUCE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = a.add_argument_group("what to measure")
     g.add_argument("--backends", default="all",
-                   help="comma list of horovod, torch-gloo, torch-nccl (GPUs), mpi4py (MPI launchers only), "
-                        "memcpy; 'torch' is torch-nccl on GPUs, torch-gloo otherwise (default: all available)")
+                   help="comma list of horovod, torch-gloo, torch-nccl (GPUs), mpi4py (MPI launchers only; "
+                        "measured before Horovod starts), memcpy, or all (default: all available here); "
+                        "'torch' is torch-nccl on GPUs, torch-gloo otherwise; mpi4py-hvd (not in all): "
+                        "mpi4py again, beside Horovod's background thread")
     g.add_argument("--dtypes", default="fp32", help="comma list of fp32, fp16, bf16, or all (default: fp32)")
     g.add_argument("--placement", default="in", help="in (in-place), out (out-of-place) or both (default: in)")
     g.add_argument("--min_bytes", default="4", help="smallest message; K/M/G are binary (default: 4)")
