@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # The standard allreduce sweep on one workstation: 2 ranks, fp32, in place, 1K..256M, every backend
 # plus memcpy, once with Horovod over MPI (mpirun) and once over Gloo (horovodrun --gloo).
-# Tables, CSV, JSON and PNG go to benchmarks/results/allreduce-<launcher>/.
+# Tables, CSV, JSON and PNG go to benchmarks/results/allreduce-<launcher>/r<N>/, and each figure's
+# median over the runs to benchmarks/results/allreduce-<launcher>/median.{md,csv,json,png}.
 #
-#   bash benchmarks/allreduce.sh            # the two standard runs (a few minutes)
+#   bash benchmarks/allreduce.sh            # the standard runs (REPEATS_STD=1 each; minutes)
 #   bash benchmarks/allreduce.sh knobs      # Horovod's cycle time and fusion threshold, MPI's yield
 #                                           # when idle and core binding, REPEATS times interleaved
+#   bash benchmarks/allreduce.sh beside     # raw MPI alone and beside Horovod's background thread
 #   bash benchmarks/allreduce.sh all        # both
 #
-# NP (default 2), REPEATS (default 2) and OUT (default benchmarks/results) are read from the
-# environment. The machines are shared: each run waits for 3 quiet seconds (under QUIET_BUSY=10 %
-# busy, at most QUIET_MAX=900 s) and records the load average before and after it.
+# NP (default 2), REPEATS (knob runs, default 2), REPEATS_STD (standard runs, default 1) and OUT
+# (default benchmarks/results) are read from the environment. The machines are shared: each run
+# waits for 3 quiet seconds (under QUIET_BUSY=10 % busy, at most QUIET_MAX=900 s) and records the
+# load average before and after it.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BIN="$ROOT/.venv/bin"
@@ -40,16 +43,56 @@ wait_quiet() {  # the machine is shared: start a run only after 3 quiet seconds 
 untag() { sed -E 's/^\[[0-9,]+\]<std(out|err)>://'; }  # horovodrun prefixes each line with its rank
 
 standard() {
-  local dir="$OUT/allreduce-mpirun"
-  mkdir -p "$dir"
-  echo "== mpirun -np $NP: Horovod over MPI, torch.distributed gloo, mpi4py, memcpy"
-  wait_quiet
-  mpirun -np "$NP" --bind-to none hvdlm bench allreduce "${STANDARD[@]}" --out_dir "$dir" | tee "$dir/table.txt"
-  dir="$OUT/allreduce-horovodrun-gloo"
-  mkdir -p "$dir"
-  echo "== horovodrun -np $NP --gloo: Horovod over Gloo, torch.distributed gloo, memcpy"
-  wait_quiet
-  horovodrun -np "$NP" --gloo hvdlm bench allreduce "${STANDARD[@]}" --out_dir "$dir" | untag | tee "$dir/table.txt"
+  # REPEATS_STD runs per launcher, alternating launchers; median.{md,csv,json,png} per launcher hold
+  # each figure's median over the runs.
+  local rep mdir gdir
+  mdir="$OUT/allreduce-mpirun"; gdir="$OUT/allreduce-horovodrun-gloo"
+  for rep in $(seq "${REPEATS_STD:-1}"); do
+    mkdir -p "$mdir/r$rep" "$gdir/r$rep"
+    echo "== mpirun -np $NP: Horovod over MPI, torch.distributed gloo, mpi4py, memcpy (run $rep)"
+    wait_quiet
+    mpirun -np "$NP" --bind-to none hvdlm bench allreduce "${STANDARD[@]}" --out_dir "$mdir/r$rep" \
+      | tee "$mdir/r$rep/table.txt"
+    echo "== horovodrun -np $NP --gloo: Horovod over Gloo, torch.distributed gloo, memcpy (run $rep)"
+    wait_quiet
+    horovodrun -np "$NP" --gloo hvdlm bench allreduce "${STANDARD[@]}" --out_dir "$gdir/r$rep" \
+      | untag | tee "$gdir/r$rep/table.txt"
+  done
+  median "$mdir"
+  median "$gdir"
+}
+
+median() {  # DIR/r*/allreduce.json -> DIR/median.csv, median.json, median.png and median.md
+  "$BIN/python" - "$1" <<'EOF'
+import json, sys
+from pathlib import Path
+from hvdlm.bench import allreduce as ar, report
+
+d = Path(sys.argv[1])
+docs = [json.loads(f.read_text()) for f in sorted(d.glob("r*/allreduce.json"))]
+meta, rows = ar.median_of_runs(docs)
+report.write_csv(d / "median.csv", rows, ar.CSV_FIELDS + ["runs"])
+report.write_json(d / "median.json", meta, rows)
+ar.plot(rows, meta, d / "median.png")
+names = list(dict.fromkeys(r["backend"] for r in rows))
+by = {(r["backend"], r["bytes"]): r for r in rows}
+lines = [f"Median of {len(docs)} runs ({', '.join(meta['dates'])}): avg time per allreduce, busbw in GB/s in "
+         "parentheses; memcpy: bytes copied per second per rank.", "",
+         "| size | " + " | ".join(meta["backends"][n]["label"] for n in names) + " |",
+         "|---" * (len(names) + 1) + "|"]
+for size in sorted({r["bytes"] for r in rows}):
+    cells = []
+    for n in names:
+        r = by.get((n, size))
+        if r is None:
+            cells.append("-")
+            continue
+        t = r["time_avg_us"]
+        cells.append((f"{t:.1f} us" if t < 1000 else f"{t / 1000:.2f} ms") + f" ({r['busbw_GBps']:.2f})")
+    lines.append(f"| {report.human_bytes(size)} | " + " | ".join(cells) + " |")
+(d / "median.md").write_text("\n".join(lines) + "\n")
+print("\n".join(lines))
+EOF
 }
 
 knobs() {
@@ -87,9 +130,27 @@ knobs() {
     done
   done
   summarize "$k"
+  beside
 }
 
-summarize() {  # one markdown table: Horovod's time at 1K/64K, busbw at 16M/64M, per setting (median of repeats)
+beside() {
+  # Raw MPI alone (mpi4py, before hvd.init) and the same calls beside Horovod's background thread
+  # (mpi4py-hvd), with MPI's yield when idle off and on: what Horovod's cycle costs everything else.
+  local rep y name
+  for rep in $(seq "$REPEATS"); do
+    for y in 0 1; do
+      name="yield$y-r$rep"
+      echo "== beside Horovod, $name"; wait_quiet
+      mkdir -p "$OUT/allreduce-beside/$name"
+      mpirun -np "$NP" --bind-to none --mca mpi_yield_when_idle "$y" hvdlm bench allreduce "${KNOB_SIZES[@]}" \
+        --backends mpi4py,mpi4py-hvd,horovod --out_dir "$OUT/allreduce-beside/$name" \
+        | tail -n 13 | tee "$OUT/allreduce-beside/$name/summary.txt"
+    done
+  done
+}
+
+summarize() {  # one markdown table: Horovod's time at 1K/64K, busbw at 1M/16M/64M, per setting: the
+               # median of the repeats, each repeat in parentheses
   "$BIN/python" - "$1" <<'EOF' | tee "$1/summary.md"
 import json, statistics, sys
 from collections import defaultdict
@@ -107,13 +168,15 @@ def med(docs, backend, size, key):
     return (statistics.median(vals), vals) if vals else (None, [])
 
 K, M = 1024, 1024 * 1024
-print("| setting | runs | Horovod 1K (us) | Horovod 64K (us) | Horovod 1M busbw | Horovod 16M busbw | "
-      "Horovod 64M busbw | baseline 1K (us) | baseline 16M busbw | load (1 min) |")
-print("|---|---|---|---|---|---|---|---|---|---|")
-for name, docs in runs.items():
+print("| setting | runs | Horovod 1K avg (us) | Horovod 1K min (us) | Horovod 64K avg (us) | Horovod 1M busbw | "
+      "Horovod 16M busbw | Horovod 64M busbw | baseline 1K (us) | baseline 16M busbw | load (1 min) |")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
+order = lambda name: (name.startswith("gloo"), name.replace("cycledefault", "cycle!"))
+for name, docs in sorted(runs.items(), key=lambda kv: order(kv[0])):
     floor = "mpi4py" if name.startswith("mpi") else "torch-gloo"
     cells = []
-    for backend, size, key, fmt in (("horovod", K, "time_avg_us", "{:.0f}"), ("horovod", 64 * K, "time_avg_us", "{:.0f}"),
+    for backend, size, key, fmt in (("horovod", K, "time_avg_us", "{:.0f}"), ("horovod", K, "time_min_us", "{:.0f}"),
+                                    ("horovod", 64 * K, "time_avg_us", "{:.0f}"),
                                     ("horovod", M, "busbw_GBps", "{:.2f}"), ("horovod", 16 * M, "busbw_GBps", "{:.2f}"),
                                     ("horovod", 64 * M, "busbw_GBps", "{:.2f}"), (floor, K, "time_avg_us", "{:.0f}"),
                                     (floor, 16 * M, "busbw_GBps", "{:.2f}")):
@@ -129,6 +192,7 @@ case "$WHAT" in
   standard) standard ;;
   knobs) knobs ;;
   all) standard; knobs ;;
-  summarize) summarize "$OUT/allreduce-knobs" ;;
-  *) echo "usage: $0 [standard|knobs|all|summarize]" >&2; exit 2 ;;
+  beside) beside ;;
+  summarize) summarize "$OUT/allreduce-knobs"; median "$OUT/allreduce-mpirun"; median "$OUT/allreduce-horovodrun-gloo" ;;
+  *) echo "usage: $0 [standard|knobs|beside|all|summarize]" >&2; exit 2 ;;
 esac
