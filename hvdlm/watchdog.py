@@ -144,6 +144,7 @@ class Peer:
     addresses: list[str]
     port: int
     last_seen: float = 0.0
+    heard: int = 0  # heartbeats received (0: never, e.g. UDP blocked: then only progress is watched)
     step: int = 0
     phase: str = "starting up"
     left: str | None = None  # why it said goodbye: "done", or its failure message
@@ -185,6 +186,8 @@ class Watchdog:
         self._wake_r = self._wake_w = None
         self._last_tick = time.monotonic()
         self.killed: list[int] = []  # stopped peers this rank ended (see _kill_stopped)
+        self._connected = time.monotonic()
+        self._warned = False
         if self.use_peers:
             self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             self.sock.bind(("0.0.0.0", 0))
@@ -199,7 +202,7 @@ class Watchdog:
     def connect(self, everyone: list[dict]) -> None:
         """Learn every rank's address (the same list on every rank); rank 0's token names the job."""
         self.job = everyone[0]["job"]
-        now = time.monotonic()
+        now = self._connected = time.monotonic()
         for a in everyone:
             if a["rank"] != self.rank:
                 self.peers[a["rank"]] = Peer(a["rank"], a["host"], a["pid"], a["machine"], a["addresses"],
@@ -293,7 +296,8 @@ class Watchdog:
 
     def _check(self, now: float) -> None:
         if self.use_peers:
-            silent = [p for p in self._suspects(now) if now - p.last_seen > self.peer_timeout]
+            silent = [p for p in self._suspects(now) if p.heard and now - p.last_seen > self.peer_timeout]
+            self._warn_unheard(now)
             if self.rank != 0 and any(p.rank == 0 for p in silent):
                 silent = [self.peers[0]]  # without rank 0 we know nothing of the others
             if silent:
@@ -319,6 +323,19 @@ class Watchdog:
             else:
                 blamed = [busy[0].rank] if busy else []  # [] : a collective hung, rank 0 says so
             self.fire(line + f"; ending the job (details in {self._log_path()})", blamed=blamed)
+
+    def _warn_unheard(self, now: float) -> None:
+        """A peer never heard from (a firewall dropping UDP between hosts?) cannot be judged by its
+        heartbeat: say so once, and rely on the progress limit for it."""
+        if self._warned or now - self._connected < self.peer_timeout:
+            return
+        unheard = [p for p in self.peers.values() if not p.heard and not p.left and (self.rank == 0 or p.rank == 0)]
+        if unheard:
+            self._warned = True
+            names = ", ".join(p.where for p in unheard[:4]) + (" ..." if len(unheard) > 4 else "")
+            os.write(2, (f"hvdlm: warning: rank {self.rank} on {self.host} has had no heartbeat from {names} in "
+                         f"{self.peer_timeout:.0f}s (UDP blocked between the hosts?); the watchdog now relies on "
+                         "the progress limit alone for them\n").encode())
 
     def _suspects(self, now: float) -> list[Peer]:
         """Peers that have not left. Rank 0 hears from every rank; the others hear from rank 0,
@@ -377,7 +394,7 @@ class Watchdog:
                     alive = True
                 if not alive:
                     gone.append(p)
-            elif now - p.last_seen > 3 * INTERVAL + 0.5:
+            elif p.heard and now - p.last_seen > 3 * INTERVAL + 0.5:
                 gone.append(p)
         return gone
 
@@ -439,9 +456,9 @@ class Watchdog:
                          f"limit {self.limit():.0f}s, peer timeout {self.peer_timeout:.0f}s\n")
                 if self.step_times:
                     fh.write(f"median step {statistics.median(self.step_times):.4f}s over {len(self.step_times)} steps\n")
-                fh.write("\npeers (rank, host, pid, last heard, step, phase, left):\n")
+                fh.write("\npeers (rank, host, pid, heartbeats heard, last heard, step, phase, left):\n")
                 for p in sorted(self.peers.values(), key=lambda q: q.rank):
-                    fh.write(f"  {p.rank} {p.host} {p.pid} {now - p.last_seen:.1f}s ago step {p.step} "
+                    fh.write(f"  {p.rank} {p.host} {p.pid} {p.heard} {now - p.last_seen:.1f}s ago step {p.step} "
                              f"{p.phase!r} {p.left or ''}\n")
                 if self.root_view:
                     fh.write(f"rank 0's view: {json.dumps(self.root_view)}\n")
@@ -524,6 +541,7 @@ class Watchdog:
             if peer is None:
                 continue
             peer.last_seen, peer.step, peer.phase, peer.reply_to = time.monotonic(), msg["s"], msg["p"], src
+            peer.heard += 1
             if "bye" in msg:
                 peer.left = msg["bye"]
             if "view" in msg:
@@ -541,6 +559,7 @@ class Watchdog:
             if p.rank in (0, self.rank):
                 continue
             p.last_seen = now - silent.get(p.rank, 0.0)
+            p.heard += 1  # rank 0 vouches for it
             if p.rank in failed:
                 p.left = failed[p.rank]
 
@@ -548,7 +567,7 @@ class Watchdog:
         """Rank 0's answer: who has been silent for a while, and who failed (and why)."""
         now = time.monotonic()
         silent = {p.rank: round(now - p.last_seen, 1) for p in self.peers.values()
-                  if not p.left and now - p.last_seen > 4 * INTERVAL}
+                  if p.heard and not p.left and now - p.last_seen > 4 * INTERVAL}
         failed = {p.rank: p.left for p in self.peers.values() if p.left and p.left != "done"}
         return {"silent": silent, "failed": failed}
 

@@ -286,6 +286,22 @@ def test_the_automatic_limit_follows_the_step_time():
     assert w.limit() == 7.5
 
 
+def test_a_peer_never_heard_from_is_not_taken_for_dead(tmp_path, capfd):
+    """UDP blocked between two hosts: no heartbeat ever arrives. That must not end a healthy job;
+    rank 0 warns once and the progress limit still applies."""
+    exits = []
+    w0 = watchdog.Watchdog(0, 2, HOST, str(tmp_path), None, 1.0, exit_fn=exits.append)
+    ghost = {"rank": 1, "host": "elsewhere", "pid": 1, "machine": "another", "addresses": ["192.0.2.1"],
+             "port": 9, "job": "x"}
+    w0.connect([w0.address(), ghost])
+    w0._thread = __import__("threading").Thread(target=w0._run, daemon=True)
+    w0._thread.start()
+    time.sleep(2.5)
+    assert not exits
+    assert "hvdlm: warning: rank 0 on" in capfd.readouterr().err
+    w0._stop.set()
+
+
 def test_a_stall_in_this_rank_fires_with_its_phase(tmp_path, capfd):
     exits = []
     w = watchdog.Watchdog(0, 1, HOST, str(tmp_path), 1.0, 20, exit_fn=exits.append)

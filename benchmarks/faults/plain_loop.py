@@ -5,8 +5,10 @@ checkpoint file on rank 0.
 
     horovodrun -np 2 --gloo python plain_loop.py DATA_DIR OUT_DIR [--steps N] [--checkpoint_every K]
 
-Fault hooks (environment variables, read by the rank they name):
+Fault hooks (environment variables):
     PLAIN_RAISE_AT=RANK:STEP   that rank raises RuntimeError at that step
+    HVDLM_PROBE_SLOW_SAVE=S    torch.save takes ~S seconds (the same hook as hvdlm's fault tests),
+                               standing in for the seconds a large model's checkpoint takes
 Each rank prints ``plain: rank R step S`` every step (so a harness can see it progress).
 """
 
@@ -40,6 +42,10 @@ def main() -> None:
     p.add_argument("--n_embd", type=int, default=32)
     args = p.parse_args()
 
+    if os.environ.get("HVDLM_PROBE_SLOW_SAVE"):
+        sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
+        from rank_probe import slow_torch_save
+        slow_torch_save(float(os.environ["HVDLM_PROBE_SLOW_SAVE"]))
     hvd.init()
     torch.set_num_threads(1)
     meta = json.loads((Path(args.data_dir) / "meta.json").read_text())
@@ -68,8 +74,8 @@ def main() -> None:
         optimizer.step()
         print(f"plain: rank {hvd.rank()} step {step} loss {loss.item():.4f}", flush=True)
         if args.checkpoint_every and step % args.checkpoint_every == 0 and hvd.rank() == 0:
-            torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step},
-                       Path(args.out_dir) / "checkpoint.pt")
+            with open(Path(args.out_dir) / "checkpoint.pt", "wb") as fh:  # what torch.save(path) does
+                torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step}, fh)
     if hvd.rank() == 0:
         print(f"plain: done at step {args.steps} at {time.time():.0f}", flush=True)
 
