@@ -118,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the NIC the ranks talk over (horovodrun --network-interface); needed when the job starts "
                         "on one host: lo on one machine")
     p.add_argument("--host_cooldown", type=int, default=60,
-                   help="seconds before a host whose rank failed may join again (default: 60)")
+                   help="a host whose rank failed may join again after 2-3x this many seconds, twice as long "
+                        "after each further failure (Horovod's blacklist cooldown; default: 60)")
     p.set_defaults(func=cmd_elastic)
 
     p = sub.add_parser("sample", help="generate text from a checkpoint")

@@ -36,6 +36,7 @@ FAULTS = {
     "raise": "exception on rank 1 at step 30",
     "kill0_ckpt": "kill -9 rank 0 while it writes a checkpoint",
     "corrupt": "corrupt data shard (1 MB of 0xFF in train.bin)",
+    "elastic": "kill -9 a rank under hvdlm elastic",
 }
 
 
@@ -157,6 +158,60 @@ def one(program: str, launcher: str, fault: str, data: Path, work: Path) -> dict
     }
 
 
+def elastic_kill(data: Path, work: Path) -> dict:
+    """hvdlm elastic on two "hosts" of this machine (localhost, 127.0.0.1): kill -9 the rank of
+    one; time until the other trains on alone, and until the host is back (cooldown 5 s)."""
+    from hvdlm.config import load_config
+    from hvdlm.elastic import launch_command
+    from hvdlm.metrics import read_jsonl
+
+    out = work / "elastic-kill9"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    (out / "hosts.txt").write_text("localhost:1\n127.0.0.1:1\n")
+    script = out / "discover.sh"
+    script.write_text(f"#!/bin/sh\ncat {out / 'hosts.txt'}\n")
+    script.chmod(0o755)
+    flags = dict(zip(TINY[::2], TINY[1::2]))
+    given = {k.lstrip("-"): v for k, v in flags.items()}
+    given.update(data_dir=str(data), out_dir=str(out / "run"), max_steps="100000", log_interval="1",
+                 eval_interval="0", checkpoint_interval="50", commit_interval="10", threads="1",
+                 min_ranks="1", max_ranks="2", discovery_script=str(script))
+    from hvdlm.config import FIELDS, _base_type
+    cfg = load_config(None, {k: _base_type(FIELDS[k][1])(v) for k, v in given.items()})
+    job = Job(launch_command(cfg, given, np=2, network_interface="", host_cooldown=5, config_file=None), out,
+              env=launch_env()).start()
+
+    def rows():
+        path = out / "run" / "metrics.jsonl"
+        return read_jsonl(path, "train") if path.exists() else []
+
+    def sizes_after(t0: float, size: int):
+        return lambda: any(r["ranks"] == size and r["time"] > t0 for r in rows())
+
+    result = {"fault": "elastic_kill9", "program": "hvdlm", "launcher": "hvdlm elastic"}
+    try:
+        job.wait_until(lambda: len(rows()) >= 60, 180, "60 steps")
+        t_fault = rows()[-1]["time"]
+        job.inject(job.rank_pid(1), signal.SIGKILL)
+        job.wait_until(sizes_after(t_fault, 1), 120, "1 rank")
+        result["seconds_to_continue_on_1"] = round(job.since_fault(), 1)
+        lost = [r for r in rows() if r["ranks"] == 1][0]["step"]
+        before = max(r["step"] for r in rows() if r["ranks"] == 2 and r["time"] <= t_fault + 1e-9)
+        result["steps_redone"] = before - lost + 1
+        job.wait_until(sizes_after(rows()[-1]["time"], 2), 180, "2 ranks again")
+        result["seconds_until_back_on_2"] = round(job.since_fault(), 1)
+        result["ended"] = True
+    except RuntimeError as e:
+        result["error"] = str(e)[-2000:]
+        result["ended"] = False
+    finally:
+        res = job.wait(1)
+    result["stderr_tail"] = "\n".join(res.stderr.splitlines()[-20:])
+    result["stdout_hvdlm"] = [x for x in res.stdout.splitlines() if "hvdlm:" in x]
+    return result
+
+
 def split_output(launcher: str, stderr: list[str]) -> tuple[list[str], list[str]]:
     """(what the ranks wrote, what the launcher wrote). horovodrun tags rank lines "[r]<stderr>:";
     mpirun frames its own messages between lines of dashes."""
@@ -177,6 +232,12 @@ def split_output(launcher: str, stderr: list[str]) -> tuple[list[str], list[str]
 
 def table(rows: list[dict]) -> str:
     lines = ["| fault | launcher | plain Horovod | hvdlm |", "|---|---|---|---|"]
+    for r in rows:
+        if r["fault"] == "elastic_kill9" and r.get("ended"):
+            lines.append(f"| kill -9 one of two hosts' ranks, elastic | hvdlm elastic | (Horovod elastic does the "
+                         f"same; see docs) | trained on at 1 rank **{r['seconds_to_continue_on_1']} s** after the "
+                         f"kill ({r['steps_redone']} steps redone from the last commit); 2 ranks again "
+                         f"{r['seconds_until_back_on_2']} s after the kill (5 s host cooldown) |")
     key = {(r["program"], r["launcher"], r["fault"]): r for r in rows}
 
     def cell(r: dict | None) -> str:
@@ -211,7 +272,11 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="hvdlm-faults-"))
     data = prepare_data(work)
     rows = []
-    for fault in args.only.split(","):
+    if "elastic" in args.only.split(","):
+        row = elastic_kill(data, work)
+        rows.append(row)
+        print({k: v for k, v in row.items() if k not in ("stderr_tail",)}, flush=True)
+    for fault in [f for f in args.only.split(",") if f != "elastic"]:
         for launcher in args.launchers.split(","):
             for program in args.programs.split(","):
                 t = time.monotonic()
