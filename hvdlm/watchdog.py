@@ -310,8 +310,10 @@ class Watchdog:
         limit = self.limit()
         if stuck > limit:
             busy = [p for p in self._suspects(now) if p.phase not in WAITING and not p.left]
-            if self.phase_name in WAITING and busy and stuck < limit + 15:
-                return  # a peer is alive but stuck in its own work: it reports itself in a moment
+            if self.phase_name in WAITING and busy and stuck < limit + max(limit, STARTUP_SECONDS) + 15:
+                # A peer is alive and busy in its own work (a long checkpoint write, a hung read): its
+                # own watchdog, with that phase's limit, ends it and names it if it is stuck.
+                return
             line = (f"hvdlm: rank {self.rank} on {self.host}: no progress for {stuck:.0f}s while {self.phase_name} "
                     f"at step {self.step} (limit {limit:.0f}s)")
             if self.phase_name in WAITING and busy:

@@ -46,8 +46,17 @@ def _ppid_and_state(pid: int) -> tuple[int, str]:
     return int(fields[1]), fields[0]
 
 
-def tagged_pids(tag: str) -> list[int]:
-    """Live processes (not zombies) whose environment carries this tag."""
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def tagged_pids(tag: str, marker: str | None = None) -> list[int]:
+    """Live processes (not zombies) whose environment carries this tag, or whose command line
+    holds ``marker`` (ranks started over ssh on another host of the test cluster do not inherit
+    the environment, but they share this machine's process table)."""
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -55,9 +64,18 @@ def tagged_pids(tag: str) -> list[int]:
         pid = int(entry.name)
         if pid == os.getpid():
             continue
-        if _environ(pid).get("HVDLM_FAULT_TAG") == tag and _ppid_and_state(pid)[1] not in ("Z", "X"):
+        mine = _environ(pid).get("HVDLM_FAULT_TAG") == tag or (marker is not None and marker in _cmdline(pid))
+        if mine and _ppid_and_state(pid)[1] not in ("Z", "X"):
             pids.append(pid)
     return pids
+
+
+def in_netns(pid: int, name: str) -> bool:
+    """Whether ``pid`` runs in the network namespace ``/run/netns/<name>`` (a test-cluster host)."""
+    try:
+        return os.stat(f"/proc/{pid}/ns/net").st_ino == os.stat(f"/run/netns/{name}").st_ino
+    except OSError:
+        return False
 
 
 @dataclass
@@ -97,8 +115,9 @@ class Result:
 class Job:
     """One launched job; ``argv`` is the whole command (launcher included)."""
 
-    def __init__(self, argv: list[str], workdir: Path, env: dict | None = None, tag: str | None = None):
-        self.argv, self.workdir = argv, Path(workdir)
+    def __init__(self, argv: list[str], workdir: Path, env: dict | None = None, tag: str | None = None,
+                 marker: str | None = None):
+        self.argv, self.workdir, self.marker = argv, Path(workdir), marker
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.tag = tag or uuid.uuid4().hex[:12]
         self.env = dict(env or os.environ, HVDLM_FAULT_TAG=self.tag)
@@ -123,7 +142,7 @@ class Job:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             mine = {}
-            for pid in tagged_pids(self.tag):
+            for pid in tagged_pids(self.tag, self.marker):
                 env = _environ(pid)
                 if any(env.get(v) == str(rank) for v in RANK_VARS):
                     mine[pid] = _ppid_and_state(pid)[0]
@@ -134,6 +153,12 @@ class Job:
                 raise RuntimeError(f"job ended before rank {rank} could be found:\n{self.output()}")
             time.sleep(0.2)
         raise RuntimeError(f"no single process for rank {rank} within {timeout}s")
+
+    def pids_on_host(self, host: str) -> list[int]:
+        """This job's Python processes on a test-cluster host (its network namespace), deepest first."""
+        mine = [p for p in tagged_pids(self.tag, self.marker) if in_netns(p, host) and self._is_python(p)]
+        parents = {_ppid_and_state(p)[0] for p in mine}
+        return sorted(mine, key=lambda p: p in parents)
 
     @staticmethod
     def _is_python(pid: int) -> bool:
@@ -177,7 +202,7 @@ class Job:
         leftovers = []
         if rc is not None:
             time.sleep(0.5)
-            leftovers = [self._cmdline(pid) for pid in tagged_pids(self.tag) if self._is_python(pid)]
+            leftovers = [self._cmdline(pid) for pid in tagged_pids(self.tag, self.marker) if self._is_python(pid)]
         self.stop()
         return Result(rc, end - self.started, None if self.fault_at is None else end - self.fault_at,
                       Path(self._out.name).read_text(), Path(self._err.name).read_text(), leftovers,
@@ -198,7 +223,7 @@ class Job:
             except OSError:
                 pass
         for _ in range(50):
-            pids = tagged_pids(self.tag)
+            pids = tagged_pids(self.tag, self.marker)
             if not pids:
                 break
             for pid in pids:

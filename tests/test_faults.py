@@ -286,6 +286,18 @@ def test_the_automatic_limit_follows_the_step_time():
     assert w.limit() == 7.5
 
 
+def test_waiting_on_a_peer_that_writes_a_long_checkpoint_is_not_a_stall(tmp_path):
+    """Rank 1 waits in the allreduce past its limit while rank 0, alive, writes a checkpoint:
+    rank 0's own (longer) checkpointing limit is what counts."""
+    (w0, w1), exits = pair(tmp_path, peer_timeout=5.0, step_timeout=1.0)
+    w0.phase("checkpointing")
+    w1.phase("allreduce")
+    time.sleep(3.0)
+    assert not exits[0] and not exits[1]
+    w0._stop.set()
+    w1._stop.set()
+
+
 def test_a_peer_never_heard_from_is_not_taken_for_dead(tmp_path, capfd):
     """UDP blocked between two hosts: no heartbeat ever arrives. That must not end a healthy job;
     rank 0 warns once and the progress limit still applies."""
