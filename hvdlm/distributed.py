@@ -55,8 +55,31 @@ def cores_per_rank(local_size: int) -> int:
     return max(1, mine // local_size)
 
 
+# CPU defaults, measured with `hvdlm bench allreduce` and `hvdlm bench train` (benchmarks/RESULTS.md).
+# A setting already in the environment wins.
+CPU_DEFAULTS_MPI = {
+    # Open MPI busy-polls while a rank waits; on a host whose cores all compute, the polling steals
+    # them from the ranks' matmuls. Yielding kept large-message busbw and made runs steady.
+    "OMPI_MCA_mpi_yield_when_idle": "1",
+    # Horovod's background thread runs one cycle per this many ms: every allreduce waits for the
+    # next cycle. 0.1 ms cut small-message latency from 1.07 ms to 0.17 ms (with the yield above;
+    # without it 0.1 ms was unstable). Over Gloo 0.1 ms was worse, so it is set only for MPI.
+    "HOROVOD_CYCLE_TIME": "0.1",
+}
+
+
+def apply_cpu_defaults(env=os.environ) -> dict:
+    """Set CPU_DEFAULTS_MPI where unset (not under Gloo or on GPUs); returns what was set."""
+    if torch.cuda.is_available() or env.get("HOROVOD_GLOO_RENDEZVOUS_ADDR") or env.get("HOROVOD_CONTROLLER") == "gloo":
+        return {}
+    applied = {k: v for k, v in CPU_DEFAULTS_MPI.items() if k not in env}
+    env.update(applied)
+    return applied
+
+
 def init(threads: int = 0) -> World:
     """Step 1: start Horovod; pin one GPU per local rank, or split this host's cores on CPUs."""
+    apply_cpu_defaults()  # before hvd.init(): MPI and Horovod read them there
     hvd.init()
     if torch.cuda.is_available():
         torch.cuda.set_device(hvd.local_rank() % torch.cuda.device_count())
