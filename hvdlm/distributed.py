@@ -123,14 +123,16 @@ def broadcast_parameters(model: torch.nn.Module) -> None:
     hvd.broadcast_parameters(model.state_dict(), root_rank=0)
 
 
-def broadcast_object(obj: T) -> T:
+def broadcast_object(obj: T, name: str = "hvdlm.broadcast_object") -> T:
     """Step 4b: rank 0's picklable object on every rank.
 
     Used for the optimizer state on resume instead of ``hvd.broadcast_optimizer_state``: on a
     fresh optimizer that helper (0.28.1) runs a zero-gradient ``step()`` to create the state, which
     with current torch moves AdamW weights by weight decay and sets the step count to 1.
+    The name is fixed: Horovod's default is the object's type name, which differs between rank 0
+    (the object) and the others (None), and mismatched names wait for each other forever.
     """
-    return hvd.broadcast_object(obj, root_rank=0)
+    return hvd.broadcast_object(obj, root_rank=0, name=name)
 
 
 def optimizer_step(optimizer, model: torch.nn.Module, grad_clip: float) -> tuple[float, float]:
