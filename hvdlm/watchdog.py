@@ -126,11 +126,12 @@ def _interface_addresses() -> list[str]:
 
 
 def _machine_id() -> str:
-    """Same value for processes that can see each other's pids (same boot, same pid namespace)."""
+    """Same value for processes of one host: same boot and pid namespace (they see each other's
+    pids), and same network namespace (the hosts of slurm/cluster.sh share a kernel and its pids,
+    but not a network: a rank there is judged by its heartbeats, as on another machine)."""
     try:
         boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-        ns = os.stat("/proc/self/ns/pid").st_ino
-        return f"{boot}/{ns}"
+        return f"{boot}/{os.stat('/proc/self/ns/pid').st_ino}/{os.stat('/proc/self/ns/net').st_ino}"
     except OSError:
         return uuid.uuid4().hex  # never matches another process: no pid checks
 
@@ -347,8 +348,8 @@ class Watchdog:
     def _silent_peers_line(self, silent: list[Peer], now: float) -> str:
         p = max(silent, key=lambda q: now - q.last_seen)
         others = f" (and {len(silent) - 1} more)" if len(silent) > 1 else ""
-        return (f"hvdlm: {p.where}{others} has sent no heartbeat for {now - p.last_seen:.0f}s (it was in {p.phase} "
-                f"at step {p.step}): it is stopped, hung or cut off from rank {self.rank} on {self.host}; "
+        return (f"hvdlm: {p.where}{others} has sent no heartbeat for {now - p.last_seen:.0f}s (the last one from "
+                f"{p.phase} at step {p.step}): it is stopped, hung or cut off from rank {self.rank} on {self.host}; "
                 f"ending the job (details in {self._log_path()})")
 
     def _gone_line(self, gone: list[Peer]) -> str:

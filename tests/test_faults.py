@@ -253,8 +253,8 @@ def test_a_silent_peer_is_named_within_the_peer_timeout(tmp_path, capfd):
     assert wait_for(lambda: exits[0], 4), "rank 0 did not notice"
     assert exits[0] == [watchdog.EXIT_STALLED]
     err = capfd.readouterr().err
-    assert re.search(rf"hvdlm: rank 1 on {HOST} has sent no heartbeat for [12]s \(it was in forward/backward at "
-                     r"step 7\)", err), err
+    assert re.search(rf"hvdlm: rank 1 on {HOST} has sent no heartbeat for [12]s \(the last one from "
+                     r"forward/backward at step 7\)", err), err
     w0.stop()
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import re
 import shutil
 import signal
@@ -37,6 +38,7 @@ FAULTS = {
     "kill0_ckpt": "kill -9 rank 0 while it writes a checkpoint",
     "corrupt": "corrupt data shard (1 MB of 0xFF in train.bin)",
     "elastic": "kill -9 a rank under hvdlm elastic",
+    "cut": "cut hvdnode2's link (test cluster, 2 hosts)",
 }
 
 
@@ -49,12 +51,27 @@ def prepare_data(work: Path) -> Path:
     return data
 
 
+CLUSTER = ["bash", str(ROOT / "slurm" / "cluster.sh")]
+ACROSS = {  # 2 ranks, one on each host of the test cluster, launched from hvdnode1
+    "x-horovodrun-gloo": [str(Path(PY).parent / "horovodrun"), "-np", "2", "-H", "hvdnode1:1,hvdnode2:1", "--gloo",
+                          "--start-timeout", "120"],
+    "x-mpirun": ["mpirun", "-np", "2", "-H", "hvdnode1,hvdnode2", "--bind-to", "none"],
+    "x-mpirun-keepalive": ["mpirun", "-np", "2", "-H", "hvdnode1,hvdnode2", "--bind-to", "none",
+                           "--mca", "oob_tcp_keepalive_time", "5", "--mca", "oob_tcp_keepalive_intvl", "2",
+                           "--mca", "oob_tcp_keepalive_probes", "3"],
+}
+
+
 def command(program: str, launcher: str, data: Path, out: Path) -> list[str]:
+    if launcher in ACROSS:
+        prefix = CLUSTER + ["exec", "hvdnode1"] + ACROSS[launcher]
+    else:
+        prefix = LAUNCHERS[launcher]
     if program == "plain":
-        return LAUNCHERS[launcher] + [PY, PLAIN, str(data), str(out), "--checkpoint_every", "20"]
-    return LAUNCHERS[launcher] + [PY, PROBE, "fault", "unused", "--", "--data_dir", str(data), "--out_dir", str(out),
-                                  *TINY, "--max_steps", "100000", "--log_interval", "1", "--eval_interval", "0",
-                                  "--checkpoint_interval", "20", "--progress", "true"]
+        return prefix + [PY, PLAIN, str(data), str(out), "--checkpoint_every", "20"]
+    return prefix + [PY, PROBE, "fault", "unused", "--", "--data_dir", str(data), "--out_dir", str(out),
+                     *TINY, "--max_steps", "100000", "--log_interval", "1", "--eval_interval", "0",
+                     "--checkpoint_interval", "20", "--progress", "true", "--threads", "1"]
 
 
 def progressed(program: str, job: Job, out: Path, step: int):
@@ -117,9 +134,13 @@ def one(program: str, launcher: str, fault: str, data: Path, work: Path) -> dict
         with open(run_data / "train.bin", "r+b") as fh:
             fh.seek(len(fh.read()) // 3)
             fh.write(b"\xff" * (1 << 20))
-    job = Job(command(program, launcher, run_data, out), out, env=env).start()
+    job = Job(command(program, launcher, run_data, out), out, env=env, marker=str(out)).start()
     try:
-        if fault == "corrupt":
+        if fault == "cut":
+            job.wait_until(progressed(program, job, out, 25), 180, "step 25")
+            subprocess.run(CLUSTER + ["cut", "hvdnode2"], check=True, capture_output=True)
+            job.mark_fault()
+        elif fault == "corrupt":
             job.mark_fault()  # the fault is there from the start
         elif fault == "raise":
             job.mark_fault()
@@ -138,6 +159,9 @@ def one(program: str, launcher: str, fault: str, data: Path, work: Path) -> dict
         job.mark_fault()
         result = job.wait(5)
         result.stderr += f"\n(harness: {e})"
+    finally:
+        if fault == "cut":
+            subprocess.run(CLUSTER + ["heal", "hvdnode2"], capture_output=True)
     stderr = [x for x in result.stderr.splitlines() if x.strip()]
     ranks, launcher_lines = split_output(launcher, stderr)
     rank_err = [re.sub(r"^\[\d+\]<stderr>:", "", x) for x in ranks]
@@ -217,7 +241,7 @@ def split_output(launcher: str, stderr: list[str]) -> tuple[list[str], list[str]
     mpirun frames its own messages between lines of dashes."""
     ranks, own, framed = [], [], False
     for line in stderr:
-        if launcher.startswith("horovodrun"):
+        if "horovodrun" in launcher:
             (ranks if re.match(r"^\[\d+\]<std", line) else own).append(line)
             continue
         if line.startswith("-----"):
@@ -243,6 +267,10 @@ def table(rows: list[dict]) -> str:
     def cell(r: dict | None) -> str:
         if r is None:
             return "not run"
+        if not r["ended"] and r.get("hvdlm_lines"):
+            return (f"the ranks ended with {len(r['hvdlm_lines'])} `hvdlm:` line ({r['hvdlm_lines'][0][:60]}...), "
+                    f"but **the launcher hung** waiting for its daemon on the cut-off host (killed by the harness "
+                    f"{HANG_CAP} s after the fault); checkpoint {r['checkpoint']}")
         if not r["ended"]:
             return (f"**hung, silent** (killed by the harness {HANG_CAP} s after the fault; ranks: "
                     f"{r['rank_lines']} lines); checkpoint {r['checkpoint']}")
@@ -254,7 +282,7 @@ def table(rows: list[dict]) -> str:
         return "; ".join(p for p in parts if p)
 
     for fault, name in FAULTS.items():
-        for launcher in ("horovodrun-gloo", "mpirun"):
+        for launcher in ("horovodrun-gloo", "mpirun", *ACROSS):
             if not any((p, launcher, fault) in key for p in ("plain", "hvdlm")):
                 continue
             lines.append(f"| {name} | {launcher} | {cell(key.get(('plain', launcher, fault)))} | "
@@ -268,7 +296,28 @@ def main() -> None:
     p.add_argument("--only", default=",".join(FAULTS))
     p.add_argument("--launchers", default="horovodrun-gloo,mpirun")
     p.add_argument("--programs", default="plain,hvdlm")
+    p.add_argument("--table", metavar="JSON", help="only print the table of an earlier run's JSON")
+    p.add_argument("--cluster", action="store_true",
+                   help="the cut-link fault across the 2 hosts of slurm/cluster.sh (starts and stops it)")
     args = p.parse_args()
+    if args.table:
+        return print(table(json.loads(Path(args.table).read_text())))
+    if args.cluster:
+        netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        if netns.strip():
+            sys.exit(f"a test cluster (or other network namespaces) is up: {netns.split()}; not starting ours")
+        subprocess.run(CLUSTER + ["start", "2"], check=True, capture_output=True)
+        args.only, args.launchers = "cut", ",".join(ACROSS)
+        if args.out == p.get_default("out"):
+            args.out += "-cluster"
+        try:
+            return run_all(args)
+        finally:
+            subprocess.run(CLUSTER + ["stop"], capture_output=True)
+    run_all(args)
+
+
+def run_all(args) -> None:
     work = Path(tempfile.mkdtemp(prefix="hvdlm-faults-"))
     data = prepare_data(work)
     rows = []
