@@ -167,8 +167,9 @@ def elastic(tmp_path, *args: str):
     (["--discovery_script", "echo localhost:2", "--network_interface", "lo", "--data_dir", "/no/such/data"],
      "data dir /no/such/data does not exist"),
 ])
-def test_bad_elastic_input_is_one_line_before_anything_starts(args, message, tmp_path):
-    run = elastic(tmp_path, *args)
+def test_bad_elastic_input_is_one_line_before_anything_starts(args, message, corpus, tmp_path):
+    # real data first, so each case fails on its own problem (a later --data_dir wins)
+    run = elastic(tmp_path, "--data_dir", str(corpus), *args)
     assert run.returncode == 2, run.output
     lines = [line for line in run.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("hvdlm: error: ") and message in lines[0], run.output
