@@ -262,3 +262,28 @@ def check_shape(state: dict, shape: dict, path: str | Path) -> None:
             f"checkpoint {path} is from a different model: {', '.join(diff)}; "
             "use another out_dir, or --resume false to start over"
         )
+
+
+# --- the component the training loop calls ---------------------------------------------------------
+
+class Checkpointer:
+    """Decides when the loop saves (every ``interval`` steps, at the last step, on a stop signal)
+    and what a checkpoint holds: the model, the optimizer, the run's state (``TrainState``), the
+    sync strategy's own state, and what a resume checks (model shape, tokenizer, config)."""
+
+    def __init__(self, out_dir: str, interval: int, keep: int, model, optimizer, state, sync,
+                 shape: dict, tokenizer: dict, config: dict):
+        self.out_dir, self.interval, self.keep = out_dir, interval, keep
+        self.model, self.optimizer, self.state, self.sync = model, optimizer, state, sync
+        self.fixed = {"model_shape": shape, "tokenizer": tokenizer, "config": config}
+
+    def due(self, step: int, last_step: int, stopped: object = None) -> bool:
+        return bool((self.interval and step % self.interval == 0) or step == last_step or stopped)
+
+    def save(self, world) -> None:
+        """Rank 0 writes; the others go on (the loop's final barrier waits for the last one)."""
+        if not world.is_root:
+            return
+        save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), **self.state.state_dict(),
+              "sync": self.sync.state_dict(), **self.fixed, "world_size": world.size},
+             self.out_dir, keep=self.keep)

@@ -267,8 +267,8 @@ def set_accumulation(optimizer, grad_accum: int) -> None:
 
 class ElasticState:
     """What Horovod elastic restores after a rank is lost and sends to a rank that joins: the
-    model, the optimizer, and plain ``values`` (step, data position, the batch plan), as of the
-    last ``commit()``.
+    model, the optimizer and every other ``stateful`` object (the run's ``TrainState``, the sync
+    strategy), as of the last ``commit()``.
 
     Horovod's own ``TorchState`` syncs the optimizer with ``broadcast_optimizer_state``, which on
     a fresh optimizer (every rank at the start, a joining rank later) runs a zero-gradient
@@ -277,27 +277,33 @@ class ElasticState:
     state dict is broadcast and loaded instead (``tests/test_elastic.py`` checks both).
     """
 
-    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, **values):
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *stateful):
         from horovod.common.elastic import State
+
+        def snapshot():
+            return model.state_dict(), optimizer.state_dict(), [s.state_dict() for s in stateful]
+
+        def load(model_state, optimizer_state, others):
+            model.load_state_dict(model_state)
+            optimizer.load_state_dict(optimizer_state)
+            for obj, obj_state in zip(stateful, others):
+                obj.load_state_dict(obj_state)
 
         class _State(State):  # Horovod's protocol: save / restore / sync / commit
             def save(inner):
-                self._saved = copy.deepcopy((model.state_dict(), optimizer.state_dict(), self.values))
+                self._saved = copy.deepcopy(snapshot())
 
             def restore(inner):
-                model_state, optimizer_state, values = copy.deepcopy(self._saved)
-                model.load_state_dict(model_state)
-                optimizer.load_state_dict(optimizer_state)
-                self.values = values
+                load(*copy.deepcopy(self._saved))
 
             def sync(inner):
                 hvd.broadcast_parameters(model.state_dict(), root_rank=0)
-                optimizer_state, self.values = hvd.broadcast_object(
-                    (optimizer.state_dict(), self.values), root_rank=0, name="hvdlm.elastic.sync")
-                optimizer.load_state_dict(optimizer_state)
+                _, optimizer_state, others = snapshot()
+                optimizer_state, others = hvd.broadcast_object(
+                    (optimizer_state, others), root_rank=0, name="hvdlm.elastic.sync")
+                load(model.state_dict(), optimizer_state, others)
                 inner.save()  # a rank lost before the first commit goes back to the synced state
 
-        self.values = values
         self.horovod = _State(bcast_object=broadcast_object, get_rank=hvd.rank)
         self.horovod.save()
 

@@ -33,27 +33,24 @@ the watchdog watches only its own rank's progress (Horovod handles lost peers).
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
+import socket
 import shutil
 import subprocess
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
-import torch
-
-from hvdlm import checkpoint, watchdog
+from hvdlm import loop, watchdog
 from hvdlm import distributed as dist
 from hvdlm.config import FIELDS, Config, model_shape, save_toml
 from hvdlm.data import load_meta
-from hvdlm.data.sampler import ShardedSampler, get_batch, num_sequences, split_global_batch
+from hvdlm.data.sampler import num_sequences
 from hvdlm.errors import HvdlmError
-from hvdlm.metrics import Metrics
-from hvdlm.model import GPT, GPTConfig
-from hvdlm.optim import build_optimizer, lr_at, set_lr
-from hvdlm.train import (BatchPlan, autocast, evaluate, load_data, load_resume_state, plan_batches,
-                         prepare_out_dir, resolve_precision)
+from hvdlm.inputs import load_data, load_resume_state, prepare_out_dir
+from hvdlm.state import TrainState, plan_batches
+from hvdlm.train import build_job
 
 HOST_LINE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(:[0-9]+)?$")
 
@@ -86,6 +83,16 @@ def discover_hosts(script: str, timeout: float = 30) -> dict[str, int]:
     if not hosts:
         raise HvdlmError(f"discovery script {script} printed no hosts")
     return hosts
+
+
+def is_this_machine(host: str) -> bool:
+    """Whether every address ``host`` resolves to is this machine's (loopback or its own name's)."""
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+        mine = set(socket.gethostbyname_ex(socket.gethostname())[2])
+    except OSError:
+        return False
+    return bool(addresses) and all(ipaddress.ip_address(a).is_loopback or a in mine for a in addresses)
 
 
 def check_range(cfg: Config, size_now: int | None = None) -> range:
@@ -128,6 +135,8 @@ def launch_command(cfg: Config, given: dict, np: int, network_interface: str, ho
     if slots < d.min_ranks:
         raise HvdlmError(f"discovery script {d.discovery_script} offers {slots} slot(s) "
                          f"({', '.join(f'{h}:{n}' for h, n in hosts.items())}), fewer than min_ranks {d.min_ranks}")
+    if not network_interface and all(is_this_machine(h) for h in hosts):
+        network_interface = "lo"  # every rank on this machine: they talk over loopback
     if len(hosts) < 2 and not network_interface:
         raise HvdlmError(f"the elastic job starts on one host ({next(iter(hosts))}): give --network_interface "
                          "(lo on one machine, else the NIC the hosts share, e.g. eth0); without it Horovod waits "
@@ -153,6 +162,32 @@ def launch_command(cfg: Config, given: dict, np: int, network_interface: str, ho
 
 # --- a rank of the elastic job ------------------------------------------------------------------------
 
+class ElasticSession(loop.Session):
+    """What an elastic run adds to the loop: the state is committed in memory every
+    ``commit_interval`` steps (where ranks may join or leave), and each (re)entry says the size."""
+
+    def __init__(self, job: loop.Job, state: TrainState, sizes: range, commit_interval: int):
+        self.sizes, self.commit_interval, self.size = sizes, commit_interval, None
+        self.horovod = dist.ElasticState(job.model, job.optimizer, state, job.sync)
+
+    def enter(self, job, state, world, metrics):
+        job.watch.moved(world.rank, world.size)
+        split = state.describe(world.size)
+        if self.size is None:
+            metrics.info(f"hvdlm: elastic, {world.size} rank(s) (range {self.sizes[0]}..{self.sizes[-1]}), "
+                         f"{job.model.num_params() / 1e6:.2f}M parameters, {job.precision}, {split}, "
+                         f"lr {state.plan.peak_lr:g}" + (f", resuming at step {state.step}" if state.step else ""))
+        else:
+            metrics.info(f"hvdlm: elastic: {world.size} rank(s) now (were {self.size}), going on from step "
+                         f"{state.step} (the last commit); {split}, same lr schedule")
+        self.size = world.size
+
+    def commit(self, job, state):
+        if state.step % self.commit_interval == 0:
+            job.watch.phase("allreduce")
+            self.horovod.commit()  # may raise HostsUpdatedInterrupt: ranks join or leave here
+
+
 def train_elastic(cfg: Config) -> dict:
     """Train under Horovod elastic; returns the final summary (on the ranks that finish)."""
     if not dist.elastic_launched():
@@ -170,114 +205,25 @@ def train_elastic(cfg: Config) -> dict:
     resume = load_resume_state(cfg, shape, data.meta) if world.is_root else None
     num_train_seqs = num_sequences(len(data.train), shape["block_size"])
     plan = plan_batches(cfg, sizes[-1], num_train_seqs, resume)  # the full-size job's batch and lr
-    precision = resolve_precision(cfg.train.precision, world.device)
 
-    torch.manual_seed(cfg.train.seed)
-    model = GPT(GPTConfig(**shape)).to(world.device)
-    optimizer = build_optimizer(model, cfg.optim, plan.peak_lr)
-    optimizer = dist.wrap_optimizer(optimizer, model, cfg.distributed.compression,
-                                    cfg.distributed.reduce_op, plan.accum)
-    # ``evaluated`` is part of the synced state: a rank that joins must not run the step-0
-    # evaluation (a collective) that the others have already done.
-    state = dist.ElasticState(model, optimizer, step=0, sampler=None, plan=asdict(plan), evaluated=False)
-    if resume is not None:
-        model.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
-        state.values.update(step=resume["step"], sampler=resume["sampler"], evaluated=True)
-        state.horovod.save()
+    # The same job as a plain run; rank 0's state reaches every rank in the elastic sync.
+    state = TrainState(plan, num_train_seqs, cfg.train.seed, cfg.data.batch_size)
+    job = build_job(cfg, world, watch, data, shape, state, resume)
+    t = cfg.train
+    state.last_step = t.max_steps if not t.stop_after else min(t.max_steps, state.step + t.stop_after)
     if world.is_root:
-        save_toml(cfg, Path(cfg.train.out_dir) / "config.toml")
+        save_toml(cfg, Path(t.out_dir) / "config.toml")
+    session = ElasticSession(job, state, sizes, cfg.distributed.commit_interval)
 
-    t, o = cfg.train, cfg.optim
-    stop = dist.StopSignals()
-    seen = {"size": None}
+    def run(_) -> dict:  # Horovod calls it again after every reset, with the state as synced
+        return loop.run(job, state, dist.world_now(world), session)
 
-    def run(state: dist.ElasticState) -> dict:
-        """Train from the state as synced; Horovod calls this again after every reset."""
-        w = dist.world_now(world)
-        watch.moved(w.rank, w.size)
-        plan = BatchPlan(**state.values["plan"])
-        micro, accum = split_global_batch(plan.global_batch, w.size, cfg.data.batch_size)
-        sampler = ShardedSampler(num_train_seqs, micro, w.rank, w.size, t.seed, accum)
-        if state.values["sampler"] is not None:
-            sampler.load_state_dict(state.values["sampler"])
-        dist.set_accumulation(optimizer, accum)
-        optimizer.zero_grad()
-        step = state.values["step"]
-        tokens_per_step = plan.global_batch * shape["block_size"]
-        metrics = Metrics(t.out_dir, w.is_root, t.max_steps, step, t.progress)
-        try:
-            split = f"global batch {plan.global_batch} = {w.size} x {micro} x {accum} micro-steps"
-            if seen["size"] is None:
-                metrics.info(f"hvdlm: elastic, {w.size} rank(s) (range {sizes[0]}..{sizes[-1]}), "
-                             f"{model.num_params() / 1e6:.2f}M parameters, {precision}, {split}, lr {plan.peak_lr:g}"
-                             + (f", resuming at step {step}" if step else ""))
-            else:
-                metrics.info(f"hvdlm: elastic: {w.size} rank(s) now (were {seen['size']}), going on from step "
-                             f"{step} (the last commit); {split}, same lr schedule")
-            seen["size"] = w.size
-            if not state.values["evaluated"]:  # the untrained model's loss, once
-                val = evaluate(model, data.val, cfg, w, precision)
-                metrics.record("eval", step=step, val_loss=val, val_ppl=math.exp(min(val, 50)), ranks=w.size)
-                state.values["evaluated"] = True
-            val_loss = float("nan")
-            while step < t.max_steps:
-                stop.begin_step()
-                torch.manual_seed(hash((t.seed, step, w.rank)))
-                lr = lr_at(step, plan.peak_lr, plan.min_lr, o.warmup_steps, t.max_steps)
-                set_lr(optimizer, lr)
-                loss_sum = 0.0
-                for _ in range(accum):
-                    watch.phase("data loading")
-                    x, y = get_batch(data.train, sampler.next_indices(), shape["block_size"], w.device)
-                    watch.phase("forward/backward")
-                    with autocast(precision, w.device):
-                        _, loss = model(x, y)
-                    (loss / accum).backward()
-                    loss_sum += loss.item()
-                watch.phase("allreduce")
-                _, grad_norm = dist.optimizer_step(optimizer, model, o.grad_clip)
-                step += 1
-                stopped_by = stop.end_step()
-                watch.step_done(step)
-                if step % t.log_interval == 0 or step == t.max_steps:
-                    (loss_avg,) = dist.average([loss_sum / accum], name="train_loss")
-                    metrics.record("train", step=step, loss=loss_avg, lr=lr, grad_norm=grad_norm, ranks=w.size)
-                if (t.eval_interval and step % t.eval_interval == 0) or step == t.max_steps:
-                    watch.phase("evaluation")
-                    val_loss = evaluate(model, data.val, cfg, w, precision)
-                    metrics.record("eval", step=step, val_loss=val_loss, val_ppl=math.exp(min(val_loss, 50)),
-                                   ranks=w.size)
-                if (t.checkpoint_interval and step % t.checkpoint_interval == 0) or step == t.max_steps \
-                        or stopped_by:
-                    watch.phase("checkpointing")
-                    if w.is_root:
-                        checkpoint.save({
-                            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                            "sampler": sampler.state_dict(), "global_batch": plan.global_batch,
-                            "lr": {"peak": plan.peak_lr, "min": plan.min_lr}, "model_shape": shape,
-                            "tokenizer": data.meta["tokenizer"], "config": cfg.to_dict(), "world_size": w.size,
-                        }, t.out_dir, keep=t.keep_checkpoints)
-                if stopped_by:
-                    return {"step": step, "stopped_by": stopped_by, "val_loss": val_loss, "ranks": w.size}
-                if step % cfg.distributed.commit_interval == 0:
-                    state.values.update(step=step, sampler=sampler.state_dict())
-                    watch.phase("allreduce")
-                    state.commit()  # may raise HostsUpdatedInterrupt: ranks join or leave here
-            summary = {"step": step, "stopped_by": None, "val_loss": val_loss, "ranks": w.size,
-                       "max_steps": t.max_steps, "finished": step >= t.max_steps}
-            metrics.record("summary", **summary)
-            if w.is_root:
-                print(f"hvdlm: done at step {step}/{t.max_steps} on {w.size} rank(s): val loss {val_loss:.4f}, "
-                      f"checkpoint {checkpoint.path_in(t.out_dir)}", flush=True)
-            return summary
-        finally:
-            metrics.close()
-
-    summary = dist.elastic_run(run, str(Path(t.out_dir) / f"elastic-{world.host}-{world.local_rank}.log"))(state)
-    stop.restore()
+    summary = dist.elastic_run(run, str(Path(t.out_dir) / f"elastic-{world.host}-{world.local_rank}.log"))(
+        session.horovod)
+    job.stop.restore()
     watch.stop()
-    summary["model"] = model
+    loop.finish(job, summary, dist.world_now(world))
+    summary["model"] = job.model
     return summary
 
 

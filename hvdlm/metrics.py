@@ -13,11 +13,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from hvdlm.console import say
+
 
 class Metrics:
     def __init__(self, out_dir: str | Path, enabled: bool, total_steps: int, start_step: int,
-                 progress: bool = True):
-        self.enabled = enabled
+                 progress: bool = True, log_interval: int = 1):
+        self.enabled, self.log_interval = enabled, log_interval
         self.start = time.time()
         self.file = open(Path(out_dir) / "metrics.jsonl", "a") if enabled else None
         self.bar = None
@@ -28,9 +30,13 @@ class Metrics:
                             file=sys.stderr, mininterval=1.0)
         self.print_records = enabled and self.bar is None and progress
 
+    def due(self, step: int, last_step: int, stopped: object = None) -> bool:
+        """Whether the loop should record a train row after ``step`` (a collective: every rank asks)."""
+        return step % self.log_interval == 0 or step == last_step or bool(stopped)
+
     def info(self, message: str) -> None:
         if self.enabled:
-            (self.bar.write if self.bar else print)(message)
+            (self.bar.write if self.bar else say)(message)
 
     def record(self, kind: str, **values) -> None:
         """One JSON line: ``{"kind": "train"|"eval"|"summary", "time": seconds since start, ...}``."""
@@ -44,9 +50,8 @@ class Metrics:
         if self.bar:
             self.bar.set_postfix(loss=f"{values['loss']:.3f}", tok_s=f"{values['tokens_per_s']:.0f}")
         elif self.print_records:
-            print(f"step {values['step']}: loss {values['loss']:.4f}, lr {values['lr']:.2e}, "
-                  f"{values['tokens_per_s']:.0f} tokens/s, allreduce wait {1e3 * values['allreduce_wait']:.1f} ms",
-                  flush=True)
+            say(f"step {values['step']}: loss {values['loss']:.4f}, lr {values['lr']:.2e}, "
+                f"{values['tokens_per_s']:.0f} tokens/s, allreduce wait {1e3 * values['allreduce_wait']:.1f} ms")
 
     def advance(self, steps: int = 1) -> None:
         if self.bar:

@@ -49,10 +49,10 @@ def params(out, *flags):
 
 def _train_with_fault_at_step_3(flags, fault):
     """Train through the real CLI; rank 1 calls ``fault()`` when it fetches its 3rd batch."""
-    import hvdlm.train
+    import hvdlm.loop
     from hvdlm.cli import main
 
-    real, calls = hvdlm.train.get_batch, []
+    real, calls = hvdlm.loop.get_batch, []
 
     def faulty(*args, **kwargs):
         calls.append(1)
@@ -60,7 +60,7 @@ def _train_with_fault_at_step_3(flags, fault):
             fault()
         return real(*args, **kwargs)
 
-    hvdlm.train.get_batch = faulty
+    hvdlm.loop.get_batch = faulty
     main(["train", *flags])
 
 
@@ -114,10 +114,10 @@ def fault(out, *flags):
     pause = float(os.environ.get("HVDLM_PROBE_STEP_SLEEP", "0"))  # slows every batch (elastic timelines)
     rank, batch, kind = spec.split(":")
     import hvdlm.elastic
-    import hvdlm.train
+    import hvdlm.loop
     from hvdlm.cli import main
 
-    real, calls = hvdlm.train.get_batch, []
+    real, calls = hvdlm.loop.get_batch, []
 
     def faulty(*args, **kwargs):
         calls.append(1)
@@ -131,7 +131,7 @@ def fault(out, *flags):
                     time.sleep(1)
         return real(*args, **kwargs)
 
-    hvdlm.train.get_batch = hvdlm.elastic.get_batch = faulty
+    hvdlm.loop.get_batch = faulty
     main(["train", *flags])
 
 
@@ -153,7 +153,7 @@ def elastic_sync(out, *flags):
         if name == "TorchState":
             TorchState(model=model, optimizer=opt, step=0).sync()
         else:
-            dist.ElasticState(model, opt, step=0).horovod.sync()
+            dist.ElasticState(model, opt).horovod.sync()
         moved[name] = {"max_change": float((model.weight.detach() - before).abs().max()),
                        "optimizer_steps": [float(s["step"]) for s in opt.state_dict()["state"].values()]}
     json.dump(moved, open(out, "w"))

@@ -26,7 +26,9 @@ from hvdlm.distributed import cores_per_rank
 from hvdlm.metrics import Metrics
 from hvdlm.model import GPT, GPTConfig
 from hvdlm.optim import build_optimizer, lr_at, set_lr
-from hvdlm.train import autocast, load_data, plan_batches, prepare_out_dir, resolve_precision
+from hvdlm.inputs import load_data, prepare_out_dir
+from hvdlm.precision import autocast, resolve_precision
+from hvdlm.state import plan_batches, split
 
 
 def main(argv: list[str]) -> None:
@@ -47,8 +49,9 @@ def main(argv: list[str]) -> None:
     torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank, as DDP expects
     model = DistributedDataParallel(GPT(GPTConfig(**shape)))
     optimizer = build_optimizer(model.module, cfg.optim, plan.peak_lr)
-    sampler = ShardedSampler(num_sequences(len(data.train), shape["block_size"]), plan.micro, rank, size,
-                             cfg.train.seed, plan.accum)
+    micro, accum = split(plan.global_batch, size, cfg.data.batch_size)
+    sampler = ShardedSampler(num_sequences(len(data.train), shape["block_size"]), micro, rank, size,
+                             cfg.train.seed, accum)
     t = cfg.train
     metrics = Metrics(t.out_dir, rank == 0, t.max_steps, 0, progress=False)
     tokens_per_step = plan.global_batch * shape["block_size"]
@@ -57,14 +60,14 @@ def main(argv: list[str]) -> None:
         t0 = time.perf_counter()
         lr = lr_at(step - 1, plan.peak_lr, plan.min_lr, cfg.optim.warmup_steps, t.max_steps)
         set_lr(optimizer, lr)
-        for micro in range(plan.accum):
+        for micro in range(accum):
             x, y = get_batch(data.train, sampler.next_indices(), shape["block_size"], device)
             # gradients are allreduced on the last micro-step only, as Horovod's backward_passes_per_step
-            sync = contextlib.nullcontext() if micro == plan.accum - 1 else model.no_sync()
+            sync = contextlib.nullcontext() if micro == accum - 1 else model.no_sync()
             with sync:
                 with autocast(precision, device):
                     _, loss = model(x, y)
-                (loss / plan.accum).backward()
+                (loss / accum).backward()
         if cfg.optim.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
         optimizer.step()
@@ -76,7 +79,7 @@ def main(argv: list[str]) -> None:
                            tokens_per_s=tokens_per_step / step_time, step_time=step_time,
                            allreduce_wait=float("nan"))
     metrics.record("summary", step=t.max_steps, ranks=size, threads_per_rank=torch.get_num_threads(),
-                   global_batch=plan.global_batch, micro_batch=plan.micro, grad_accum=plan.accum,
+                   global_batch=plan.global_batch, micro_batch=micro, grad_accum=accum,
                    precision=precision, seconds=time.perf_counter() - start,
                    tokens_per_s=tokens_per_step * t.max_steps / train_time)
     metrics.close()
