@@ -14,6 +14,7 @@ tests/rank_probe.py, which slows every batch a little so that the changes land m
 from __future__ import annotations
 
 import json
+import re
 import signal
 import sys
 from pathlib import Path
@@ -30,7 +31,8 @@ from hvdlm.metrics import read_jsonl
 
 STEPS = 240
 FLAGS = [*TINY, "--max_steps", str(STEPS), "--log_interval", "5", "--eval_interval", "0",
-         "--checkpoint_interval", "50", "--commit_interval", "5", "--threads", "1"]
+         "--checkpoint_interval", "50", "--commit_interval", "5", "--threads", "1",
+         "--progress", "true"]  # the default, which TINY turns off: the progress lines are part of the test
 
 
 def flag_dict(flags: list[str]) -> dict:
@@ -94,6 +96,8 @@ def check_the_run(result, out: Path, reference: dict) -> None:
     assert changes == [2, 1, 2], changes
     assert "hvdlm: elastic: 1 rank(s) now (were 2)" in result.output, result.output
     assert "hvdlm: elastic: 2 rank(s) now (were 1)" in result.output
+    assert f"hvdlm: done at step {STEPS}/{STEPS} on 2 rank(s)" in result.output, result.output
+    assert re.search(r"step \d+: loss [\d.]+, lr .* tokens/s", result.output), result.output
     # the loss keeps falling: before the loss, while alone, after the return
     phases = [[r["loss"] for r in rows if r["ranks"] == s] for s in (2, 1)]
     first, alone = phases[0][:6], phases[1]
@@ -157,7 +161,8 @@ def elastic(tmp_path, *args: str):
     (["--discovery_script", "echo localhost:0"], "printed 'localhost:0'"),
     (["--discovery_script", "true"], "printed no hosts"),
     ([], "elastic training needs --discovery_script"),
-    (["--discovery_script", "echo localhost:2"], "starts on one host (localhost): give --network_interface"),
+    (["--discovery_script", "echo no-such-host.invalid:2"],
+     "starts on one host (no-such-host.invalid): give --network_interface"),
     (["--discovery_script", "echo localhost:1", "--min_ranks", "2", "--max_ranks", "2"],
      "offers 1 slot(s) (localhost:1), fewer than min_ranks 2"),
     (["--discovery_script", "echo localhost:3", "--max_ranks", "3", "--global_batch_size", "16",
