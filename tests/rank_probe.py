@@ -47,8 +47,9 @@ def params(out, *flags):
         json.dump(everyone, open(out, "w"))
 
 
-def _train_with_fault_at_step_3(flags, fault):
-    """Train through the real CLI; rank 1 calls ``fault()`` when it fetches its 3rd batch."""
+def _train_with_fault_at_batch(flags, fault, batch):
+    """Train through the real CLI; rank 1 calls ``fault()`` when it fetches its ``batch``-th
+    training batch (one per step with one micro-step; evaluation reads through its own module)."""
     import hvdlm.loop
     from hvdlm.cli import main
 
@@ -56,7 +57,7 @@ def _train_with_fault_at_step_3(flags, fault):
 
     def faulty(*args, **kwargs):
         calls.append(1)
-        if hvd.rank() == 1 and len(calls) == 3:
+        if hvd.rank() == 1 and len(calls) == batch:
             fault()
         return real(*args, **kwargs)
 
@@ -68,15 +69,17 @@ def crash(out, *flags):
     def fault():
         raise RuntimeError("injected fault at step 3")
 
-    _train_with_fault_at_step_3(flags, fault)
+    _train_with_fault_at_batch(flags, fault, 3)
 
 
 def signal(out, *flags):
-    """Rank 1 alone receives SIGUSR1 (as from SLURM's --signal) during step 3."""
+    """Rank 1 alone receives SIGUSR1 (as from SLURM's --signal) during step 2. The ranks agree on
+    a signal through an allreduce started at the beginning of each step, so a signal that comes
+    during step 2 is counted in step 3's and every rank stops after step 3."""
     import os
     import signal as sig
 
-    _train_with_fault_at_step_3(flags, lambda: os.kill(os.getpid(), sig.SIGUSR1))
+    _train_with_fault_at_batch(flags, lambda: os.kill(os.getpid(), sig.SIGUSR1), 2)
 
 
 def slow_torch_save(seconds):

@@ -115,7 +115,7 @@ def test_short_run_on_default_corpus_lowers_validation_loss(corpus, tmp_path):
 
 
 def test_a_signal_on_one_rank_stops_all_with_a_checkpoint_and_resumes_on_another_rank_count(corpus, tmp_path):
-    """SLURM's warning signal (SIGUSR1) reaches rank 1 during step 3: every rank stops after
+    """SLURM's warning signal (SIGUSR1) reaches rank 1 during step 2: every rank stops after
     step 3, rank 0 checkpoints, all exit 75. The run then resumes on 1 rank with the same global
     batch (2 micro-steps) and reproduces the losses of an unbroken 2-rank run."""
     common = ["--data_dir", str(corpus), *TINY, "--max_steps", "8", "--log_interval", "1", "--eval_interval", "0"]
