@@ -11,7 +11,7 @@ ranks and hosts the training will use. Two measurements:
                   A rank's figure is the upper median of its pairs with ranks on *other* hosts
                   (all pairs when there is one host): a rank on a host with a bad link has every
                   such pair slow, a healthy rank only the pairs with the bad host.
-  allreduce       ``hvd.allreduce`` of ``--size`` bytes of fp32 on the training device (NCCL on
+  allreduce       Horovod's allreduce of ``--size`` bytes of fp32 on the training device (NCCL on
                   GPUs, MPI or Gloo on CPUs): the slowest rank's median time, as
                   busbw = bytes / time x 2(n-1)/n, the figure nccl-tests reports.
 
