@@ -4,7 +4,7 @@ Problems a user can fix end with one line, ``hvdlm: error: ...``, printed once (
 exit status 2 on every rank; anything unexpected prints one line naming the rank and host and
 exits 1, with the traceback in ``<out_dir>/error-rank<N>.log``. A rank that ends because a peer
 died, stalled or was cut off (or because it stalled itself) exits 3 (``watchdog.EXIT_STALLED``);
-of all ranks, one prints the line that names the cause (watchdog.py). Exit statuses:
+of all ranks, one prints the line that names the cause (hvdlm/watchdog/). Exit statuses:
 0 done, 1 crashed, 2 bad input, 3 stalled or lost a peer, 75 stopped on a signal (resumable).
 """
 

@@ -343,3 +343,18 @@ def elastic_run(fn: Callable[[ElasticState], T], log: str) -> Callable[[ElasticS
 
     wrapped = run_fn(lambda horovod_state, state: fn(state), reset)
     return lambda state: wrapped(state.horovod, state)
+
+
+# --- hvdlm preflight (preflight.py): its timed allreduce -----------------------------------------
+
+def allreduce_sum_(buf: torch.Tensor, name: str) -> None:
+    """Sum ``buf`` over all ranks, in place, synchronously."""
+    hvd.allreduce_(buf, op=hvd.Sum, name=name)
+
+
+def allreduce_transport(device: torch.device) -> str:
+    """What Horovod's allreduce runs over here: NCCL for GPU tensors (when built with it), else
+    Gloo or MPI, as this launch chose."""
+    if device.type == "cuda" and hvd.nccl_built():
+        return "NCCL"
+    return "Gloo" if hvd.gloo_enabled() else "MPI"

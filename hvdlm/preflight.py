@@ -11,7 +11,7 @@ ranks and hosts the training will use. Two measurements:
                   A rank's figure is the upper median of its pairs with ranks on *other* hosts
                   (all pairs when there is one host): a rank on a host with a bad link has every
                   such pair slow, a healthy rank only the pairs with the bad host.
-  allreduce       ``hvd.allreduce`` of ``--size`` bytes of fp32 on the training device (NCCL on
+  allreduce       Horovod's allreduce of ``--size`` bytes of fp32 on the training device (NCCL on
                   GPUs, MPI or Gloo on CPUs): the slowest rank's median time, as
                   busbw = bytes / time x 2(n-1)/n, the figure nccl-tests reports.
 
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import socket
 import statistics
 import sys
@@ -35,18 +34,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hvdlm.bench.allreduce import bus_factor, mpi_launched, parse_bytes
 from hvdlm.errors import HvdlmError
 
-MPI_LAUNCH_ENV = ("OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_RANK", "PMI_SIZE")
 TAG = 4242
 
 
 def parse_size(text: str) -> int:
-    """'4M' -> 4194304 (K, M, G are binary)."""
-    m = re.fullmatch(r"\s*(\d+)\s*([kKmMgG]?)(?:i?[bB])?\s*", str(text))
-    if not m:
-        raise HvdlmError(f"--size {text!r} is not a byte count (examples: 65536, 256K, 4M)", everywhere=True)
-    value = int(m.group(1)) * 1024 ** " KMG".index(m.group(2).upper() or " ")
+    """'4M' -> 4194304 (K, M, G are binary), whole fp32 elements, 4 bytes to 1G."""
+    value = parse_bytes(text, "--size")
     if value < 4 or value > 2 ** 30:
         raise HvdlmError(f"--size {text!r} is out of range: 4 bytes to 1G", everywhere=True)
     return value - value % 4  # whole fp32 elements for the allreduce
@@ -77,10 +73,6 @@ def tournament(n: int) -> list[list[tuple[int, int]]]:
 def upper_median(values: list[float]) -> float:
     s = sorted(values)
     return s[len(s) // 2] if s else float("nan")
-
-
-def bus_factor(n: int) -> float:
-    return 2 * (n - 1) / n
 
 
 @dataclass
@@ -274,46 +266,52 @@ def unanswered(comm, rank: int, hosts: list[str], partner: int, timeout: float, 
 
 
 def measure_allreduce(s: Settings, comm, MPI) -> dict:
-    """hvd.allreduce of ``size`` bytes of fp32 on the training device; the slowest rank's median."""
-    import horovod.torch as hvd
+    """Horovod's allreduce of ``size`` bytes of fp32 on the training device, started and set up as
+    training starts it (distributed.init: the CPU defaults, the thread count, the GPU per local
+    rank); the slowest rank's median."""
     import torch
 
-    hvd.init()
+    from hvdlm import distributed
+
     use_cuda = s.device == "cuda" or (s.device == "auto" and torch.cuda.is_available())
-    if use_cuda:
-        if not torch.cuda.is_available():
-            raise HvdlmError("--device cuda: no CUDA GPU is visible to torch here", everywhere=True)
-        torch.cuda.set_device(hvd.local_rank() % torch.cuda.device_count())
-        device = torch.device("cuda", torch.cuda.current_device())
-        sync = torch.cuda.synchronize
-    else:
-        device, sync = torch.device("cpu"), (lambda: None)
+    if use_cuda and not torch.cuda.is_available():
+        raise HvdlmError("--device cuda: no CUDA GPU is visible to torch here", everywhere=True)
+    world = distributed.init()
+    device = world.device if use_cuda else torch.device("cpu")
+    sync = torch.cuda.synchronize if use_cuda else (lambda: None)
     buf = torch.ones(s.size // 4, dtype=torch.float32, device=device)
     for _ in range(s.warmup):
-        hvd.allreduce_(buf, op=hvd.Sum, name="hvdlm.preflight")
+        distributed.allreduce_sum_(buf, "hvdlm.preflight")
     sync()
     times = []
     for _ in range(s.iters):
         buf.fill_(1.0)
         t0 = time.perf_counter()
-        hvd.allreduce_(buf, op=hvd.Sum, name="hvdlm.preflight")
+        distributed.allreduce_sum_(buf, "hvdlm.preflight")
         sync()
         times.append(time.perf_counter() - t0)
-    ok = bool((buf == float(hvd.size())).all().item())
+    ok = bool((buf == float(world.size)).all().item())
     worst = comm.allreduce(statistics.median(times), op=MPI.MAX)
     all_ok = comm.allreduce(int(ok), op=MPI.MIN)
-    ops = "NCCL" if use_cuda and hvd.nccl_built() else ("Gloo" if hvd.gloo_enabled() else "MPI")
+    ops = distributed.allreduce_transport(device)
     algbw = s.size / worst / 1e9
     return {"backend": f"horovod ({ops})", "device": device.type, "bytes": s.size, "time_ms": 1e3 * worst,
-            "algbw_gbps": algbw, "busbw_gbps": algbw * bus_factor(comm.Get_size()), "correct": bool(all_ok)}
+            "algbw_gbps": algbw, "busbw_gbps": algbw * bus_factor(comm.Get_size()), "correct": bool(all_ok),
+            # the defaults training applies too, as they were in effect here (absent: not set)
+            "settings": {k: os.environ[k] for k in distributed.CPU_DEFAULTS_MPI if k in os.environ}}
 
 
 def run(s: Settings) -> Result:
-    if not any(v in os.environ for v in MPI_LAUNCH_ENV):
+    if not mpi_launched():
         raise HvdlmError("hvdlm preflight measures the links between ranks over MPI: launch it like training "
                          "with `srun hvdlm preflight ...`, `mpirun -np N hvdlm preflight ...` or "
                          "`horovodrun --mpi -np N hvdlm preflight ...`", everywhere=True)
-    from mpi4py import MPI  # before Horovod: MPI starts with MPI_THREAD_MULTIPLE, which Horovod needs
+    from hvdlm.distributed import apply_cpu_defaults
+
+    # Training's MPI settings (they are read when MPI starts, which mpi4py does here), then MPI
+    # before Horovod: it starts with MPI_THREAD_MULTIPLE, which Horovod needs.
+    apply_cpu_defaults()
+    from mpi4py import MPI
 
     comm = MPI.COMM_WORLD
     rank, n = comm.Get_rank(), comm.Get_size()

@@ -1,12 +1,15 @@
 """hvdlm preflight's analysis, without a launcher: the pairing schedule, per-rank figures and the
-verdict line. (tests/test_slurm.py runs it for real across hosts, with one link slowed.)"""
+verdict line; and one real 2-rank run under mpirun, for the settings its allreduce runs under.
+(tests/test_slurm.py runs it for real across hosts, with one link slowed.)"""
 
 from __future__ import annotations
 
 import itertools
+import json
 
 import pytest
 
+from hvdlm.distributed import CPU_DEFAULTS_MPI, apply_cpu_defaults
 from hvdlm.errors import HvdlmError
 from hvdlm.preflight import Result, Settings, judge, parse_size, rank_figures, tournament
 
@@ -68,3 +71,22 @@ def test_sizes():
     for bad in ("x", "0", "2G"):
         with pytest.raises(HvdlmError):
             parse_size(bad)
+
+
+def test_two_ranks_measure_the_allreduce_under_trainings_settings(tmp_path):
+    """A real preflight under mpirun: it passes, and its allreduce ran with the CPU defaults that
+    training applies (distributed.init), unless the user set them."""
+    from conftest import HVDLM, check, launch, launch_env
+
+    env = launch_env()
+    apply_cpu_defaults(env)  # what training would run under here (none on a GPU host)
+    expected = {k: env[k] for k in CPU_DEFAULTS_MPI if k in env}
+    out = tmp_path / "pre.json"
+    flags = ["preflight", "--size", "64K", "--iters", "3", "--device", "cpu", "--json", str(out)]
+    run = check(launch("mpirun", [HVDLM, *flags], timeout=120))
+    assert "hvdlm: preflight passed: 2 ranks on 1 host" in run.stdout, run.output
+    doc = json.loads(out.read_text())
+    assert doc["allreduce"]["correct"] and doc["allreduce"]["backend"] == "horovod (MPI)"
+    assert doc["allreduce"]["settings"] == expected
+    check(launch("mpirun", ["-x", "HOROVOD_CYCLE_TIME=5", HVDLM, *flags], timeout=120))
+    assert json.loads(out.read_text())["allreduce"]["settings"]["HOROVOD_CYCLE_TIME"] == "5"

@@ -1,0 +1,72 @@
+"""Sizes and bandwidths of the allreduce sweep: byte counts as given on the command line, the
+sweep's sizes, elements per message, and nccl-tests' algbw and busbw (pure, unit-tested)."""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+from hvdlm.bench import report
+from hvdlm.errors import HvdlmError
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# Every integer from 0 to this is exact in the dtype (so are sums that stay below it).
+EXACT_INTEGERS = {"fp32": 2 ** 24, "fp16": 2 ** 11, "bf16": 2 ** 8}
+MAX_BYTES = 2 ** 31  # MPI counts are C ints: 2 GiB keeps fp16/bf16 counts at 2^30
+
+
+def parse_bytes(text: str | int, what: str = "size") -> int:
+    """'64M' -> 67108864; K/M/G (also KB, KiB, ...) are binary, as message sizes usually are."""
+    if isinstance(text, int):
+        return text
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgG]?)(?:i?[bB])?\s*", str(text))
+    if not m:
+        raise HvdlmError(f"{what} {text!r} is not a byte count (examples: 8, 4K, 64M, 1G)", everywhere=True)
+    value = float(m.group(1)) * 1024 ** " KMG".index(m.group(2).upper() or " ")
+    if value != int(value):
+        raise HvdlmError(f"{what} {text!r} is not a whole number of bytes", everywhere=True)
+    return int(value)
+
+
+def sweep_sizes(min_bytes: int, max_bytes: int, factor: int) -> list[int]:
+    """min_bytes, min_bytes*factor, ... up to max_bytes (inclusive)."""
+    if min_bytes < 1:
+        raise HvdlmError(f"--min_bytes {min_bytes} is out of range: at least 1 byte", everywhere=True)
+    if max_bytes > MAX_BYTES:
+        raise HvdlmError(f"--max_bytes {max_bytes} ({report.human_bytes(max_bytes)}) is out of range: "
+                         f"at most {report.human_bytes(MAX_BYTES)} (MPI element counts are 32-bit)",
+                         everywhere=True)
+    if min_bytes > max_bytes:
+        raise HvdlmError(f"--min_bytes {min_bytes} is larger than --max_bytes {max_bytes}", everywhere=True)
+    if factor < 2:
+        raise HvdlmError(f"--factor {factor} is out of range: sizes grow by a whole factor of at least 2",
+                         everywhere=True)
+    sizes, s = [], min_bytes
+    while s <= max_bytes:
+        sizes.append(s)
+        s *= factor
+    return sizes
+
+
+def element_count(nbytes: int, dtype: str) -> int:
+    """Elements of ``dtype`` in ``nbytes``; a size that is not a whole number of them is an error."""
+    size = DTYPES[dtype].itemsize
+    if nbytes % size:
+        raise HvdlmError(f"a message of {nbytes} bytes is not a whole number of {dtype} elements "
+                         f"({size} bytes each): make --min_bytes a multiple of {size}", everywhere=True)
+    return nbytes // size
+
+
+def algbw(nbytes: float, seconds: float) -> float:
+    """Algorithm bandwidth in bytes/s: the message size over the time of one allreduce."""
+    return nbytes / seconds if seconds > 0 else float("nan")
+
+
+def bus_factor(nranks: int) -> float:
+    """busbw / algbw for allreduce: each rank sends and receives 2(n-1)/n of the message in a ring."""
+    return 2 * (nranks - 1) / nranks
+
+
+def busbw(algbw_value: float, nranks: int) -> float:
+    return algbw_value * bus_factor(nranks)

@@ -1,0 +1,108 @@
+"""The package's shape, as the team's rules state it: every module imports, no import circle
+among hvdlm's modules, no module over ~600 lines, and Horovod imported only by distributed.py and
+the benchmarks. Read from the source with ast (imports inside functions count too: a lazy import
+hides a circle from Python, not from the reader)."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "hvdlm"
+MAX_LINES = 600
+HOROVOD_ALLOWED = ("hvdlm.distributed", "hvdlm.bench")  # the README: every Horovod call lives here
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def _type_checking_only(node: ast.AST, parents: dict) -> bool:
+    while node in parents:
+        node = parents[node]
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            return True
+    return False
+
+
+def imports(name: str) -> set[str]:
+    """The modules ``name`` imports: every ``import``/``from ... import`` anywhere in it, resolved
+    to a module (``from hvdlm.a import b`` is hvdlm.a.b when that is a module, else hvdlm.a)."""
+    path = MODULES[name]
+    tree = ast.parse(path.read_text(), str(path))
+    parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(tree):
+        if _type_checking_only(node, parents):
+            continue
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            for a in node.names:
+                found.add(f"{base}.{a.name}" if f"{base}.{a.name}" in MODULES else base)
+    return found
+
+
+GRAPH = {name: sorted(m for m in imports(name) if m in MODULES and m != name) for name in MODULES}
+
+
+def cycles() -> list[list[str]]:
+    """Import circles: one for each edge that closes a circle in a depth-first walk (none: a DAG)."""
+    found, state, stack = [], {}, []
+
+    def visit(m):
+        state[m] = "open"
+        stack.append(m)
+        for n in GRAPH[m]:
+            if state.get(n) == "open":
+                found.append(stack[stack.index(n):] + [n])
+            elif n not in state:
+                visit(n)
+        stack.pop()
+        state[m] = "done"
+
+    for m in GRAPH:
+        if m not in state:
+            visit(m)
+    return found
+
+
+def test_the_walk_sees_the_imports_it_should():
+    """The checker itself: known edges are found (absolute, from-package and lazy imports)."""
+    assert "hvdlm.watchdog.report" in GRAPH["hvdlm.watchdog.decision"]
+    assert "hvdlm.bench.allreduce.sweep" in GRAPH["hvdlm.bench.allreduce"]
+    assert "hvdlm.distributed" in GRAPH["hvdlm.preflight"]  # inside a function
+    assert "horovod.torch" in imports("hvdlm.distributed")
+
+
+def test_no_import_circle():
+    found = cycles()
+    assert not found, "import circles:\n" + "\n".join("  " + " -> ".join(c) for c in found)
+
+
+def test_no_module_over_600_lines():
+    long = {name: n for name, p in MODULES.items() if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    assert not long, f"modules over {MAX_LINES} lines: {long}"
+
+
+def test_horovod_is_imported_only_by_distributed_and_the_benchmarks():
+    users = sorted(name for name in MODULES if not name.startswith(HOROVOD_ALLOWED)
+                   and any(m == "horovod" or m.startswith("horovod.") for m in imports(name)))
+    assert not users, f"Horovod imported outside {HOROVOD_ALLOWED}: {users}"
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_every_module_imports(name):
+    importlib.import_module(name)
