@@ -20,12 +20,13 @@
 #   Every host is a network namespace linked to the bridge by a veth (hvdvethc, hvdvethI); no host
 #   has a default route, so no packet leaves the bridge. Names resolve through /etc/hosts lines
 #   tagged "# hvdlm-cluster" (added by start, removed by stop). One partition, `debug`, the default.
-#   Each host gets its share of this machine's cores: max(1, cores // N) of them (HVDLM_CLUSTER_CPUS
-#   to choose another count), which its node claims in slurm.conf and to which everything in the
-#   host is pinned (taskset: slurmd, sshd and what they start, `exec`), hvdnode1 on the first ones,
-#   hvdnode2 on the next, wrapping around when N exceeds the cores. So a rank there sees (affinity,
-#   SLURM_CPUS_PER_TASK) and runs only the threads its host has, as on real nodes; timings are still
-#   meaningless (the hosts share memory bandwidth, and wrap around on few cores).
+#   Each host runs on its share of this machine's cores: max(1, cores // N) of them (HVDLM_CLUSTER_CPUS
+#   to choose another count). Everything in the host is pinned to them (taskset: slurmd, sshd and
+#   what they start, `exec`), hvdnode1 on the first ones, hvdnode2 on the next, wrapping around when
+#   N exceeds the cores; so a rank there sees its host's CPUs in its affinity and runs that many
+#   threads, as on real nodes. slurm.conf gives each node all the machine's cores (or the share, if
+#   larger), so that a job may still place up to that many 1-CPU tasks on a host: they share its
+#   CPUs. Timings are meaningless (the hosts share memory bandwidth, and wrap around on few cores).
 #   All state (configs, logs, spool, keys, the hosts' TMPDIR) lives in HVDLM_CLUSTER_DIR (default
 #   /tmp/hvdlm-cluster). One munged (own key and socket there) serves every host: the hosts share
 #   this machine's filesystem, so jobs see the project and its venv at the same paths.
@@ -123,8 +124,10 @@ host_cpus() {  # host_cpus I SHARE: host I's CPUs, as a taskset list (the next S
 }
 
 write_configs() {
-  local n=$1 i h share
+  local n=$1 i h share claim
   share=$(cpu_share "$n")
+  claim=$(allowed_cpus | wc -l)
+  [ "$claim" -ge "$share" ] || claim=$share
   mkdir -p "$D"/{etc,bin,ctl/state,ssh,munge}
   chmod 755 "$D"
   {
@@ -163,7 +166,7 @@ write_configs() {
     echo "SlurmctldDebug=info"
     echo "SlurmdDebug=info"
     for ((i = 1; i <= n; i++)); do
-      echo "NodeName=hvdnode$i NodeAddr=$NET.$((10 + i)) CPUs=$share State=UNKNOWN"
+      echo "NodeName=hvdnode$i NodeAddr=$NET.$((10 + i)) CPUs=$claim State=UNKNOWN"
     done
     echo "PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP"
   } >"$D/etc/slurm.conf"

@@ -69,8 +69,6 @@ def test_each_host_runs_on_its_share_of_the_cores_and_ranks_size_their_threads_t
     assert shares(step.stdout) == outside, step.stdout
     ssh = in_host("hvdnode1", "ssh", "hvdnode2", PY, "-c", shlex.quote(SHARE), timeout=60)
     assert shares(ssh.stdout) == {"hvdnode2": outside["hvdnode2"]}, ssh.stdout
-    node = sh(["scontrol", "show", "node", "hvdnode1"]).stdout
-    assert f"CPUTot={share} " in node, node
 
 
 def wait_job(job: str, timeout: float = 120) -> str:

@@ -124,12 +124,9 @@ def submit(script: Path, workdir: Path, sbatch_args: list, script_args: list = (
 
 
 def two_nodes(tasks_per_node: int = 1, time_limit: str = "10") -> list[str]:
-    # a time limit longer than the template's --signal=B:USR1@300 (else the warning comes at once),
-    # unless a test wants it. Each host has its share of this machine's cores (1 of 2 here): more
-    # tasks than that share them (--overcommit), as 2 ranks on one core.
-    over = ["--overcommit"] if tasks_per_node > 1 else []
-    return ["--nodes", "2", "--ntasks-per-node", str(tasks_per_node), "--cpus-per-task", "1", "--time", time_limit,
-            *over]
+    # more than the template's --signal=B:USR1@300 (else the warning comes at once), unless a test
+    # wants it
+    return ["--nodes", "2", "--ntasks-per-node", str(tasks_per_node), "--cpus-per-task", "1", "--time", time_limit]
 
 
 def step_hosts(job: Job) -> dict[str, set[str]]:
