@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from .progress import wait_for
 
 TESTS = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv the tests run in holds hvdlm and horovodrun
@@ -51,14 +55,23 @@ class Run:
 
 
 def launch(launcher: str, command: list[str], timeout: float = 240, cwd=None) -> Run:
-    """Run ``command`` (e.g. [HVDLM, "train", ...]) under a launcher; a hang fails the test."""
+    """Run ``command`` (e.g. [HVDLM, "train", ...]) under a launcher. A hang fails the test: no
+    output for ``timeout`` seconds (a loaded machine makes a run longer, not red), after which the
+    launcher's whole session, ranks included, is killed."""
     start = time.monotonic()
-    try:
-        p = subprocess.run(LAUNCHERS[launcher] + command, capture_output=True, text=True,
-                           timeout=timeout, env=launch_env(), cwd=cwd)
-    except subprocess.TimeoutExpired as e:
-        pytest.fail(f"{launcher} {' '.join(command)} hung for {timeout}s:\n{e.stdout}\n{e.stderr}")
-    return Run(launcher, p.returncode, p.stdout, p.stderr, time.monotonic() - start)
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        p = subprocess.Popen(LAUNCHERS[launcher] + command, stdout=out, stderr=err, text=True, env=launch_env(),
+                             cwd=cwd, start_new_session=True, stdin=subprocess.DEVNULL)
+        sizes = lambda: (os.fstat(out.fileno()).st_size, os.fstat(err.fileno()).st_size)  # noqa: E731
+        try:
+            wait_for(lambda: p.poll() is not None, f"{launcher} {' '.join(command)}", sizes, stall=timeout, poll=0.05)
+        except RuntimeError as e:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+            out.seek(0), err.seek(0)
+            pytest.fail(f"{e}:\n{out.read()}\n{err.read()}")
+        out.seek(0), err.seek(0)
+        return Run(launcher, p.returncode, out.read(), err.read(), time.monotonic() - start)
 
 
 def check(run: Run) -> Run:
