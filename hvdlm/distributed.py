@@ -45,13 +45,18 @@ class World:
 
 
 def cores_per_rank(local_size: int) -> int:
-    """CPU threads for one rank: its own cores if the launcher pinned it, else a share of the host's."""
+    """CPU threads for one rank, from what it may use: the CPUs SLURM gave its task
+    (SLURM_CPUS_PER_TASK), else its CPU affinity if a launcher or cpuset narrowed it, else a share
+    of the host's cores. Never more than the CPUs it may run on: threads beyond them only fight."""
     try:
         mine = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         mine = os.cpu_count() or 1
+    slurm = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    if slurm.isdigit() and int(slurm) > 0:
+        return min(int(slurm), mine)
     if mine < (os.cpu_count() or mine):
-        return mine  # bound by mpirun/srun to these cores, not shared with the other ranks
+        return mine  # bound by mpirun/srun/taskset to these cores, not shared with the other ranks
     return max(1, mine // local_size)
 
 

@@ -20,8 +20,13 @@
 #   Every host is a network namespace linked to the bridge by a veth (hvdvethc, hvdvethI); no host
 #   has a default route, so no packet leaves the bridge. Names resolve through /etc/hosts lines
 #   tagged "# hvdlm-cluster" (added by start, removed by stop). One partition, `debug`, the default.
-#   Each node claims CPUS CPUs (HVDLM_CLUSTER_CPUS, default: this machine's core count), so N nodes
-#   oversubscribe the machine N-fold: fine for tests, meaningless for timings.
+#   Each host runs on its share of this machine's cores: max(1, cores // N) of them (HVDLM_CLUSTER_CPUS
+#   to choose another count). Everything in the host is pinned to them (taskset: slurmd, sshd and
+#   what they start, `exec`), hvdnode1 on the first ones, hvdnode2 on the next, wrapping around when
+#   N exceeds the cores; so a rank there sees its host's CPUs in its affinity and runs that many
+#   threads, as on real nodes. slurm.conf gives each node all the machine's cores (or the share, if
+#   larger), so that a job may still place up to that many 1-CPU tasks on a host: they share its
+#   CPUs. Timings are meaningless (the hosts share memory bandwidth, and wrap around on few cores).
 #   All state (configs, logs, spool, keys, the hosts' TMPDIR) lives in HVDLM_CLUSTER_DIR (default
 #   /tmp/hvdlm-cluster). One munged (own key and socket there) serves every host: the hosts share
 #   this machine's filesystem, so jobs see the project and its venv at the same paths.
@@ -43,7 +48,6 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 D=${HVDLM_CLUSTER_DIR:-/tmp/hvdlm-cluster}
 NET=${HVDLM_CLUSTER_NET:-10.213.0}
 VENV=${HVDLM_VENV:-$ROOT/.venv}
-CPUS=${HVDLM_CLUSTER_CPUS:-$(nproc)}
 SLURMD_TIMEOUT=${HVDLM_CLUSTER_SLURMD_TIMEOUT:-30}
 BRIDGE=hvdbr0
 CTL=hvdctl
@@ -64,9 +68,12 @@ is_host() { [[ "$1" =~ ^($CTL|hvdnode[0-9]+)$ ]] && [ -e "/run/netns/$1" ]; }
 # The command prefix that runs inside host $1 with its hostname: its network namespace (nsenter, not
 # `ip netns exec`, which remounts /sys and hides the cgroup mounts slurmd looks at) and a fresh UTS
 # namespace. Usage: "${IN_HOST[@]}" CMD... after in_host HOST.
+# A compute host's processes are pinned to its CPUs (written by start).
 in_host() {
+  local pin=()
+  [ -s "$D/hosts/$1/cpus" ] && pin=(taskset -c "$(cat "$D/hosts/$1/cpus")")
   # shellcheck disable=SC2016  # $0 and $@ are the inner shell's
-  IN_HOST=(nsenter --net="/run/netns/$1" -- unshare --uts -- /bin/sh -c 'hostname "$0" && exec "$@"' "$1")
+  IN_HOST=("${pin[@]}" nsenter --net="/run/netns/$1" -- unshare --uts -- /bin/sh -c 'hostname "$0" && exec "$@"' "$1")
 }
 
 # ------------------------------------------------------------------------------------------------
@@ -95,17 +102,32 @@ cmd_install() {
 }
 
 # ------------------------------------------------------------------------------------------------
-node_hw() {  # this machine's layout as slurmd sees it, or just CPUs= when HVDLM_CLUSTER_CPUS is set
-  local hw
-  if [ -z "${HVDLM_CLUSTER_CPUS:-}" ] && hw=$(slurmd -C 2>/dev/null | head -n1) && [[ "$hw" == *CoresPerSocket=* ]]; then
-    echo "$hw" | tr ' ' '\n' | grep -E '^(CPUs|Boards|SocketsPerBoard|CoresPerSocket|ThreadsPerCore)=' | tr '\n' ' '
-  else
-    echo "CPUs=$CPUS"
-  fi
+allowed_cpus() {  # the CPUs this script may run on, one per line (0-3,8 -> 0 1 2 3 8)
+  local part
+  for part in $(sed -n 's/^Cpus_allowed_list:\s*//p' /proc/self/status | tr ',' ' '); do
+    if [[ "$part" == *-* ]]; then seq "${part%-*}" "${part#*-}"; else echo "$part"; fi
+  done
+}
+
+cpu_share() {  # cpu_share N: CPUs per host
+  local n=$1 cores; cores=$(allowed_cpus | wc -l)
+  local share=${HVDLM_CLUSTER_CPUS:-$((cores / n))}
+  [ "$share" -ge 1 ] || share=1
+  echo "$share"
+}
+
+host_cpus() {  # host_cpus I SHARE: host I's CPUs, as a taskset list (the next SHARE, wrapping)
+  local i=$1 share=$2 cpus j out=()
+  mapfile -t cpus < <(allowed_cpus)
+  for ((j = 0; j < share; j++)); do out+=("${cpus[$(((((i - 1) * share) + j) % ${#cpus[@]}))]}"); done
+  (IFS=,; echo "${out[*]}")
 }
 
 write_configs() {
-  local n=$1 i h
+  local n=$1 i h share claim
+  share=$(cpu_share "$n")
+  claim=$(allowed_cpus | wc -l)
+  [ "$claim" -ge "$share" ] || claim=$share
   mkdir -p "$D"/{etc,bin,ctl/state,ssh,munge}
   chmod 755 "$D"
   {
@@ -144,7 +166,7 @@ write_configs() {
     echo "SlurmctldDebug=info"
     echo "SlurmdDebug=info"
     for ((i = 1; i <= n; i++)); do
-      echo "NodeName=hvdnode$i NodeAddr=$NET.$((10 + i)) $(node_hw) State=UNKNOWN"
+      echo "NodeName=hvdnode$i NodeAddr=$NET.$((10 + i)) CPUs=$claim State=UNKNOWN"
     done
     echo "PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP"
   } >"$D/etc/slurm.conf"
@@ -158,6 +180,7 @@ EOF
   for ((i = 1; i <= n; i++)); do
     h=hvdnode$i
     mkdir -p "$D/hosts/$h"/{etc,spool,tmp,pmix}
+    host_cpus "$i" "$share" >"$D/hosts/$h/cpus"
     cp "$D/etc/slurm.conf" "$D/hosts/$h/etc/slurm.conf"
     echo "PMIxCliTmpDirBase=$D/hosts/$h/pmix" >"$D/hosts/$h/etc/mpi.conf"
   done
@@ -275,7 +298,7 @@ cmd_start() {
   need_root
   local n=${1:-2} i h t0=$SECONDS
   if ! [[ "$n" =~ ^[0-9]+$ ]] || [ "$n" -lt 1 ] || [ "$n" -gt 50 ]; then die "start N: N must be 1..50, got '$n'"; fi
-  for c in slurmctld slurmd sinfo munged mungekey sshd ssh-keygen ip tc nsenter unshare setpriv; do
+  for c in slurmctld slurmd sinfo munged mungekey sshd ssh-keygen ip tc nsenter unshare setpriv taskset; do
     command -v "$c" >/dev/null 2>&1 || [ -x "$LIBEXEC/$c" ] || die "'$c' not found: run 'bash slurm/cluster.sh install' first"
   done
   cmd_stop quiet
@@ -398,7 +421,8 @@ cmd_status() {
     local link; link=$(ip -br link show "$veth" 2>/dev/null | awk '{print $2}')
     local qd; qd=$(tc qdisc show dev "$veth" 2>/dev/null | awk '$2 == "tbf" {for (i = 1; i <= NF; i++) if ($i == "rate") print "slowed to " $(i + 1)}')
     local procs; procs=$(for p in $(ip netns pids "$h" 2>/dev/null); do cat "/proc/$p/comm" 2>/dev/null; done | sort | uniq -c | awk '{printf "%s%s", sep, $2 ($1 > 1 ? "x" $1 : ""); sep=" "}')
-    printf '%-9s %-13s link %-5s %s  [%s]\n' "$h" "$(addr_of "$h")" "${link:-?}" "${qd:+($qd)}" "$procs"
+    local cpus; cpus=$(cat "$D/hosts/$h/cpus" 2>/dev/null || true)
+    printf '%-9s %-13s link %-5s %s %s [%s]\n' "$h" "$(addr_of "$h")" "${link:-?}" "${cpus:+cpus $cpus}" "${qd:+($qd)}" "$procs"
   done
   if [ -n "$(munged_pids)" ]; then echo "munged: running"; else echo "munged: NOT running"; rc=1; fi
   SLURM_CONF="$D/etc/slurm.conf" sinfo -N -l 2>&1 || rc=1

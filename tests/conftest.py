@@ -1,68 +1,14 @@
-"""Shared fixtures: a prepared corpus, and launching real ranks with horovodrun or mpirun."""
+"""Fixtures only: a prepared corpus and the local SLURM test cluster. What tests share besides
+fixtures lives in tests/support/ (launching ranks, the cluster, the elastic job builder, the
+fault kit, /proc, waiting on progress, generated text)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-BIN = Path(sys.executable).parent  # the venv the tests run in holds hvdlm and horovodrun
-HVDLM = str(BIN / "hvdlm")
-PROBE = str(Path(__file__).parent / "rank_probe.py")
-
-# How 2 ranks are started: Horovod over Gloo, Horovod over MPI, and MPI's own launcher.
-LAUNCHERS = {
-    "single": [],
-    "horovodrun-gloo": [str(BIN / "horovodrun"), "-np", "2", "--gloo"],
-    "horovodrun-mpi": [str(BIN / "horovodrun"), "-np", "2", "--mpi"],
-    "mpirun": ["mpirun", "-np", "2", "--bind-to", "none"],
-}
-
-# Flags for a model that trains in seconds.
-TINY = ["--n_layer", "2", "--n_head", "2", "--n_embd", "32", "--block_size", "32", "--batch_size", "8",
-        "--eval_sequences", "16", "--progress", "false", "--sample_tokens", "0", "--warmup_steps", "2"]
-
-
-def launch_env() -> dict:
-    env = dict(os.environ)
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-    env.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")  # CI runs as root
-    env.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-    return env
-
-
-@dataclass
-class Run:
-    launcher: str
-    returncode: int
-    stdout: str
-    stderr: str
-    seconds: float
-
-    @property
-    def output(self) -> str:
-        return self.stdout + self.stderr
-
-
-def launch(launcher: str, command: list[str], timeout: float = 240, cwd=None) -> Run:
-    """Run ``command`` (e.g. [HVDLM, "train", ...]) under a launcher; a hang fails the test."""
-    start = time.monotonic()
-    try:
-        p = subprocess.run(LAUNCHERS[launcher] + command, capture_output=True, text=True,
-                           timeout=timeout, env=launch_env(), cwd=cwd)
-    except subprocess.TimeoutExpired as e:
-        pytest.fail(f"{launcher} {' '.join(command)} hung for {timeout}s:\n{e.stdout}\n{e.stderr}")
-    return Run(launcher, p.returncode, p.stdout, p.stderr, time.monotonic() - start)
-
-
-def check(run: Run) -> Run:
-    assert run.returncode == 0, run.output
-    return run
+from support.cluster import TestCluster
 
 
 @pytest.fixture(scope="session")
@@ -73,3 +19,19 @@ def corpus(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("corpus") / "data"
     prepare(None, out, tokenizer="byte")
     return out
+
+
+@pytest.fixture(scope="session")
+def _test_cluster():
+    c = TestCluster().open()
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+@pytest.fixture
+def slurm_cluster(_test_cluster) -> TestCluster:
+    """The local SLURM test cluster (slurm/cluster.sh, 3 hosts), one for the whole session: started
+    if none is running, stopped at the end only if this session started it."""
+    return _test_cluster.ensure_up()

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import HVDLM, PROBE, TINY, check, launch
+from support.launch import HVDLM, PROBE, TINY, check, launch
 from hvdlm.data import prepare
 
 LIMIT = 60  # seconds: "within seconds", with room for loading torch on a busy 2-core machine

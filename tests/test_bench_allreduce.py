@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import BIN, HVDLM, check, launch
+from support.launch import BIN, HVDLM, check, launch
 from hvdlm.bench import allreduce as ar
 from hvdlm.bench import report
 from hvdlm.errors import HvdlmError

@@ -1,7 +1,13 @@
 """hvdlm bench train runs hvdlm and the DDP baseline for real and reports comparable figures."""
 
-from conftest import HVDLM, TINY, check, launch
+import json
+import math
+import os
+
+import pytest
+
 from hvdlm.bench.report import read_csv
+from support.launch import HVDLM, TINY, check, launch
 
 
 def test_bench_train_compares_horovod_with_ddp_and_one_rank(corpus, tmp_path):
@@ -10,18 +16,40 @@ def test_bench_train_compares_horovod_with_ddp_and_one_rank(corpus, tmp_path):
                                   "--block_size", "32", "--global_batch", "4", "--steps", "4", "--warmup", "2",
                                   "--repeats", "1", "--runs", "single,single-1,horovod-gloo,ddp",
                                   "--out_dir", str(out)], timeout=400))
-    rows = {r["run"]: r for r in read_csv(out / "train.csv")}
-    assert set(rows) == {"1 rank x 2 threads", "1 rank x 1 thread(s)", "Horovod Gloo 2 x 1", "DDP gloo 2 x 1"}, run.output
-    for r in rows.values():
-        assert r["global_batch"] == 4 and r["tokens_per_s"] > 0
-    assert rows["Horovod Gloo 2 x 1"]["micro_batch"] == 2 and rows["DDP gloo 2 x 1"]["micro_batch"] == 2
-    assert rows["1 rank x 2 threads"]["vs_1_rank_all_cores"] == 1.0
-    assert rows["1 rank x 1 thread(s)"]["scaling_efficiency"] == 1.0
-    hvd = rows["Horovod Gloo 2 x 1"]
-    assert abs(hvd["scaling_efficiency"] - hvd["tokens_per_s"] / (2 * rows["1 rank x 1 thread(s)"]["tokens_per_s"])) < 1e-6
-    assert hvd["allreduce_wait_ms"] >= 0  # Horovod reports its wait; DDP overlaps and cannot
+    # the rows, named for what ran on this machine: all the cores this process may use, and 2 ranks
+    # each with half of them
+    cores = len(os.sched_getaffinity(0))
+    half = max(1, cores // 2)
+    all_cores, one_slice = f"1 rank x {cores} threads", f"1 rank x {half} thread(s)"
+    hvd_name, ddp_name = f"Horovod Gloo 2 x {half}", f"DDP gloo 2 x {half}"
+    table = read_csv(out / "train.csv")
+    rows = {r["run"]: r for r in table}
+    assert [r["run"] for r in table] == [all_cores, one_slice, hvd_name, ddp_name], run.output
+    for r in table:
+        assert r["global_batch"] == 4, r
+        for figure in ("tokens_per_s", "tokens_per_s_per_rank", "step_ms", "compute_ms"):
+            assert math.isfinite(r[figure]) and r[figure] > 0, (figure, r)
+        assert r["tokens_per_s_per_rank"] * r["ranks"] == pytest.approx(r["tokens_per_s"], rel=1e-6), r
+        assert r["compute_ms"] <= r["step_ms"] * (1 + 1e-9), r
+        # each ratio against its own baseline row: all cores in 1 rank, and 1 rank on one rank's share
+        assert r["vs_1_rank_all_cores"] == pytest.approx(r["tokens_per_s"] / rows[all_cores]["tokens_per_s"], rel=1e-6)
+        assert r["scaling_efficiency"] == pytest.approx(
+            r["tokens_per_s"] / (r["ranks"] * rows[one_slice]["tokens_per_s"]), rel=1e-6), r
+    hvd, ddp = rows[hvd_name], rows[ddp_name]
+    assert (hvd["ranks"], hvd["micro_batch"], ddp["ranks"], ddp["micro_batch"]) == (2, 2, 2, 2)
+    assert (rows[all_cores]["threads_per_rank"], rows[one_slice]["threads_per_rank"], hvd["threads_per_rank"]) == \
+        (cores, half, half)
+    # Horovod reports how long each step waited for its allreduce, and the rest was compute;
+    # DDP overlaps the allreduce with backward and reports no wait
+    assert math.isfinite(hvd["allreduce_wait_ms"]) and 0 < hvd["allreduce_wait_ms"] < hvd["step_ms"], hvd
+    assert hvd["compute_ms"] + hvd["allreduce_wait_ms"] == pytest.approx(hvd["step_ms"], rel=1e-6), hvd
+    assert math.isnan(ddp["allreduce_wait_ms"]) and ddp["compute_ms"] == pytest.approx(ddp["step_ms"]), ddp
+    # every run of every repeat is kept beside the table, and the table is printed and plotted
+    meta = json.loads((out / "train.json").read_text())
+    assert sorted(r["run"] for r in meta["meta"]["all_runs"]) == sorted(rows), meta
     assert (out / "train.png").stat().st_size > 1000
-    assert "scaling eff." in run.stdout
+    printed = run.stdout.split("scaling eff.", 1)
+    assert len(printed) == 2 and all(name in printed[1] for name in rows), run.stdout
 
 
 def test_a_horovod_timeline_of_a_training_run_can_be_recorded(corpus, tmp_path):

@@ -1,12 +1,14 @@
-"""A real 2-node SLURM cluster on this machine (slurm/cluster.sh): sbatch with srun --mpi=pmix,
-mpirun and horovodrun (Gloo and MPI) across hosts, slowed and cut links, and a stop that leaves
-nothing behind. Needs root and `bash slurm/cluster.sh install`; a cluster that cannot start fails
+"""A real SLURM cluster on this machine (slurm/cluster.sh, the session's one, 3 hosts): each host
+pinned to its share of the cores, sbatch with srun --mpi=pmix, mpirun and horovodrun (Gloo and
+MPI) across hosts, slowed and cut links, and a stop that leaves nothing behind. Needs root and `bash slurm/cluster.sh install`; a cluster that cannot start fails
 the tests, it does not skip them."""
 
 from __future__ import annotations
 
+import ast
 import os
 import re
+import shlex
 import socket
 import subprocess
 import sys
@@ -15,42 +17,17 @@ from pathlib import Path
 
 import pytest
 
-from conftest import launch_env
+from support.cluster import CLUSTER, STATE, cluster, env, in_host, snapshot, sh
 
-ROOT = Path(__file__).resolve().parents[1]
-CLUSTER = ROOT / "slurm" / "cluster.sh"
-STATE = Path(os.environ.get("HVDLM_CLUSTER_DIR", "/tmp/hvdlm-cluster"))
-HOSTS = ["hvdnode1", "hvdnode2"]
-DAEMONS = {"slurmctld", "slurmd", "slurmstepd", "slurmscriptd", "munged", "sshd"}
 PY = sys.executable
 # One line per rank: rank, size, cross_size (number of hosts), and the host it ran on.
 # One write() per line: launchers that tag output per rank split lines written in pieces.
 PROBE = ("import os, socket, horovod.torch as hvd; hvd.init(); "
          "os.write(1, f'PROBE {hvd.rank()} {hvd.size()} {hvd.cross_size()} {socket.gethostname()}\\n'.encode())")
-
-
-def env() -> dict:
-    e = launch_env()
-    e["SLURM_CONF"] = str(STATE / "etc" / "slurm.conf")
-    return e
-
-
-def sh(args: list[str], timeout: float = 60, check: bool = True, **kw) -> subprocess.CompletedProcess:
-    try:
-        p = subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env(), **kw)
-    except subprocess.TimeoutExpired as e:
-        pytest.fail(f"{' '.join(map(str, args))} hung for {timeout}s:\n{e.stdout}\n{e.stderr}")
-    if check:
-        assert p.returncode == 0, f"{' '.join(map(str, args))} -> {p.returncode}\n{p.stdout}\n{p.stderr}"
-    return p
-
-
-def cluster(*args: str, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess:
-    return sh(["bash", str(CLUSTER), *args], timeout=timeout, check=check)
-
-
-def in_host(host: str, *cmd: str, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess:
-    return cluster("exec", host, *cmd, timeout=timeout, check=check)
+# What a rank may use on each host, and the threads hvdlm gives it (slurm/cluster.sh pins each host
+# to its share of this machine's cores; sbatch/srun add SLURM_CPUS_PER_TASK).
+SHARE = ("import os, socket; from hvdlm.distributed import cores_per_rank; "
+         "os.write(1, f'SHARE {socket.gethostname()} {sorted(os.sched_getaffinity(0))} {cores_per_rank(1)}\\n'.encode())")
 
 
 def probes(output: str) -> list[tuple[int, int, int, str]]:
@@ -62,64 +39,36 @@ def assert_one_rank_per_host(output: str) -> None:
     assert probes(output) == [(0, 2, 2, "hvdnode1"), (1, 2, 2, "hvdnode2")], output
 
 
-def daemons() -> set[int]:
-    """Live slurm/munge/sshd processes (a killed one that its parent has yet to reap is not live)."""
-    pids = set()
-    for p in Path("/proc").iterdir():
-        try:
-            if not p.name.isdigit() or (p / "comm").read_text().strip() not in DAEMONS:
-                continue
-            state = (p / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            continue
-        if state not in ("Z", "X"):
-            pids.add(int(p.name))
-    return pids
-
-
-def links() -> set[str]:
-    out = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True, check=True).stdout
-    return {line.split(": ")[1].split("@")[0] for line in out.splitlines()}
-
-
-def netns() -> set[str]:
-    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
-    return {line.split()[0] for line in out.splitlines() if line.strip()}
-
-
-def snapshot() -> dict:
-    return {"hosts": Path("/etc/hosts").read_text(), "netns": netns(), "links": links(),
-            "daemons": daemons(), "run_netns": os.path.exists("/run/netns"), "hostname": socket.gethostname()}
-
-
-@pytest.fixture(scope="module")
-def before() -> dict:
-    assert os.geteuid() == 0, "the local SLURM cluster needs root (namespaces, a bridge, /etc/hosts)"
-    cluster("stop", timeout=60)  # a leftover from an aborted run must not count as ours
-    return snapshot()
-
-
-@pytest.fixture(scope="module")
-def up(before):
-    t = time.monotonic()
-    p = cluster("start", "2", timeout=180, check=False)
-    if p.returncode != 0:
-        cluster("stop", check=False)
-        pytest.fail(f"bash slurm/cluster.sh start 2 failed ({p.returncode}); run "
-                    f"'bash slurm/cluster.sh install' first?\n{p.stdout}\n{p.stderr}")
-    print(f"cluster up in {time.monotonic() - t:.1f}s")
-    yield
-    cluster("stop", timeout=60, check=False)
-
-
-def test_two_idle_nodes_and_hosts_with_their_own_names(up, before):
+def test_idle_nodes_and_hosts_with_their_own_names(slurm_cluster):
     nodes = sh(["sinfo", "-h", "-N", "-o", "%N %t %P"]).stdout.split("\n")
-    assert sorted(n.split() for n in nodes if n) == [["hvdnode1", "idle", "debug*"], ["hvdnode2", "idle", "debug*"]]
+    assert sorted(n.split() for n in nodes if n) == [[h, "idle", "debug*"] for h in slurm_cluster.hosts]
     assert "munged: running" in cluster("status").stdout
-    for h in HOSTS:
+    for h in slurm_cluster.hosts:
         assert in_host(h, "hostname").stdout.strip() == h
         assert in_host(h, "sh", "-c", "ip -4 -o addr show eth0").stdout.split()[3].startswith("10.213.0.")
-    assert socket.gethostname() == before["hostname"]  # the machine's own name is untouched
+    assert socket.gethostname() == slurm_cluster.machine_hostname  # the machine's own name is untouched
+
+
+def shares(output: str) -> dict[str, tuple[list[int], int]]:
+    return {h: (ast.literal_eval(cpus), int(n)) for h, cpus, n in re.findall(r"SHARE (\S+) (\[[\d, ]*\]) (\d+)", output)}
+
+
+def test_each_host_runs_on_its_share_of_the_cores_and_ranks_size_their_threads_to_it(slurm_cluster):
+    """N hosts on a machine of C cores: each host's processes (sshd, slurmd and what they start) may
+    run on max(1, C // N) of them, hvdnode1 and hvdnode2 on different ones, and a rank runs that
+    many threads, not C (2 hosts x 2 threads on 2 cores made every job crawl)."""
+    allowed = sorted(os.sched_getaffinity(0))
+    share = max(1, len(allowed) // len(slurm_cluster.hosts))
+    outside = {h: shares(in_host(h, PY, "-c", SHARE).stdout)[h] for h in slurm_cluster.hosts}
+    for h, (cpus, threads) in outside.items():
+        assert len(cpus) == share and set(cpus) <= set(allowed) and threads == share, outside
+    if len(allowed) >= 2:
+        assert not set(outside["hvdnode1"][0]) & set(outside["hvdnode2"][0]), outside
+    # a job step started by each host's slurmd, and a process started over each host's sshd
+    step = sh(["srun", "-N", len(slurm_cluster.hosts), "--ntasks-per-node", "1", PY, "-c", SHARE], timeout=120)
+    assert shares(step.stdout) == outside, step.stdout
+    ssh = in_host("hvdnode1", "ssh", "hvdnode2", PY, "-c", shlex.quote(SHARE), timeout=60)
+    assert shares(ssh.stdout) == {"hvdnode2": outside["hvdnode2"]}, ssh.stdout
 
 
 def wait_job(job: str, timeout: float = 120) -> str:
@@ -134,7 +83,7 @@ def wait_job(job: str, timeout: float = 120) -> str:
     pytest.fail(f"job {job} did not finish in {timeout}s:\n{info}")
 
 
-def test_sbatch_two_nodes_srun_pmix_starts_one_horovod_rank_per_host(up, tmp_path):
+def test_sbatch_two_nodes_srun_pmix_starts_one_horovod_rank_per_host(slurm_cluster, tmp_path):
     script = tmp_path / "job.sh"
     script.write_text(f"#!/bin/bash\nsrun --mpi=pmix {PY} -c \"{PROBE}\"\n")
     out = tmp_path / "job.out"
@@ -147,14 +96,14 @@ def test_sbatch_two_nodes_srun_pmix_starts_one_horovod_rank_per_host(up, tmp_pat
     assert_one_rank_per_host(log)
 
 
-def test_mpirun_across_hosts(up):
+def test_mpirun_across_hosts(slurm_cluster):
     p = in_host("hvdnode1", "mpirun", "-np", "2", "-H", "hvdnode1,hvdnode2", "--bind-to", "none",
                 PY, "-c", PROBE, timeout=120)
     assert_one_rank_per_host(p.stdout)
 
 
 @pytest.mark.parametrize("controller", ["--gloo", "--mpi"])
-def test_horovodrun_from_hvdnode1_across_hosts(up, controller):
+def test_horovodrun_from_hvdnode1_across_hosts(slurm_cluster, controller):
     # --disable-cache: do horovodrun's ssh and network-interface checks every time, across both hosts
     p = in_host("hvdnode1", str(Path(PY).parent / "horovodrun"), "-np", "2", "-H", "hvdnode1:1,hvdnode2:1",
                 controller, "--disable-cache", "--start-timeout", "120", PY, "-c", PROBE, timeout=240)
@@ -199,7 +148,7 @@ def bandwidth(tmp_path, nbytes: int) -> float:
     return float(send.stdout.strip().splitlines()[-1])
 
 
-def test_slow_shapes_the_link_and_heal_restores_it(up, tmp_path):
+def test_slow_shapes_the_link_and_heal_restores_it(slurm_cluster, tmp_path):
     fast = bandwidth(tmp_path, 16_000_000)
     cluster("slow", "hvdnode2", "40mbit")
     try:
@@ -218,7 +167,7 @@ def reachable(src: str, dst: str) -> bool:
     return in_host(src, PY, "-c", code, check=False).returncode == 0
 
 
-def test_cut_makes_a_host_unreachable_and_heal_brings_it_back(up):
+def test_cut_makes_a_host_unreachable_and_heal_brings_it_back(slurm_cluster):
     assert reachable("hvdnode1", "hvdnode2")
     cluster("cut", "hvdnode2")
     try:
@@ -229,17 +178,20 @@ def test_cut_makes_a_host_unreachable_and_heal_brings_it_back(up):
     end = time.monotonic() + 15
     while not reachable("hvdnode1", "hvdnode2"):
         assert time.monotonic() < end, "hvdnode2 still unreachable after heal"
-    out = sh(["srun", "-N", "2", "hostname"], timeout=60).stdout  # and SLURM still reaches it
-    assert sorted(out.split()) == HOSTS
+    out = sh(["srun", "-w", "hvdnode1,hvdnode2", "hostname"], timeout=60).stdout  # and SLURM still reaches it
+    assert sorted(out.split()) == ["hvdnode1", "hvdnode2"]
 
 
-def test_stop_leaves_nothing_behind(up, before):
+def test_stop_leaves_nothing_behind(slurm_cluster):
+    if not slurm_cluster.ours:  # never stop someone else's cluster (nor can we tell what it added)
+        pytest.skip("the running test cluster was not started by this session: not ours to stop")
+    before = slurm_cluster.before
     t = time.monotonic()
-    cluster("stop", timeout=60)
+    slurm_cluster.stop(check=True)  # the next test that needs the cluster starts it again
     print(f"cluster stopped in {time.monotonic() - t:.1f}s")
     after = snapshot()
     assert after["hosts"] == before["hosts"]
-    assert not {"hvdctl", *HOSTS} & after["netns"], after["netns"]
+    assert not {"hvdctl", *slurm_cluster.hosts} & after["netns"], after["netns"]
     assert not {link for link in after["links"] if link.startswith(("hvdbr", "hvdveth"))}, after["links"]
     assert after["daemons"] <= before["daemons"], f"daemons left: {after['daemons'] - before['daemons']}"
     assert after["run_netns"] == before["run_netns"]

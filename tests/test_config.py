@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-from conftest import HVDLM
+from support.launch import HVDLM
 from hvdlm.cli import build_parser
 from hvdlm.config import FIELDS, Config, config_from_args, load_config, model_shape, save_toml
 from hvdlm.errors import HvdlmError

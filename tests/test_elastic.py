@@ -22,21 +22,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import HVDLM, PROBE, TINY, check, launch, launch_env
-from faultkit import Job
 from hvdlm import checkpoint
-from hvdlm.config import load_config
-from hvdlm.elastic import launch_command
-from hvdlm.metrics import read_jsonl
+from support.elastic import start_elastic, train_rows
+from support.launch import HVDLM, PROBE, TINY, check, launch
 
 STEPS = 240
 FLAGS = [*TINY, "--max_steps", str(STEPS), "--log_interval", "5", "--eval_interval", "0",
          "--checkpoint_interval", "50", "--commit_interval", "5", "--threads", "1",
          "--progress", "true"]  # the default, which TINY turns off: the progress lines are part of the test
-
-
-def flag_dict(flags: list[str]) -> dict:
-    return {k.lstrip("-"): v for k, v in zip(flags[::2], flags[1::2])}
 
 
 @pytest.fixture(scope="module")
@@ -46,33 +39,6 @@ def uninterrupted(corpus, tmp_path_factory):
     check(launch("horovodrun-gloo", [HVDLM, "train", "--data_dir", str(corpus), "--out_dir", str(out), *FLAGS],
                  timeout=300))
     return torch.load(out / "checkpoint.pt", weights_only=True)["model"]
-
-
-def start_elastic(corpus, tmp_path: Path, hosts: str, **launcher) -> tuple[Job, Path, Path]:
-    hosts_file, out = tmp_path / "hosts.txt", tmp_path / "run"
-    hosts_file.write_text(hosts)
-    script = tmp_path / "discover.sh"
-    script.write_text(f"#!/bin/sh\ncat {hosts_file}\n")
-    script.chmod(0o755)
-    given = dict(flag_dict(FLAGS), data_dir=str(corpus), out_dir=str(out), min_ranks=1, max_ranks=2,
-                 discovery_script=str(script))
-    cfg = load_config(None, {k: _typed(k, v) for k, v in given.items()})
-    cmd = launch_command(cfg, given, np=2, config_file=None, **launcher)
-    at = cmd.index("-m")  # each rank: the probe (a slower batch), with the same train options
-    cmd = cmd[:at] + [PROBE, "fault", "unused", "--"] + cmd[at + 3:]
-    job = Job(cmd, tmp_path, env=dict(launch_env(), HVDLM_PROBE_STEP_SLEEP="0.03")).start()
-    return job, out, hosts_file
-
-
-def _typed(name, value):
-    from hvdlm.config import FIELDS, _base_type
-
-    return _base_type(FIELDS[name][1])(value)
-
-
-def train_rows(out: Path) -> list[dict]:
-    path = out / "metrics.jsonl"
-    return read_jsonl(path, "train") if path.exists() else []
 
 
 def at_size(out: Path, size: int, after_step: int = 0, steps: int = 0):
@@ -112,25 +78,26 @@ def check_the_run(result, out: Path, reference: dict) -> None:
 
 
 def test_a_host_leaves_and_returns_through_the_discovery_script(corpus, tmp_path, uninterrupted):
-    job, out, hosts = start_elastic(corpus, tmp_path, "localhost:2\n", network_interface="lo", host_cooldown=2)
-    job.wait_until(lambda: last_step(out) >= 30, 120, "step 30 on 2 ranks")
+    job, out, hosts = start_elastic(FLAGS, corpus, tmp_path, "localhost:2\n", network_interface="lo",
+                                    host_cooldown=2)
+    job.wait_until(lambda: last_step(out) >= 30, what="step 30 on 2 ranks")
     hosts.write_text("localhost:1\n")
-    job.wait_until(at_size(out, 1, steps=25), 90, "25 steps on 1 rank")
+    job.wait_until(at_size(out, 1, steps=25), what="25 steps on 1 rank")
     hosts.write_text("localhost:2\n")
-    job.wait_until(at_size(out, 2, after_step=last_step(out), steps=1), 90, "2 ranks again")
+    job.wait_until(at_size(out, 2, after_step=last_step(out), steps=1), what="2 ranks again")
     result = job.wait(180)
     check_the_run(result, out, uninterrupted)
 
 
 def test_kill_9_a_rank_then_its_host_returns(corpus, tmp_path, uninterrupted):
-    job, out, _ = start_elastic(corpus, tmp_path, "localhost:1\n127.0.0.1:1\n", network_interface="",
+    job, out, _ = start_elastic(FLAGS, corpus, tmp_path, "localhost:1\n127.0.0.1:1\n", network_interface="",
                                 host_cooldown=2)
-    job.wait_until(lambda: last_step(out) >= 30, 120, "step 30 on 2 ranks")
+    job.wait_until(lambda: last_step(out) >= 30, what="step 30 on 2 ranks")
     job.inject(job.rank_pid(1), signal.SIGKILL)
-    job.wait_until(at_size(out, 1, steps=1), 60, "1 rank going on")
+    job.wait_until(at_size(out, 1, steps=1), what="1 rank going on")
     recovered = job.since_fault()
     assert recovered < 60, f"went on at size 1 {recovered:.0f}s after the kill"
-    job.wait_until(at_size(out, 2, after_step=last_step(out), steps=1), 120, "the host back")
+    job.wait_until(at_size(out, 2, after_step=last_step(out), steps=1), what="the host back")
     result = job.wait(180)
     check_the_run(result, out, uninterrupted)
 

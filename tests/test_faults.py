@@ -3,7 +3,7 @@ last checkpoint loads; where the run resumes, it reaches an uninterrupted run's 
 
 Two ranks on this machine under horovodrun (Gloo) and mpirun; the faults are real: kill -9 and
 SIGSTOP of a rank's process, an exception on one rank, a rank that stops making progress, rank 0
-killed while it writes a checkpoint, a corrupt data shard. tests/faultkit.py is the harness (also
+killed while it writes a checkpoint, a corrupt data shard. tests/support/faults.py is the harness (also
 behind the fault matrix in docs/faults.md); tests/rank_probe.py injects the in-process faults.
 """
 
@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import HVDLM, LAUNCHERS, PROBE, TINY, check, launch, launch_env
-from faultkit import Job
+from support.launch import HVDLM, LAUNCHERS, PROBE, TINY, check, launch, launch_env
+from support.faults import Job
 from hvdlm import checkpoint, watchdog
 from hvdlm.metrics import read_jsonl
 
@@ -75,7 +75,7 @@ def assert_last_checkpoint_loads(out: Path) -> dict:
 def test_kill_9_a_rank(launcher, code, corpus, tmp_path):
     out = tmp_path / "run"
     job = start(launcher, train_flags(corpus, out), tmp_path)
-    job.wait_until(trained(out, 9), 120, "step 9")
+    job.wait_until(trained(out, 9), what="step 9")
     job.inject(job.rank_pid(1), signal.SIGKILL)
     result = job.wait(LIMIT)
     assert result.returncode == code, result.output  # horovodrun: 1 always; mpirun: the killed rank's 128+9
@@ -90,7 +90,7 @@ def test_sigstop_a_rank(launcher, code, corpus, tmp_path):
     traceback on every rank. The watchdog hears no heartbeat for --peer_timeout seconds."""
     out = tmp_path / "run"
     job = start(launcher, train_flags(corpus, out, "--peer_timeout", "5"), tmp_path)
-    job.wait_until(trained(out, 9), 120, "step 9")
+    job.wait_until(trained(out, 9), what="step 9")
     job.inject(job.rank_pid(1), signal.SIGSTOP)
     result = job.wait(LIMIT)
     assert result.returncode == code, result.output
@@ -107,7 +107,7 @@ def test_a_rank_that_stops_making_progress_names_itself(corpus, tmp_path):
     out = tmp_path / "run"
     # batch 10 of rank 1: the 1st is the evaluation at step 0, so this is the one of step 9
     job = start("mpirun", train_flags(corpus, out, "--step_timeout", "6"), tmp_path, HVDLM_PROBE_FAULT="1:10:hang")
-    job.wait_until(trained(out, 5), 120, "step 5")
+    job.wait_until(trained(out, 5), what="step 5")
     job.mark_fault()
     result = job.wait(LIMIT)
     assert result.returncode == watchdog.EXIT_STALLED, result.output

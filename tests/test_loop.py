@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import HVDLM, check, launch
+from support.launch import HVDLM, check, launch
 from hvdlm.checkpoint import Checkpointer
 from hvdlm.console import say
 from hvdlm.elastic import is_this_machine, launch_command

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from conftest import HVDLM, PROBE, TINY, check, launch
+from support.launch import HVDLM, PROBE, TINY, check, launch
 from hvdlm.metrics import read_jsonl
 
 TWO_RANKS = ["horovodrun-gloo", "mpirun"]

@@ -76,7 +76,7 @@ def test_sizes():
 def test_two_ranks_measure_the_allreduce_under_trainings_settings(tmp_path):
     """A real preflight under mpirun: it passes, and its allreduce ran with the CPU defaults that
     training applies (distributed.init), unless the user set them."""
-    from conftest import HVDLM, check, launch, launch_env
+    from support.launch import HVDLM, check, launch, launch_env
 
     env = launch_env()
     apply_cpu_defaults(env)  # what training would run under here (none on a GPU host)

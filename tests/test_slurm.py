@@ -1,6 +1,7 @@
 """The SLURM templates (slurm/train.sbatch, slurm/bench_allreduce.sbatch) and `hvdlm preflight`,
-submitted with sbatch to a real local cluster (slurm/cluster.sh) of 3 hosts, scaled down: a tiny
-model, few steps, 2 nodes x 1 task unless a test says otherwise. Needs root and
+submitted with sbatch to a real local cluster (slurm/cluster.sh, the session's one) of 3 hosts,
+each on its share of the cores, scaled down: a tiny model, few steps, 2 nodes x 1 task x 1 CPU
+unless a test says otherwise, on a corpus of generated words. Needs root and
 `bash slurm/cluster.sh install`; a cluster that cannot start fails the tests, it does not skip them.
 
 Covered: each template completes and writes what it should, with ranks on both hosts; the
@@ -12,24 +13,20 @@ outside SLURM; bad input fails within seconds with one clear line in the job's o
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import launch_env
+from support.cluster import ROOT, SIZE, STATE, cluster, env, sh
+from support.launch import BIN
+from support.progress import STALL, files_state, wait_for
+from support.text import words
 
-ROOT = Path(__file__).resolve().parents[1]
-CLUSTER = ROOT / "slurm" / "cluster.sh"
 TRAIN = ROOT / "slurm" / "train.sbatch"
 BENCH = ROOT / "slurm" / "bench_allreduce.sbatch"
-STATE = Path(os.environ.get("HVDLM_CLUSTER_DIR", "/tmp/hvdlm-cluster"))
-BIN = Path(sys.executable).parent
-HOSTS = ["hvdnode1", "hvdnode2", "hvdnode3"]
+HOSTS = [f"hvdnode{i}" for i in range(1, SIZE + 1)]
 DONE = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL",
         "DEADLINE")
 TINY = ["--n_layer", "2", "--n_head", "2", "--n_embd", "32", "--block_size", "32", "--batch_size", "8",
@@ -43,74 +40,30 @@ PREFLIGHT = "--size 512K --iters 3 --timeout 60"
 MIN_P2P, MIN_BUSBW = "0.02", "0.004"
 
 
-def env(**extra) -> dict:
-    e = launch_env()
-    e["SLURM_CONF"] = str(STATE / "etc" / "slurm.conf")
-    # the cluster's ssh (for horovodrun between hosts) first on PATH, then the venv
-    e["PATH"] = f"{STATE / 'bin'}{os.pathsep}{e['PATH']}"
-    # Three hosts share 2 cores here: MPI ranks that spin while they wait starve each other
-    e["OMPI_MCA_mpi_yield_when_idle"] = "1"
-    e.update(extra)
-    return e
-
-
-def sh(args: list, timeout: float = 60, check: bool = True, **kw) -> subprocess.CompletedProcess:
-    kw.setdefault("env", env())
-    try:
-        p = subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=timeout, **kw)
-    except subprocess.TimeoutExpired as e:
-        pytest.fail(f"{' '.join(map(str, args))} hung for {timeout}s:\n{e.stdout}\n{e.stderr}")
-    if check:
-        assert p.returncode == 0, f"{' '.join(map(str, args))} -> {p.returncode}\n{p.stdout}\n{p.stderr}"
-    return p
-
-
-def cluster(*args: str, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess:
-    return sh(["bash", CLUSTER, *args], timeout=timeout, check=check)
-
-
-@pytest.fixture(scope="module")
-def up():
-    """A 3-host cluster for this module (3, so that a slow host can be told from its partners)."""
-    assert os.geteuid() == 0, "the local SLURM cluster needs root (namespaces, a bridge, /etc/hosts)"
-    t = time.monotonic()
-    p = cluster("start", "3", timeout=180, check=False)
-    if p.returncode != 0:
-        cluster("stop", check=False)
-        pytest.fail(f"bash slurm/cluster.sh start 3 failed ({p.returncode}); run "
-                    f"'bash slurm/cluster.sh install' first?\n{p.stdout}\n{p.stderr}")
-    print(f"cluster up in {time.monotonic() - t:.1f}s")
-    yield
-    cluster("stop", timeout=60, check=False)
-
-
-@pytest.fixture(scope="module")
-def data(up, tmp_path_factory) -> Path:
-    """A small byte-level corpus (two stdlib packages, ~300 KB) where every host sees it."""
-    import json as json_pkg
-    import logging
-
+def prepared(directory: Path, nbytes: int, **kw) -> Path:
+    """``nbytes`` of generated words, byte-tokenized, where every host sees them."""
     from hvdlm.data import prepare
 
-    out = tmp_path_factory.mktemp("slurm-data") / "data"
-    prepare([Path(json_pkg.__file__).parent, Path(logging.__file__).parent], out, tokenizer="byte")
-    return out
+    (directory / "words.txt").write_text(words(nbytes))
+    prepare([directory / "words.txt"], directory / "data", tokenizer="byte", **kw)
+    return directory / "data"
 
 
 @pytest.fixture(scope="module")
-def tiny_data(up, tmp_path_factory) -> Path:
+def data(tmp_path_factory) -> Path:
+    """A small byte-level corpus (~300 KB)."""
+    return prepared(tmp_path_factory.mktemp("slurm-data"), 300_000)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
     """3 KB of text: 65 sequences of 32 tokens, too few for 2 ranks x 40."""
-    from hvdlm.data import prepare
-
-    d = tmp_path_factory.mktemp("slurm-tiny")
-    (d / "small.txt").write_text((ROOT / "hvdlm" / "train.py").read_text()[:3000])
-    prepare([d / "small.txt"], d / "data", tokenizer="byte", val_fraction=0.3)
-    return d / "data"
+    return prepared(tmp_path_factory.mktemp("slurm-tiny"), 3000, val_fraction=0.3)
 
 
 class Job:
-    def __init__(self, job_id: str, workdir: Path, name: str):
-        self.id, self.workdir, self.name = job_id, workdir, name
+    def __init__(self, job_id: str, workdir: Path, name: str, watch: list[Path] = ()):
+        self.id, self.workdir, self.name, self.watch = job_id, workdir, name, [workdir, *watch]
         self.info = ""
 
     @property
@@ -125,16 +78,35 @@ class Job:
         m = re.search(rf"\b{name}=(\S+)", self.info)
         return m.group(1) if m else ""
 
-    def wait(self, timeout: float = 120, until=None) -> "Job":
-        """Poll scontrol until the job ends (or ``until(info)`` holds); a hang fails the test."""
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
+    def progress(self) -> tuple:
+        """What moves while the job does: its state, restarts, output file and out_dir."""
+        return self.field("JobState"), self.field("Restarts"), files_state(self.watch)
+
+    def wait(self, stall: float = STALL, until=None) -> "Job":
+        """Poll scontrol until the job ends (or ``until(info)`` holds). Fails after ``stall`` seconds
+        in which neither its state nor its files changed (a hang), however long it has run."""
+        def done() -> bool:
             self.info = sh(["scontrol", "show", "job", "-o", self.id]).stdout
-            if until(self.info) if until else self.field("JobState") in DONE:
-                return self
-            time.sleep(0.5)
-        sh(["scancel", self.id], check=False)
-        pytest.fail(f"job {self.id} did not finish in {timeout}s:\n{self.info}\n{self.output}")
+            return until(self.info) if until else self.field("JobState") in DONE
+        try:
+            wait_for(done, f"job {self.id}", self.progress, stall=stall, poll=0.5)
+        except RuntimeError as e:
+            sh(["scancel", self.id], check=False)
+            pytest.fail(f"{e}:\n{self.info}\n{self.output}")
+        return self
+
+    def wait_for_train_records(self, out_dir: Path, stall: float = STALL) -> None:
+        """Until rank 0 has written a train record: training runs (and its signal handlers are set)."""
+        def started() -> bool:
+            self.info = sh(["scontrol", "show", "job", "-o", self.id]).stdout
+            if self.field("JobState") in DONE:
+                pytest.fail(f"job {self.id} ended before training started:\n{self.info}\n{self.output}")
+            return (out_dir / "metrics.jsonl").exists() and bool(metrics(out_dir, "train"))
+        try:
+            wait_for(started, f"job {self.id}'s first train record", self.progress, stall=stall, poll=0.5)
+        except RuntimeError as e:
+            sh(["scancel", self.id], check=False)
+            pytest.fail(f"{e}:\n{self.info}\n{self.output}")
 
     def assert_state(self, state: str, exit_code: str) -> None:
         assert (self.field("JobState"), self.field("ExitCode")) == (state, exit_code), self.info + self.output
@@ -147,7 +119,8 @@ def submit(script: Path, workdir: Path, sbatch_args: list, script_args: list = (
     p = sh(["sbatch", "--parsable", *sbatch_args, script, *script_args], cwd=workdir,
            env=env(**{k: str(v) for k, v in knobs.items()}))
     job_name = name or ("hvdlm-train" if script == TRAIN else "hvdlm-bench-allreduce")
-    return Job(p.stdout.strip().split(";")[0], workdir, job_name)
+    watch = [Path(knobs["OUT_DIR"])] if "OUT_DIR" in knobs else []
+    return Job(p.stdout.strip().split(";")[0], workdir, job_name, watch)
 
 
 def two_nodes(tasks_per_node: int = 1, time_limit: str = "10") -> list[str]:
@@ -181,7 +154,7 @@ def metrics(out_dir: Path, kind: str) -> list[dict]:
 # ------------------------------------------------------------------------------------------------
 # The templates, as a user submits them
 
-def test_train_template_srun_two_hosts(up, data, tmp_path):
+def test_train_template_srun_two_hosts(slurm_cluster, data, tmp_path):
     out = tmp_path / "out"
     job = submit(TRAIN, tmp_path, two_nodes(), [*TINY, "--max_steps", "20"],
                  DATA_DIR=data, OUT_DIR=out, PREFLIGHT_ARGS=PREFLIGHT).wait()
@@ -199,11 +172,11 @@ def test_train_template_srun_two_hosts(up, data, tmp_path):
     assert last_step_hosts(job) == {"hvdnode1", "hvdnode2"}  # the training step's ranks
 
 
-def test_train_template_horovodrun_two_hosts(up, data, tmp_path):
+def test_train_template_horovodrun_two_hosts(slurm_cluster, data, tmp_path):
     out = tmp_path / "out"
     # --verbose: horovodrun prints each rank's command, with the ssh to the other host
     job = submit(TRAIN, tmp_path, two_nodes(), [*TINY, "--max_steps", "10"], DATA_DIR=data, OUT_DIR=out,
-                 LAUNCHER="horovodrun", HOROVODRUN_ARGS="--gloo --verbose", PREFLIGHT=0).wait(timeout=150)
+                 LAUNCHER="horovodrun", HOROVODRUN_ARGS="--gloo --verbose", PREFLIGHT=0).wait()
     job.assert_state("COMPLETED", "0:0")
     log = job.output
     assert "horovodrun -np 2 -H hvdnode1:1,hvdnode2:1 --gloo" in log, log
@@ -212,7 +185,7 @@ def test_train_template_horovodrun_two_hosts(up, data, tmp_path):
     assert (out / "checkpoint.pt").is_file() and metrics(out, "summary")[-1]["ranks"] == 2
 
 
-def test_bench_template_writes_csv_from_both_hosts(up, tmp_path):
+def test_bench_template_writes_csv_from_both_hosts(slurm_cluster, tmp_path):
     out = tmp_path / "bench"
     job = submit(BENCH, tmp_path, two_nodes() + ["--exclusive"],
                  ["--min_bytes", "1K", "--max_bytes", "64K", "--factor", "8", "--iters", "3", "--warmup", "1",
@@ -232,7 +205,7 @@ def test_bench_template_writes_csv_from_both_hosts(up, tmp_path):
 # ------------------------------------------------------------------------------------------------
 # The time limit: SLURM's warning signal, a checkpoint, requeue, and resuming elsewhere
 
-def test_time_limit_signal_checkpoints_requeues_and_resumes_on_other_task_counts(up, data, tmp_path):
+def test_time_limit_signal_checkpoints_requeues_and_resumes_on_other_task_counts(slurm_cluster, data, tmp_path):
     out = tmp_path / "out"
     knobs = dict(DATA_DIR=data, OUT_DIR=out, PREFLIGHT=0)
     # 2 minutes and the warning 45 s before the end (in place of the template's 300 s), while
@@ -240,9 +213,9 @@ def test_time_limit_signal_checkpoints_requeues_and_resumes_on_other_task_counts
     # here 45-75 s into the job (`man sbatch`: up to 60 s early), after training has started.
     t0 = time.monotonic()
     first = submit(TRAIN, tmp_path, two_nodes(time_limit="2") + ["--signal", "B:USR1@45"],
-                   [*TINY, "--max_steps", "100000", "--log_interval", "100"], REQUEUE=1, **knobs)
+                   [*TINY, "--max_steps", "100000", "--log_interval", "5"], REQUEUE=1, **knobs)
     # The job requeues itself: it is pending again (SLURM holds a requeued job ~2 minutes).
-    first.wait(timeout=150, until=lambda info: "Restarts=1" in info and "JobState=PENDING" in info)
+    first.wait(until=lambda info: "Restarts=1" in info and "JobState=PENDING" in info)
     requeued_after = time.monotonic() - t0
     sh(["scancel", first.id])
     first.wait()
@@ -275,17 +248,13 @@ def test_time_limit_signal_checkpoints_requeues_and_resumes_on_other_task_counts
     assert steps == sorted(steps) and steps[-1] == stopped + 10
 
 
-def test_time_limit_without_requeue_exits_75_for_a_resubmission(up, data, tmp_path):
+def test_time_limit_without_requeue_exits_75_for_a_resubmission(slurm_cluster, data, tmp_path):
     """REQUEUE=0: the job ends with status 75 and says how to resume; here the warning is sent with
     scancel (what SLURM's --signal does) so the test need not wait for slurmctld's timer."""
     out = tmp_path / "out"
-    job = submit(TRAIN, tmp_path, two_nodes(), [*TINY, "--max_steps", "100000", "--log_interval", "100"],
+    job = submit(TRAIN, tmp_path, two_nodes(), [*TINY, "--max_steps", "100000", "--log_interval", "1"],
                  DATA_DIR=data, OUT_DIR=out, PREFLIGHT=0, REQUEUE=0)
-    job.wait(until=lambda info: "JobState=RUNNING" in info)
-    end = time.monotonic() + 60
-    while not (out / "metrics.jsonl").exists() or not metrics(out, "train"):  # training has started
-        assert time.monotonic() < end, job.output
-        time.sleep(0.5)
+    job.wait_for_train_records(out)  # training has started, however long that took
     sh(["scancel", "--batch", "--signal", "USR1", job.id])
     job.wait()
     job.assert_state("FAILED", "75:0")
@@ -296,7 +265,7 @@ def test_time_limit_without_requeue_exits_75_for_a_resubmission(up, data, tmp_pa
 # ------------------------------------------------------------------------------------------------
 # Preflight
 
-def test_preflight_passes_then_names_the_slowed_host_and_stops_the_job(up, data, tmp_path):
+def test_preflight_passes_then_names_the_slowed_host_and_stops_the_job(slurm_cluster, data, tmp_path):
     knobs = dict(DATA_DIR=data, PREFLIGHT_MIN_BUSBW=MIN_BUSBW, PREFLIGHT_MIN_P2P=MIN_P2P, PREFLIGHT_ARGS=PREFLIGHT)
     three = ["--nodes", "3", "--ntasks-per-node", "1", "--cpus-per-task", "1", "--time", "10"]
     healthy = submit(TRAIN, tmp_path / "healthy", three, [*TINY, "--max_steps", "5"], OUT_DIR=tmp_path / "o1",
@@ -308,7 +277,7 @@ def test_preflight_passes_then_names_the_slowed_host_and_stops_the_job(up, data,
     cluster("slow", "hvdnode2", SLOW_RATE)
     try:
         slowed = submit(TRAIN, tmp_path / "slowed", three, [*TINY, "--max_steps", "5"], OUT_DIR=tmp_path / "o2",
-                        **knobs).wait(timeout=180)
+                        **knobs).wait()
     finally:
         cluster("heal", "hvdnode2")
     slowed.assert_state("FAILED", "2:0")
@@ -330,7 +299,7 @@ def test_preflight_passes_then_names_the_slowed_host_and_stops_the_job(up, data,
 # ------------------------------------------------------------------------------------------------
 # horovodrun across the hosts, outside SLURM
 
-def test_horovodrun_across_hosts_outside_slurm(up, data, tmp_path):
+def test_horovodrun_across_hosts_outside_slurm(slurm_cluster, data, tmp_path):
     out = tmp_path / "out"
     p = cluster("exec", "hvdnode1", BIN / "horovodrun", "-np", "2", "-H", "hvdnode1:1,hvdnode2:1", "--gloo",
                 "--verbose", "--start-timeout", "120", BIN / "hvdlm", "train", *TINY, "--max_steps", "10",
@@ -343,7 +312,7 @@ def test_horovodrun_across_hosts_outside_slurm(up, data, tmp_path):
 # ------------------------------------------------------------------------------------------------
 # Bad input: the job ends within seconds, with one clear line in its output file
 
-def test_bad_input_fails_fast_with_one_line(up, data, tiny_data, tmp_path):
+def test_bad_input_fails_fast_with_one_line(slurm_cluster, data, tiny_data, tmp_path):
     t0 = time.monotonic()
     no_pkg = submit(TRAIN, tmp_path / "a", two_nodes(), TINY, DATA_DIR=data, OUT_DIR=tmp_path / "oa",
                     PATH="/usr/local/bin:/usr/bin:/bin")
@@ -352,7 +321,7 @@ def test_bad_input_fails_fast_with_one_line(up, data, tiny_data, tmp_path):
     too_many = submit(TRAIN, tmp_path / "c", two_nodes(), [*TINY, "--batch_size", "40"], DATA_DIR=tiny_data,
                       OUT_DIR=tmp_path / "oc", PREFLIGHT=0)
     for job in (no_pkg, no_data, too_many):
-        job.wait(timeout=90).assert_state("FAILED", "2:0")
+        job.wait().assert_state("FAILED", "2:0")
     took = time.monotonic() - t0
 
     assert re.search(r"^hvdlm: error: hvdlm is not installed on every node of the job \(hvdnode1: no hvdlm "

@@ -5,7 +5,7 @@ machine. Records how the job ended, how long after the fault, and what the user 
     .venv/bin/python benchmarks/faults/matrix.py [--out benchmarks/results/faults] [--only kill9,sigstop]
 
 Writes OUT.json (every run, with its output) and OUT.md (the table). The harness is
-tests/faultkit.py, the one the fault tests use.
+tests/support/faults.py, the one the fault tests use.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from conftest import LAUNCHERS, PROBE, TINY, launch_env  # noqa: E402
-from faultkit import Job  # noqa: E402
+from support.faults import Job  # noqa: E402
+from support.launch import LAUNCHERS, PROBE, TINY, launch_env  # noqa: E402
 
 PY = sys.executable
 PLAIN = str(ROOT / "benchmarks" / "faults" / "plain_loop.py")

@@ -1,8 +1,9 @@
 """Fault injection on real processes: start a job under a launcher, find the process of a given
 rank, hurt it (kill -9, SIGSTOP, ...) and time how long the job takes to end.
 
-Used by tests/test_faults.py, tests/test_elastic.py and benchmarks/faults/matrix.py (the fault
-matrix in docs/faults.md), so the tests and the published figures come from the same harness.
+Used by tests/test_faults.py, tests/test_elastic.py, tests/test_faults_cluster.py and
+benchmarks/faults/matrix.py (the fault matrix in docs/faults.md), so the tests and the published
+figures come from the same harness.
 
 Every process a job starts carries ``HVDLM_FAULT_TAG=<tag>`` in its environment (launchers pass
 the environment on), which is how its ranks are found and how nothing is left behind: ``stop()``
@@ -21,61 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from .procs import cmdline, environ, in_netns, is_python, ppid_and_state, tagged_pids
+from .progress import STALL, files_state, wait_for
+
 RANK_VARS = ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID")
-
-
-def _environ(pid: int) -> dict[str, str]:
-    try:
-        raw = Path(f"/proc/{pid}/environ").read_bytes()
-    except OSError:
-        return {}
-    env = {}
-    for item in raw.split(b"\0"):
-        key, sep, value = item.partition(b"=")
-        if sep:
-            env[key.decode(errors="replace")] = value.decode(errors="replace")
-    return env
-
-
-def _ppid_and_state(pid: int) -> tuple[int, str]:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return -1, "X"
-    fields = stat.rsplit(")", 1)[1].split()
-    return int(fields[1]), fields[0]
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def tagged_pids(tag: str, marker: str | None = None) -> list[int]:
-    """Live processes (not zombies) whose environment carries this tag, or whose command line
-    holds ``marker`` (ranks started over ssh on another host of the test cluster do not inherit
-    the environment, but they share this machine's process table)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        pid = int(entry.name)
-        if pid == os.getpid():
-            continue
-        mine = _environ(pid).get("HVDLM_FAULT_TAG") == tag or (marker is not None and marker in _cmdline(pid))
-        if mine and _ppid_and_state(pid)[1] not in ("Z", "X"):
-            pids.append(pid)
-    return pids
-
-
-def in_netns(pid: int, name: str) -> bool:
-    """Whether ``pid`` runs in the network namespace ``/run/netns/<name>`` (a test-cluster host)."""
-    try:
-        return os.stat(f"/proc/{pid}/ns/net").st_ino == os.stat(f"/run/netns/{name}").st_ino
-    except OSError:
-        return False
 
 
 @dataclass
@@ -113,7 +63,8 @@ class Result:
 
 
 class Job:
-    """One launched job; ``argv`` is the whole command (launcher included)."""
+    """One launched job; ``argv`` is the whole command (launcher included). What it writes under
+    ``workdir`` (its output, and its out_dir when that lies there) is its progress."""
 
     def __init__(self, argv: list[str], workdir: Path, env: dict | None = None, tag: str | None = None,
                  marker: str | None = None):
@@ -137,17 +88,17 @@ class Job:
         self._err.flush()
         return Path(self._out.name).read_text() + Path(self._err.name).read_text()
 
-    def rank_pid(self, rank: int, timeout: float = 60) -> int:
+    def rank_pid(self, rank: int, timeout: float = 120) -> int:
         """The process of ``rank``: the deepest tagged process whose launcher rank is ``rank``."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             mine = {}
             for pid in tagged_pids(self.tag, self.marker):
-                env = _environ(pid)
+                env = environ(pid)
                 if any(env.get(v) == str(rank) for v in RANK_VARS):
-                    mine[pid] = _ppid_and_state(pid)[0]
+                    mine[pid] = ppid_and_state(pid)[0]
             leaves = [pid for pid in mine if pid not in mine.values()]
-            if len(leaves) == 1 and self._is_python(leaves[0]):
+            if len(leaves) == 1 and is_python(leaves[0]):
                 return leaves[0]
             if self.proc.poll() is not None:
                 raise RuntimeError(f"job ended before rank {rank} could be found:\n{self.output()}")
@@ -156,30 +107,25 @@ class Job:
 
     def pids_on_host(self, host: str) -> list[int]:
         """This job's Python processes on a test-cluster host (its network namespace), deepest first."""
-        mine = [p for p in tagged_pids(self.tag, self.marker) if in_netns(p, host) and self._is_python(p)]
-        parents = {_ppid_and_state(p)[0] for p in mine}
+        mine = [p for p in tagged_pids(self.tag, self.marker) if in_netns(p, host) and is_python(p)]
+        parents = {ppid_and_state(p)[0] for p in mine}
         return sorted(mine, key=lambda p: p in parents)
 
-    @staticmethod
-    def _is_python(pid: int) -> bool:
+    def wait_until(self, predicate: Callable[[], bool], stall: float = STALL, what: str = "it") -> None:
+        """Until ``predicate()`` holds; fails after ``stall`` seconds in which the job wrote nothing
+        (a hang), or when it ends first. Never a budget for the whole wait: a loaded machine only
+        makes it longer."""
+        def ended() -> str | None:
+            if self.proc.poll() is None:
+                return None
+            return f"job ended (rc {self.proc.returncode})"
         try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            return False
-        return b"python" in cmd or b"hvdlm" in cmd
+            wait_for(predicate, what, lambda: files_state([self.workdir]), stall=stall, ended=ended)
+        except RuntimeError as e:
+            raise RuntimeError(f"{e}:\n{self.output()}") from None
 
-    def wait_until(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate():
-                return
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"job ended (rc {self.proc.returncode}) while waiting for {what}:\n{self.output()}")
-            time.sleep(0.1)
-        raise RuntimeError(f"timed out after {timeout}s waiting for {what}:\n{self.output()}")
-
-    def wait_for_output(self, pattern: str, timeout: float = 90) -> None:
-        self.wait_until(lambda: re.search(pattern, self.output()) is not None, timeout, repr(pattern))
+    def wait_for_output(self, pattern: str, stall: float = STALL) -> None:
+        self.wait_until(lambda: re.search(pattern, self.output()) is not None, stall, repr(pattern))
 
     def inject(self, pid: int, sig: int) -> None:
         """Send ``sig`` to ``pid`` and start the clock of ``Result.since_fault``."""
@@ -202,18 +148,11 @@ class Job:
         leftovers = []
         if rc is not None:
             time.sleep(0.5)
-            leftovers = [self._cmdline(pid) for pid in tagged_pids(self.tag, self.marker) if self._is_python(pid)]
+            leftovers = [f"{pid}: {cmdline(pid)[:200]}" for pid in tagged_pids(self.tag, self.marker) if is_python(pid)]
         self.stop()
         return Result(rc, end - self.started, None if self.fault_at is None else end - self.fault_at,
                       Path(self._out.name).read_text(), Path(self._err.name).read_text(), leftovers,
                       " ".join(self.argv))
-
-    @staticmethod
-    def _cmdline(pid: int) -> str:
-        try:
-            return f"{pid}: " + Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:200]
-        except OSError:
-            return f"{pid}: ?"
 
     def stop(self) -> None:
         """Kill the launcher's session and every tagged process (stopped ones too), then reap."""

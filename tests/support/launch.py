@@ -1,0 +1,79 @@
+"""Launching real ranks: horovodrun (Gloo, MPI) or mpirun with 2 ranks, or one process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from .progress import wait_for
+
+TESTS = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent  # the venv the tests run in holds hvdlm and horovodrun
+HVDLM = str(BIN / "hvdlm")
+PROBE = str(TESTS / "rank_probe.py")
+
+# How 2 ranks are started: Horovod over Gloo, Horovod over MPI, and MPI's own launcher.
+LAUNCHERS = {
+    "single": [],
+    "horovodrun-gloo": [str(BIN / "horovodrun"), "-np", "2", "--gloo"],
+    "horovodrun-mpi": [str(BIN / "horovodrun"), "-np", "2", "--mpi"],
+    "mpirun": ["mpirun", "-np", "2", "--bind-to", "none"],
+}
+
+# Flags for a model that trains in seconds.
+TINY = ["--n_layer", "2", "--n_head", "2", "--n_embd", "32", "--block_size", "32", "--batch_size", "8",
+        "--eval_sequences", "16", "--progress", "false", "--sample_tokens", "0", "--warmup_steps", "2"]
+
+
+def launch_env() -> dict:
+    env = dict(os.environ)
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")  # CI runs as root
+    env.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+    return env
+
+
+@dataclass
+class Run:
+    launcher: str
+    returncode: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+def launch(launcher: str, command: list[str], timeout: float = 240, cwd=None) -> Run:
+    """Run ``command`` (e.g. [HVDLM, "train", ...]) under a launcher. A hang fails the test: no
+    output for ``timeout`` seconds (a loaded machine makes a run longer, not red), after which the
+    launcher's whole session, ranks included, is killed."""
+    start = time.monotonic()
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        p = subprocess.Popen(LAUNCHERS[launcher] + command, stdout=out, stderr=err, text=True, env=launch_env(),
+                             cwd=cwd, start_new_session=True, stdin=subprocess.DEVNULL)
+        sizes = lambda: (os.fstat(out.fileno()).st_size, os.fstat(err.fileno()).st_size)  # noqa: E731
+        try:
+            wait_for(lambda: p.poll() is not None, f"{launcher} {' '.join(command)}", sizes, stall=timeout, poll=0.05)
+        except RuntimeError as e:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+            out.seek(0), err.seek(0)
+            pytest.fail(f"{e}:\n{out.read()}\n{err.read()}")
+        out.seek(0), err.seek(0)
+        return Run(launcher, p.returncode, out.read(), err.read(), time.monotonic() - start)
+
+
+def check(run: Run) -> Run:
+    assert run.returncode == 0, run.output
+    return run
