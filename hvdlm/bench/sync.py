@@ -9,13 +9,14 @@ equal steps are equal tokens), launched with horovodrun on ``--hosts`` (or on th
 
 for each link setting in ``--links`` (``free``, or a tc rate such as ``100mbit`` applied with
 ``--slow_cmd`` and undone with ``--heal_cmd``). Per run: bytes sent per optimizer step, read from
-each host's interface counter (``--tx_bytes_cmd``) while the run trains (steps ``--warmup`` ..
-the last but one, polled, so start-up broadcasts and the final checkpoint are not counted), and
-the ranks' own count of the payload bytes the collectives moved (``computed``, always); tokens/s;
-the validation loss at every ``--eval_interval`` steps and at the end; the ratios the issue's
-targets are read against (bytes and tokens/s against ``none`` on the free link, val loss against
-``none`` on the same link). Writes sync.csv, sync.json and sync.png (val loss against wall time,
-one panel per link) to ``--out_dir``.
+each host's interface counter (``--tx_bytes_cmd``, polled while the run trains) and counted by the
+ranks themselves from the payloads their collectives moved (``computed``, always), both over a
+window that starts and ends right after a sync (whole periods of local_sgd/diloco), after
+``--warmup`` and before the last step (so start-up broadcasts and the final checkpoint are not
+counted); tokens/s; the validation loss at every ``--eval_interval`` steps and at the end; the
+ratios the issue's targets are read against (bytes and tokens/s against ``none`` on the free
+link, val loss against ``none`` on the same link). Writes sync.csv, sync.json and sync.png (val
+loss against wall time, one panel per link) to ``--out_dir``.
 """
 
 from __future__ import annotations
@@ -57,6 +58,11 @@ def launcher(args) -> list[str]:
 
 def host_names(args) -> list[str]:
     return [h.split(":")[0] for h in args.hosts.split(",")] if args.hosts else []
+
+
+def unit(method: str, args) -> int:
+    """Steps between syncs: byte windows start and end at one, so each holds whole sync periods."""
+    return args.sync_every if method in ("local_sgd", "diloco") else 1
 
 
 def read_tx(args) -> dict[str, int]:
@@ -125,7 +131,7 @@ def measure(method: str, link: str, args, out_dir: Path) -> dict:
         steps = [r["step"] for r in train_rows(metrics, "train")]
         if steps and steps[-1] > seen:
             seen = steps[-1]
-            if args.warmup <= seen < args.steps:
+            if args.warmup <= seen < args.steps and seen % unit(method, args) == 0:
                 samples.append((seen, read_tx(args)))
         time.sleep(args.poll)
     log.close()
@@ -140,17 +146,28 @@ def summarize(method, link, args, metrics: Path, samples) -> dict:
     evals = train_rows(metrics, "eval")
     summary = train_rows(metrics, "summary")[-1]
     tokens_per_step = round(train[1]["tokens_per_s"] * train[1]["step_time"])
-    # the byte window: the steps at which the counters were read, or (computed only) warmup..last but one
+    # The byte window: from one sync to a later one (every step's for every-step methods), after
+    # --warmup and before the last step (whose checkpoint gathers per-rank state): the steps at
+    # which the counters were read, or without counters the widest such window.
     counted = len(samples) > 1 and bool(samples[0][1])
-    a, b = (samples[0][0], samples[-1][0]) if counted else (args.warmup, args.steps - 1)
-    a, b = max(a, min(train)), min(b, max(train))
-    computed = (train[b]["sync_bytes"] - train[a]["sync_bytes"]) / max(1, b - a)
+    if args.tx_bytes_cmd and not counted:
+        raise HvdlmError(f"{method} on the {link} link: the counters were read at fewer than two syncs (steps "
+                         f"{[s for s, _ in samples]}); raise --steps or lower --poll")
+    if counted:
+        a, b = samples[0][0], samples[-1][0]
+    else:
+        u = unit(method, args)
+        a, b = -(-args.warmup // u) * u, (args.steps - 1) // u * u
+    if not (min(train) <= a < b <= max(train)):
+        raise HvdlmError(f"{method}: no byte window between --warmup {args.warmup} and step {args.steps - 1} "
+                         f"that starts and ends at a sync; raise --steps")
+    computed = (train[b]["sync_bytes"] - train[a]["sync_bytes"]) / (b - a)
     row = {"method": method, "link": link, "steps": summary["step"], "tokens": summary["step"] * tokens_per_step,
            "tokens_per_s": summary["tokens_per_s"], "val_loss": summary["val_loss"],
            "bytes_per_step_computed": computed, "window": f"{a}-{b}",
            "evals": [(e["step"], e["time"], e["val_loss"]) for e in evals]}
     if counted:
-        per_host = {h: (samples[-1][1][h] - samples[0][1][h]) / max(1, b - a) for h in samples[0][1]}
+        per_host = {h: (samples[-1][1][h] - samples[0][1][h]) / (b - a) for h in samples[0][1]}
         row["bytes_per_step_tx"] = max(per_host.values())
         row["bytes_per_step_tx_by_host"] = per_host
     return row

@@ -95,7 +95,7 @@ class Periodic(OwnCollectives):
                 "optimizer": self.optimizer.state_dict()}
 
     def load_rank_states(self, states: list[dict] | None) -> str:
-        if not states:
+        if not states or "params" not in states[0]:  # none, or another strategy's
             return ""
         if len(states) != dist.size():
             return (f"hvdlm: the checkpoint holds the parameters and moments of {len(states)} rank(s) between syncs, "

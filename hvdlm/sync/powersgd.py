@@ -95,7 +95,7 @@ class PowerSGD(OwnCollectives):
         return {"steps": self.steps, "q": [q.clone() for q in self.q]}
 
     def load_state_dict(self, state: dict) -> None:
-        if not state:
+        if "q" not in state:  # a fresh run, or a checkpoint of another strategy
             return
         self.steps = state["steps"]
         if [tuple(q.shape) for q in state["q"]] == [tuple(q.shape) for q in self.q]:
@@ -105,7 +105,7 @@ class PowerSGD(OwnCollectives):
         return {"errors": None if self.errors is None else [e.clone() for e in self.errors]}
 
     def load_rank_states(self, states: list[dict] | None) -> str:
-        if not states:
+        if not states or "errors" not in states[0]:
             return ""
         if len(states) != dist.size():
             return (f"hvdlm: the checkpoint holds PowerSGD residuals of {len(states)} rank(s), this run has "
