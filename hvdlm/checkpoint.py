@@ -34,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+from hvdlm import distributed as dist
 from hvdlm.errors import HvdlmError
 
 FILENAME = "checkpoint.pt"
@@ -281,9 +282,14 @@ class Checkpointer:
         return bool((self.interval and step % self.interval == 0) or step == last_step or stopped)
 
     def save(self, world) -> None:
-        """Rank 0 writes; the others go on (the loop's final barrier waits for the last one)."""
+        """Rank 0 writes; the others go on (the loop's final barrier waits for the last one).
+        Every rank calls this: a strategy with per-rank state (``Sync.rank_state``) gathers each
+        rank's into the checkpoint first (``sync_ranks``, in rank order)."""
+        mine = self.sync.rank_state()
+        ranks = dist.gather_objects(mine, "hvdlm.checkpoint.sync_ranks") if mine is not None else None
         if not world.is_root:
             return
+        extra = {"sync_ranks": ranks} if ranks is not None else {}
         save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), **self.state.state_dict(),
-              "sync": self.sync.state_dict(), **self.fixed, "world_size": world.size},
+              "sync": self.sync.state_dict(), **extra, **self.fixed, "world_size": world.size},
              self.out_dir, keep=self.keep)

@@ -59,7 +59,22 @@ class OptimConfig:
 
 @dataclass
 class DistributedConfig:
-    compression: str = opt("none", "gradient compression for allreduce", ["none", "fp16"])
+    compression: str = opt("none", "what ranks send: fp32 (none); fp16 or bf16 (half the bytes; bf16 keeps fp32's "
+                                   "range); powersgd (a low-rank approximation of each large matrix gradient, with "
+                                   "error feedback). Under --sync diloco: the outer allreduce's wire type (none, fp16, "
+                                   "bf16)", ["none", "fp16", "bf16", "powersgd"])
+    powersgd_rank: int = opt(4, "powersgd: the rank of each matrix's approximation")
+    powersgd_start: int = opt(0, "powersgd: plain allreduce for the first this many steps (at least warmup_steps; "
+                                 "0 = warmup_steps)")
+    powersgd_min_compression: float = opt(2.0, "powersgd: compress a matrix only when its rank-r factors are this "
+                                               "many times smaller than it; 0 = every matrix")
+    sync: str = opt("every_step", "when ranks synchronize: average the gradients every step; local_sgd (each rank "
+                                  "steps alone, the parameters are averaged every sync_every steps); diloco (sync_every "
+                                  "inner steps, then an outer Nesterov step on the averaged parameter change)",
+                    ["every_step", "local_sgd", "diloco"])
+    sync_every: int = opt(50, "local_sgd and diloco: optimizer steps between synchronizations (H)")
+    outer_lr: float = opt(0.7, "diloco: the outer SGD's learning rate")
+    outer_momentum: float = opt(0.9, "diloco: the outer SGD's Nesterov momentum")
     reduce_op: str = opt("average", "how ranks' gradients combine: average, or Adasum (needs grad_clip 0)",
                          ["average", "adasum"])
     grad_accum: int = opt(1, "micro-steps per optimizer step (Horovod backward_passes_per_step)")
@@ -231,6 +246,7 @@ def validate(cfg: Config) -> None:
     need(o.grad_clip >= 0, f"grad_clip must be >= 0, got {o.grad_clip}")
     need(dist.reduce_op != "adasum" or o.grad_clip == 0,
          "reduce_op adasum combines each rank's optimizer update, not gradients: set grad_clip 0")
+    validate_sync(dist, o, need)
     need(dist.grad_accum >= 1, f"grad_accum must be >= 1, got {dist.grad_accum}")
     need(dist.threads >= 0, f"threads must be >= 0, got {dist.threads}")
     need(dist.step_timeout is None or dist.step_timeout > 0,
@@ -251,6 +267,33 @@ def validate(cfg: Config) -> None:
     need(t.keep_checkpoints >= 1, f"keep_checkpoints must be >= 1, got {t.keep_checkpoints}")
     need(bool(d.data_dir), "data_dir must not be empty")
     need(bool(t.out_dir), "out_dir must not be empty")
+
+
+def validate_sync(dist: DistributedConfig, o: OptimConfig, need) -> None:
+    """The combinations of --compression and --sync that make sense (README: "Communication")."""
+    need(dist.sync_every >= 1, f"sync_every must be >= 1, got {dist.sync_every}")
+    need(dist.powersgd_rank >= 1, f"powersgd_rank must be >= 1, got {dist.powersgd_rank}")
+    need(dist.powersgd_start >= 0, f"powersgd_start must be >= 0, got {dist.powersgd_start}")
+    need(dist.powersgd_min_compression >= 0,
+         f"powersgd_min_compression must be >= 0, got {dist.powersgd_min_compression}")
+    need(dist.outer_lr > 0, f"outer_lr must be positive, got {dist.outer_lr}")
+    need(0 <= dist.outer_momentum < 1, f"outer_momentum must be in [0, 1), got {dist.outer_momentum}")
+    need(dist.compression != "powersgd" or not dist.powersgd_start or dist.powersgd_start >= o.warmup_steps,
+         f"powersgd_start ({dist.powersgd_start}) must be at least warmup_steps ({o.warmup_steps}): PowerSGD "
+         "from the first steps of the warmup loses the run (or 0 to start when the warmup ends)")
+    need(dist.reduce_op != "adasum" or (dist.compression in ("none", "fp16") and dist.sync == "every_step"),
+         f"reduce_op adasum combines full updates every step: it cannot run with --compression {dist.compression} "
+         f"or --sync {dist.sync}")
+    need(dist.compression != "powersgd" or dist.sync == "every_step",
+         f"compression powersgd compresses gradients every step; --sync {dist.sync} exchanges parameters "
+         "(use --compression none, or bf16/fp16 with diloco)")
+    need(dist.sync != "local_sgd" or dist.compression == "none",
+         f"sync local_sgd averages the parameters themselves, in fp32: --compression {dist.compression} would round "
+         "them (use --sync diloco, whose outer allreduce of parameter changes takes fp16 or bf16)")
+    new = dist.compression in ("bf16", "powersgd") or dist.sync != "every_step"
+    need(not (dist.elastic and new),
+         f"--compression {dist.compression} --sync {dist.sync} keeps per-rank state that Horovod elastic cannot "
+         "restore after a lost rank; use --elastic false (or --compression none|fp16 --sync every_step)")
 
 
 def model_shape(cfg: ModelConfig, vocab_size: int) -> dict:

@@ -164,6 +164,49 @@ def optimizer_step(optimizer, model: torch.nn.Module, grad_clip: float) -> tuple
     return wait, norm
 
 
+def rank() -> int:
+    return hvd.rank()
+
+
+def size() -> int:
+    return hvd.size()
+
+
+# --- The sync strategies' own collectives (hvdlm/sync/): one fused flat buffer each --------------
+
+def allreduce_average(flat: torch.Tensor, name: str, wire: str = "none") -> torch.Tensor:
+    """The mean over ranks of a flat fp32 tensor, sent as fp32 (none) or fp16 (Horovod's
+    compression: cast, ring-allreduce, cast back)."""
+    compression = {"none": hvd.Compression.none, "fp16": hvd.Compression.fp16}[wire]
+    return hvd.allreduce(flat, op=hvd.Average, name=name, compression=compression)
+
+
+def bf16_average(flat: torch.Tensor, name: str) -> torch.Tensor:
+    """The mean over ranks of a flat fp32 tensor, with bf16 on the wire, the same bits on every rank.
+
+    Horovod 0.28.1 cannot sum bf16 over MPI or Gloo, but it moves int16 payloads: a reduce-scatter
+    through ``alltoall`` (rank r receives every rank's r-th chunk), an fp32 sum of the chunks here,
+    the mean rounded to bf16, and an ``allgather`` of the chunks back. Each rank sends (n-1)/n of
+    the buffer in each half: 2(n-1)/n x 2 bytes per element, what an fp16 ring-allreduce sends.
+    """
+    n = hvd.size()
+    if n == 1:
+        return flat.to(torch.bfloat16).float()
+    count = flat.numel()
+    chunk = -(-count // n)  # ceil: every rank owns one chunk; the last ones may be short or empty
+    sizes = [max(0, min(chunk, count - r * chunk)) for r in range(n)]
+    wire = flat.to(torch.bfloat16).view(torch.int16)
+    received, _ = hvd.alltoall(wire, splits=torch.tensor(sizes, dtype=torch.int32), name=name + ".scatter")
+    mine = received.view(torch.bfloat16).float().view(n, -1).sum(0) / n if sizes[hvd.rank()] else flat[:0]
+    gathered = hvd.allgather(mine.to(torch.bfloat16).view(torch.int16), name=name + ".gather")
+    return gathered.view(torch.bfloat16).float()
+
+
+def gather_objects(obj: T, name: str) -> list[T]:
+    """Every rank's picklable ``obj`` on every rank, in rank order."""
+    return hvd.allgather_object(obj, name=name)
+
+
 def average(values: list[float], name: str) -> list[float]:
     """The mean of each value over all ranks."""
     t = torch.tensor(values, dtype=torch.float64)

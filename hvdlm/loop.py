@@ -138,7 +138,7 @@ def run(job: Job, state: TrainState, world: dist.World, session: Session) -> dic
                 (last_loss,) = dist.average([loss_sum / state.accum], name="train_loss")
                 metrics.record("train", step=state.step, loss=last_loss, lr=lr, grad_norm=stats.grad_norm,
                                tokens_per_s=tokens_per_step / step_time, step_time=step_time,
-                               allreduce_wait=wait, ranks=world.size)
+                               allreduce_wait=wait, sync_bytes=sync.sent_bytes, ranks=world.size)
             if job.evaluator.due(state.step, state.last_step):
                 watch.phase("evaluation")
                 val_loss = job.evaluator(model, world)

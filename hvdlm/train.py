@@ -32,13 +32,17 @@ def build_job(cfg: Config, world: dist.World, watch, data: Data, shape: dict, st
     model = GPT(GPTConfig(**shape)).to(world.device)
     # 3. The learning rate was scaled with the global batch (plan_batches); wrap the optimizer
     # before any state is loaded: Horovod rebuilds the optimizer from its param groups.
-    strategy = sync.build(cfg.distributed)
+    strategy = sync.build(cfg)
     state.replan(world.rank, world.size)
     optimizer = strategy.wrap(build_optimizer(model, cfg.optim, state.plan.peak_lr), model, state.accum)
     if resume is not None:
         model.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])
         strategy.load_state_dict(resume.get("sync", {}))
+        # Per-rank state (residuals, parameters between syncs): each rank takes its own back.
+        note = strategy.load_rank_states(resume.get("sync_ranks"))
+        if note and world.is_root:
+            loop.say(note)
         state.load_state_dict(resume)
     t = cfg.train
     precision = resolve_precision(t.precision, world.device)

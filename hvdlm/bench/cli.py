@@ -22,7 +22,7 @@ def add_bench_parser(subparsers) -> None:
     """Add ``bench`` with its ``allreduce`` subcommand to hvdlm's subcommands."""
     p = subparsers.add_parser("bench", help="benchmarks (launch with horovodrun, mpirun or srun)",
                               description="Benchmarks of the pieces training relies on.")
-    sub = p.add_subparsers(dest="bench", required=True, metavar="{allreduce,train}")
+    sub = p.add_subparsers(dest="bench", required=True, metavar="{allreduce,train,sync}")
 
     a = sub.add_parser("allreduce", help="allreduce latency and bandwidth: Horovod, torch.distributed, mpi4py, memcpy",
                        description="Sweep allreduce over message sizes, dtypes and in-place/out-of-place for "
@@ -61,6 +61,10 @@ def add_bench_parser(subparsers) -> None:
     from hvdlm.bench.train import add_train_parser
 
     add_train_parser(sub)
+
+    from hvdlm.bench.sync import add_sync_parser
+
+    add_sync_parser(sub)
 
 
 def cmd_allreduce(args: argparse.Namespace) -> None:

@@ -1,0 +1,136 @@
+"""The ``Sync`` interface the loop calls, and what the strategies that run their own collectives share.
+
+The loop (``loop.py``) calls a ``Sync`` at four points, and nowhere else talks to other ranks about
+the model:
+
+  ``wrap(optimizer, model, accum)``  at setup: the optimizer the loop steps (a Horovod
+                                     DistributedOptimizer for gradient allreduce, or the plain one
+                                     for a strategy that runs its own collectives)
+  ``start(model)``                   at start and resume: every rank from rank 0's parameters (or,
+                                     resuming, from its own where the strategy keeps per-rank state)
+  ``step(optimizer, model, clip)``   after the last backward of an optimizer step: exchange what
+                                     this strategy exchanges, clip, step; returns ``StepStats``
+  ``after_step(step, model)``        after every optimizer step: a strategy that averages
+                                     parameters every H steps does it here (returns the wait)
+
+plus ``set_accumulation(optimizer, accum)`` when an elastic reset re-plans the micro-steps, and two
+kinds of state for checkpoints:
+
+  ``state_dict()`` / ``load_state_dict()``   state that is the same on every rank (PowerSGD's Q,
+                                             DiLoCo's synced parameters and outer momentum, step
+                                             counters): rank 0's copy is the checkpoint's
+  ``rank_state()`` / ``load_rank_states()``  state that differs by rank (error-feedback residuals;
+                                             under local_sgd/diloco each rank's parameters and
+                                             optimizer moments between syncs): every rank's is
+                                             gathered into the checkpoint, and each rank takes its
+                                             own back when it resumes on the same rank count
+
+``sent_bytes`` counts the payload bytes this rank has sent so far, computed from what each
+collective moves (a ring allreduce of B bytes sends 2(n-1)/n x B per rank); ``describe()`` is the
+phrase the start line uses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from hvdlm import distributed as dist
+
+
+@dataclass
+class StepStats:
+    wait: float       # seconds this rank waited on other ranks in the step
+    grad_norm: float  # the norm of the gradient that was applied (before clipping), or nan
+
+
+class Sync:
+    """The interface; every method has the do-nothing default of a single process."""
+
+    sent_bytes: float = 0.0
+
+    def describe(self) -> str:
+        return ""
+
+    def wrap(self, optimizer: torch.optim.Optimizer, model: torch.nn.Module, accum: int) -> torch.optim.Optimizer:
+        return optimizer
+
+    def set_accumulation(self, optimizer: torch.optim.Optimizer, accum: int) -> None:
+        pass
+
+    def start(self, model: torch.nn.Module) -> None:
+        pass
+
+    def step(self, optimizer: torch.optim.Optimizer, model: torch.nn.Module, grad_clip: float) -> StepStats:
+        raise NotImplementedError
+
+    def after_step(self, step: int, model: torch.nn.Module) -> float:
+        return 0.0
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    def rank_state(self) -> dict | None:
+        """This rank's own state, or None when the strategy keeps none (then nothing is gathered)."""
+        return None
+
+    def load_rank_states(self, states: list[dict] | None) -> str:
+        """Take this rank's entry of a checkpoint's gathered per-rank states; returns a line to
+        print when they cannot be used (another rank count), else ''."""
+        return ""
+
+
+def ring_bytes(numel: int, bytes_per_element: int) -> float:
+    """What one rank sends in a ring allreduce of ``numel`` elements (0 on one rank)."""
+    n = dist.size()
+    return 2 * (n - 1) / n * numel * bytes_per_element
+
+
+def flatten(tensors: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([t.reshape(-1) for t in tensors]) if tensors else torch.zeros(0)
+
+
+def unflatten_into(flat: torch.Tensor, tensors: list[torch.Tensor]) -> None:
+    offset = 0
+    for t in tensors:
+        t.copy_(flat[offset:offset + t.numel()].view_as(t))
+        offset += t.numel()
+
+
+def grads_of(params: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Each parameter's gradient, made zero where backward gave none (every rank sends the same shapes)."""
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    return [p.grad for p in params]
+
+
+class OwnCollectives(Sync):
+    """A strategy that steps the plain optimizer and runs its own collectives (not Horovod's
+    DistributedOptimizer, whose backward hooks would allreduce every gradient anyway)."""
+
+    params: list[torch.Tensor]
+    optimizer: torch.optim.Optimizer
+
+    def wrap(self, optimizer, model, accum):
+        # Gradients accumulate in .grad over the micro-steps (the loop divides each loss by accum),
+        # so exchanging once per optimizer step needs nothing from accum.
+        self.optimizer, self.params = optimizer, [p for p in model.parameters() if p.requires_grad]
+        return optimizer
+
+    def start(self, model):
+        dist.broadcast_parameters(model)
+
+    @staticmethod
+    def clip_and_step(optimizer, model, grad_clip: float) -> float:
+        """Clip the gradient now in .grad (the averaged one, or this rank's own between syncs), step."""
+        norm = float("nan")
+        if grad_clip > 0:
+            norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip))
+        optimizer.step()
+        optimizer.zero_grad()
+        return norm

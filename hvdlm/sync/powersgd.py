@@ -1,0 +1,115 @@
+"""PowerSGD (Vogels, Karimireddy and Jaggi, NeurIPS 2019): every step a rank-r approximation of
+the averaged gradient of each large matrix, with error feedback; the design of PyTorch's DDP
+``powerSGD_hook``, on Horovod collectives.
+
+Per optimizer step (after the last micro-step's backward; gradients accumulated in .grad):
+
+  1. For the first ``start`` steps (at least the lr warmup) the whole gradient is averaged in one
+     plain fp32 allreduce: early gradients change too fast for a warm-started low-rank basis.
+  2. Then each compressed matrix M (a gradient of n x m, plus this rank's residual from the last
+     step: error feedback) sends P = M Q (n x r) instead of M; Q (m x r) is the previous step's,
+     the same on every rank (initialized from the seed, warm-started after that).
+  3. One allreduce carries every P and, in the same fused buffer, every gradient not worth
+     compressing (biases, norms, small matrices: those whose n x m is not at least
+     ``min_compression`` times (n + m) x r), averaged exactly. Fusing them saves a round trip.
+  4. Each averaged P is orthogonalized (QR), Q = M^T P is computed and all Q's are averaged in a
+     second allreduce; the approximation P Q^T (the average M projected on P's columns) becomes
+     the gradient, and M minus it is this rank's residual, added to its next gradient.
+  5. The loop's clip and step then act on that decompressed average; the residual is never clipped.
+
+Q is the same on every rank (``state_dict``); the residuals differ (``rank_state``).
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from hvdlm import distributed as dist
+from hvdlm.sync.base import OwnCollectives, StepStats, flatten, grads_of, ring_bytes, unflatten_into
+
+
+class PowerSGD(OwnCollectives):
+    def __init__(self, rank: int, start: int, min_compression: float, seed: int):
+        self.rank, self.start_step, self.min_compression, self.seed = rank, start, min_compression, seed
+        self.steps = 0  # optimizer steps taken: plain allreduce while below start_step
+        self.q: list[torch.Tensor] = []
+        self.errors: list[torch.Tensor] | None = None  # this rank's residuals, from the first compressed step
+
+    def describe(self) -> str:
+        return (f"PowerSGD rank {self.rank} ({len(self.compressed)} of {len(self.params)} tensors compressed, "
+                f"plain allreduce for the first {self.start_step} steps)")
+
+    def wrap(self, optimizer, model, accum):
+        optimizer = super().wrap(optimizer, model, accum)
+        self.compressed, self.plain, self.shapes = [], [], []
+        for i, p in enumerate(self.params):
+            if p.dim() >= 2:
+                n, m = p.shape[0], p.numel() // p.shape[0]
+                r = min(self.rank, n, m)
+                if self.min_compression * (n + m) * r <= n * m:
+                    self.compressed.append(i)
+                    self.shapes.append((n, m, r))
+                    continue
+            self.plain.append(i)
+        # The same starting Q on every rank: drawn in order from a generator seeded with --seed.
+        gen = torch.Generator().manual_seed(self.seed)
+        self.q = [torch.randn(m, r, generator=gen) for n, m, r in self.shapes]
+        return optimizer
+
+    def step(self, optimizer, model, grad_clip):
+        grads = grads_of(self.params)
+        t0 = time.perf_counter()
+        if self.steps < self.start_step:
+            flat = flatten(grads)
+            unflatten_into(dist.allreduce_average(flat, "hvdlm.powersgd.plain"), grads)
+            self.sent_bytes += ring_bytes(flat.numel(), 4)
+        else:
+            self.compress_and_average(grads)
+        wait = time.perf_counter() - t0  # includes the small matmuls and QR, which are the price of the method
+        self.steps += 1
+        return StepStats(wait, self.clip_and_step(optimizer, model, grad_clip))
+
+    def compress_and_average(self, grads: list[torch.Tensor]) -> None:
+        """Replace each gradient by its PowerSGD average; keep this rank's residuals."""
+        if self.errors is None:
+            self.errors = [torch.zeros_like(grads[i]) for i in self.compressed]
+        mats = [(grads[i] + e).view(n, m) for i, e, (n, m, r) in zip(self.compressed, self.errors, self.shapes)]
+        plain = [grads[i] for i in self.plain]
+        ps = [mat @ q for mat, q in zip(mats, self.q)]
+        first = flatten(plain + ps)
+        unflatten_into(dist.allreduce_average(first, "hvdlm.powersgd.p"), plain + ps)
+        ps = [torch.linalg.qr(p, mode="reduced").Q for p in ps]
+        qs = [mat.t() @ p for mat, p in zip(mats, ps)]
+        second = flatten(qs)
+        unflatten_into(dist.allreduce_average(second, "hvdlm.powersgd.q"), qs)
+        self.sent_bytes += ring_bytes(first.numel() + second.numel(), 4)
+        for k, (i, mat, p, q) in enumerate(zip(self.compressed, mats, ps, qs)):
+            approx = p @ q.t()
+            self.errors[k] = (mat - approx).view_as(grads[i])
+            grads[i].copy_(approx.view_as(grads[i]))
+        self.q = qs  # warm start: next step's power iteration begins here
+
+    def state_dict(self) -> dict:
+        return {"steps": self.steps, "q": [q.clone() for q in self.q]}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "q" not in state:  # a fresh run, or a checkpoint of another strategy
+            return
+        self.steps = state["steps"]
+        if [tuple(q.shape) for q in state["q"]] == [tuple(q.shape) for q in self.q]:
+            self.q = [q.clone() for q in state["q"]]
+
+    def rank_state(self) -> dict | None:
+        return {"errors": None if self.errors is None else [e.clone() for e in self.errors]}
+
+    def load_rank_states(self, states: list[dict] | None) -> str:
+        if not states or "errors" not in states[0]:
+            return ""
+        if len(states) != dist.size():
+            return (f"hvdlm: the checkpoint holds PowerSGD residuals of {len(states)} rank(s), this run has "
+                    f"{dist.size()}: dropping them (error feedback starts from zero; Q is kept)")
+        errors = states[dist.rank()]["errors"]
+        self.errors = None if errors is None else [e.clone() for e in errors]
+        return ""

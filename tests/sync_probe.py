@@ -1,0 +1,147 @@
+"""Runs inside each rank of a test of the sync strategies (tests/test_sync.py) and reports what the
+ranks computed; rank 0 writes one JSON file.
+
+    python sync_probe.py math OUT.json                    PowerSGD and bf16 on synthetic gradients
+    python sync_probe.py digests OUT.json -- <hvdlm train flags>   parameters' sha256 after every step
+"""
+
+import hashlib
+import json
+import sys
+
+import horovod.torch as hvd
+import torch
+
+
+def digest(params) -> str:
+    h = hashlib.sha256()
+    for p in params:
+        h.update(p.detach().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def model():
+    torch.manual_seed(0)  # the same shapes and weights on every rank
+    return torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 12), torch.nn.Linear(12, 5))
+
+
+def fake_grads(params, step, low_rank=False):
+    """This rank's own gradient at ``step`` (a rank-2 structure plus noise when ``low_rank``)."""
+    gen = torch.Generator().manual_seed(1000 * hvd.rank() + step)
+    out = []
+    for p in params:
+        g = torch.randn(p.shape, generator=gen)
+        if low_rank and p.dim() == 2:
+            g = 0.1 * g + torch.randn(p.shape[0], 2, generator=gen) @ torch.randn(2, p.shape[1], generator=gen)
+        p.grad = g.clone()
+        out.append(g)
+    return out
+
+
+def true_average(grads):
+    from hvdlm import distributed as dist
+    from hvdlm.sync.base import flatten
+
+    return dist.allreduce_average(flatten(grads), "probe.true")
+
+
+def powersgd_exact():
+    """A rank at least the smaller side of every matrix: PowerSGD is the plain average."""
+    from hvdlm.sync.base import flatten, grads_of
+    from hvdlm.sync.powersgd import PowerSGD
+
+    net = model()
+    ps = PowerSGD(rank=64, start=0, min_compression=0, seed=7)
+    ps.wrap(torch.optim.SGD(net.parameters(), lr=0.0), net, 1)
+    worst = 0.0
+    for step in range(4):  # past the first step: the warm-started Q and the residuals are exercised
+        truth = true_average(fake_grads(list(net.parameters()), step))
+        ps.compress_and_average(grads_of(ps.params))
+        worst = max(worst, float((flatten(grads_of(ps.params)) - truth).abs().max() / truth.abs().max()))
+    return {"compressed": len(ps.compressed), "tensors": len(ps.params), "max_rel_error": worst}
+
+
+def powersgd_error_feedback():
+    """Rank 1 of a rank-2 signal: the residual carries what was not sent, so the applied updates
+    plus the ranks' mean residual add up to the true averaged gradients."""
+    from hvdlm import distributed as dist
+    from hvdlm.sync.base import flatten, grads_of
+    from hvdlm.sync.powersgd import PowerSGD
+
+    net = model()
+    ps = PowerSGD(rank=1, start=0, min_compression=0, seed=7)
+    ps.wrap(torch.optim.SGD(net.parameters(), lr=0.0), net, 1)
+    applied = true = 0
+    for step in range(30):
+        true = true + true_average(fake_grads(list(net.parameters()), step, low_rank=True))
+        ps.compress_and_average(grads_of(ps.params))
+        applied = applied + flatten(grads_of(ps.params))
+    # the residuals, laid out like the gradients (zero for the tensors sent whole)
+    residual = [torch.zeros_like(p) for p in ps.params]
+    for i, e in zip(ps.compressed, ps.errors):
+        residual[i] = e
+    mean_residual = dist.allreduce_average(flatten(residual), "probe.residual")
+    scale = float(true.abs().max())
+    return {"tracked_error": float((applied + mean_residual - true).abs().max()) / scale,
+            "untracked_error": float((applied - true).abs().max()) / scale,
+            "compressed": len(ps.compressed)}
+
+
+def bf16():
+    """bf16 on the wire: the fp32 mean to bf16 rounding, the same bits on every rank (uneven chunks)."""
+    from hvdlm import distributed as dist
+
+    scale = 10 ** torch.randint(-3, 4, (1001,), generator=torch.Generator().manual_seed(0)).float()
+    scale[:3] = 1e10  # beyond fp16's range (65504): bf16 keeps fp32's exponent
+    gen = torch.Generator().manual_seed(hvd.rank())
+    x = (torch.rand(1001, generator=gen) + 0.5) * scale  # one sign: the mean's relative error is bf16's
+    exact = dist.allreduce_average(x.double().float(), "probe.exact")
+    got = dist.bf16_average(x, "probe.bf16")
+    return {"max_rel_error": float(((got - exact).abs() / exact.abs().clamp_min(1e-30)).max()),
+            "sha256": hashlib.sha256(got.numpy().tobytes()).hexdigest(), "numel": got.numel()}
+
+
+def math(out):
+    hvd.init()
+    result = {"rank": hvd.rank(), "powersgd_exact": powersgd_exact(), "error_feedback": powersgd_error_feedback(),
+              "bf16": bf16()}
+    everyone = hvd.allgather_object(result)
+    if hvd.rank() == 0:
+        json.dump(everyone, open(out, "w"))
+
+
+def digests(out, *flags):
+    """Train through the real CLI, recording the parameters' sha256 after every optimizer step
+    (after the strategy's ``after_step``: right after each sync)."""
+    import hvdlm.sync
+    import hvdlm.train
+    from hvdlm.cli import main
+
+    seen = []
+    real_build = hvdlm.sync.build
+
+    def build(cfg):
+        strategy = real_build(cfg)
+        real_after = strategy.after_step
+
+        def after_step(step, model):
+            wait = real_after(step, model)
+            seen.append({"step": step, "sha256": digest(model.parameters())})
+            return wait
+
+        strategy.after_step = after_step
+        return strategy
+
+    hvdlm.train.sync.build = build
+    try:
+        main(["train", *flags])
+    finally:
+        everyone = hvd.allgather_object({"rank": hvd.rank(), "steps": seen})
+        if hvd.rank() == 0:
+            json.dump(everyone, open(out, "w"))
+
+
+if __name__ == "__main__":
+    what, out, *rest = sys.argv[1:]
+    torch.set_num_threads(1)
+    {"math": math, "digests": digests}[what](out, *[a for a in rest if a != "--"])

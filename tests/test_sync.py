@@ -1,0 +1,161 @@
+"""The sync strategies (--compression bf16|powersgd, --sync local_sgd|diloco) with 2 real ranks,
+over Gloo and MPI: what each computes, that ranks agree after each sync, exact resume, refusals."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import HVDLM, TINY, check, launch
+from hvdlm.config import load_config
+from hvdlm.errors import HvdlmError
+from hvdlm.metrics import read_jsonl
+from test_bad_input import assert_one_clear_error
+
+SYNC_PROBE = str(Path(__file__).parent / "sync_probe.py")
+
+
+def flags(corpus, out_dir, *extra):
+    where = ["--out_dir", str(out_dir)] if out_dir else []
+    return ["--data_dir", str(corpus), *where, *TINY, "--max_steps", "8", "--log_interval", "1",
+            "--eval_interval", "0", *extra]
+
+
+def final_params(out_dir):
+    return torch.load(Path(out_dir) / "checkpoint.pt", weights_only=True)["model"]
+
+
+def assert_same_params(got_dir, want_dir, rtol, atol):
+    want = final_params(want_dir)
+    for name, got in final_params(got_dir).items():
+        torch.testing.assert_close(got, want[name], rtol=rtol, atol=atol, msg=name)
+
+
+def losses(out_dir):
+    return {r["step"]: r["loss"] for r in read_jsonl(Path(out_dir) / "metrics.jsonl", "train")}
+
+
+@pytest.mark.parametrize("launcher", ["horovodrun-gloo", "horovodrun-mpi"])
+def test_powersgd_and_bf16_compute_what_they_promise(launcher, tmp_path):
+    out = tmp_path / "math.json"
+    check(launch(launcher, [sys.executable, SYNC_PROBE, "math", str(out)]))
+    ranks = json.loads(out.read_text())
+    assert [r["rank"] for r in ranks] == [0, 1]
+    for r in ranks:
+        # a rank at least the smaller side of every matrix: the plain average, to fp tolerance
+        assert r["powersgd_exact"]["compressed"] == 3 and r["powersgd_exact"]["max_rel_error"] < 1e-5, r
+        # error feedback: applied updates + the mean residual = the true averaged gradients;
+        # without the residual they are far apart (rank 1 of a rank-2 signal loses a lot)
+        fb = r["error_feedback"]
+        assert fb["compressed"] == 3 and fb["tracked_error"] < 1e-5 and fb["untracked_error"] > 1e-2, fb
+        # bf16: the fp32 mean to bf16 rounding (unit roundoff 2^-8 in, 2^-8 out), values beyond fp16's range too
+        assert r["bf16"]["numel"] == 1001 and r["bf16"]["max_rel_error"] <= 2 ** -7, r["bf16"]
+    assert ranks[0]["bf16"]["sha256"] == ranks[1]["bf16"]["sha256"]  # bitwise the same on both ranks
+
+
+def test_local_sgd_every_step_with_sgd_equals_synchronous_training(corpus, tmp_path):
+    """SGD with momentum and weight decay is linear in the gradient: averaging the parameters after
+    every step is averaging the gradients (clipping, which is not linear, off)."""
+    sgd = ["--optimizer", "sgd", "--lr", "0.3", "--grad_clip", "0", "--max_steps", "6"]
+    check(launch("horovodrun-gloo", [HVDLM, "train", *flags(corpus, tmp_path / "sync", *sgd)]))
+    check(launch("horovodrun-gloo", [HVDLM, "train", *flags(corpus, tmp_path / "local", *sgd, "--sync", "local_sgd",
+                                                                   "--sync_every", "1")]))
+    assert_same_params(tmp_path / "local", tmp_path / "sync", rtol=1e-5, atol=1e-6)
+
+
+def test_diloco_with_outer_lr_1_and_no_momentum_equals_local_sgd(corpus, tmp_path):
+    every = ["--sync_every", "3"]  # syncs at steps 3, 6 and the last, 8
+    check(launch("horovodrun-mpi", [HVDLM, "train", *flags(corpus, tmp_path / "local", "--sync", "local_sgd", *every)]))
+    run = check(launch("horovodrun-mpi", [HVDLM, "train", *flags(corpus, tmp_path / "diloco", "--sync", "diloco",
+                                                                  *every, "--outer_lr", "1", "--outer_momentum", "0")]))
+    assert "DiLoCo, outer Nesterov SGD (lr 1, momentum 0) every 3 steps" in run.output
+    assert_same_params(tmp_path / "diloco", tmp_path / "local", rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("launcher, extra, sync_steps", [
+    ("horovodrun-gloo", ["--sync", "local_sgd", "--sync_every", "3"], [3, 6, 8]),
+    ("horovodrun-mpi", ["--sync", "diloco", "--sync_every", "3", "--compression", "bf16"], [3, 6, 8]),
+    ("horovodrun-gloo", ["--compression", "powersgd", "--powersgd_rank", "2", "--grad_accum", "2"], range(1, 9)),
+    ("horovodrun-mpi", ["--compression", "bf16"], range(1, 9)),
+])
+def test_parameters_are_identical_on_all_ranks_right_after_each_sync(launcher, extra, sync_steps, corpus, tmp_path):
+    out = tmp_path / "digests.json"
+    check(launch(launcher, [sys.executable, SYNC_PROBE, "digests", str(out), "--",
+                            *flags(corpus, tmp_path / "run", "--dropout", "0.1", *extra)]))
+    ranks = json.loads(out.read_text())
+    steps = [[s["step"] for s in r["steps"]] for r in ranks]
+    assert steps == [list(range(1, 9))] * 2
+    for i in range(8):
+        same = ranks[0]["steps"][i]["sha256"] == ranks[1]["steps"][i]["sha256"]
+        assert same == (i + 1 in sync_steps), (i + 1, extra)  # between syncs each rank has its own
+
+
+@pytest.mark.parametrize("launcher, extra", [
+    ("horovodrun-gloo", ["--compression", "powersgd", "--powersgd_rank", "2"]),
+    ("horovodrun-mpi", ["--compression", "bf16"]),
+    ("horovodrun-mpi", ["--sync", "local_sgd", "--sync_every", "3"]),
+    ("horovodrun-gloo", ["--sync", "diloco", "--sync_every", "3", "--compression", "fp16"]),
+])
+def test_resume_reproduces_an_unbroken_run(launcher, extra, corpus, tmp_path):
+    """Stopped at step 5 (inside a window of 3 steps; after PowerSGD's warmup of 2), resumed to 8:
+    the losses and parameters of a run that never stopped. Each rank must get its own residuals
+    (or parameters and moments between syncs) back: rank 0's for both would change the losses."""
+    common = flags(corpus, None, "--dropout", "0.1", *extra)
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    check(launch(launcher, [HVDLM, "train", *common, "--out_dir", str(whole)]))
+    check(launch(launcher, [HVDLM, "train", *common, "--out_dir", str(split), "--stop_after", "5"]))
+    saved = torch.load(split / "checkpoint.pt", weights_only=True)
+    assert saved["step"] == 5
+    if extra[1] != "bf16":  # per-rank state, one entry per rank, and they differ
+        ranks = saved["sync_ranks"]
+        assert len(ranks) == 2
+        first = ranks[0]["errors"][0] if "errors" in ranks[0] else ranks[0]["params"]
+        other = ranks[1]["errors"][0] if "errors" in ranks[1] else ranks[1]["params"]
+        assert not torch.equal(first, other)
+    stopped = tmp_path / "stopped"
+    shutil.copytree(split, stopped)
+    resumed = check(launch(launcher, [HVDLM, "train", *common, "--out_dir", str(split)]))
+    assert "resuming at step 5" in resumed.output
+    expected, got = losses(whole), losses(split)
+    assert sorted(got) == list(range(1, 9))
+    for step in range(6, 9):
+        assert got[step] == pytest.approx(expected[step], rel=1e-6, abs=1e-7), step
+    assert_same_params(split, whole, rtol=1e-6, atol=1e-7)
+
+    if extra[1] != "bf16":  # on one rank: the per-rank state cannot be placed; one line says so
+        alone = check(launch("single", [HVDLM, "train", *common, "--out_dir", str(stopped)]))
+        notes = [line for line in alone.output.splitlines() if "the checkpoint holds" in line]
+        assert len(notes) == 1 and "2 rank(s)" in notes[0], alone.output
+        assert read_jsonl(stopped / "metrics.jsonl", "summary")[-1]["finished"]
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"compression": "powersgd", "reduce_op": "adasum", "grad_clip": 0.0}, "reduce_op adasum"),
+    ({"compression": "bf16", "reduce_op": "adasum", "grad_clip": 0.0}, "reduce_op adasum"),
+    ({"sync": "local_sgd", "sync_every": 0}, "sync_every must be >= 1"),
+    ({"compression": "powersgd", "powersgd_rank": 0}, "powersgd_rank must be >= 1"),
+    ({"compression": "powersgd", "sync": "local_sgd"}, "compression powersgd compresses gradients every step"),
+    ({"compression": "powersgd", "sync": "diloco"}, "compression powersgd compresses gradients every step"),
+    ({"compression": "bf16", "sync": "local_sgd"}, "sync local_sgd averages the parameters themselves"),
+    ({"compression": "powersgd", "powersgd_start": 3, "warmup_steps": 10}, "must be at least warmup_steps"),
+    ({"sync": "diloco", "outer_lr": 0.0}, "outer_lr must be positive"),
+    ({"sync": "diloco", "outer_momentum": 1.0}, "outer_momentum must be in"),
+    ({"sync": "diloco", "elastic": True}, "Horovod elastic cannot restore"),
+    ({"compression": "bf16", "elastic": True}, "Horovod elastic cannot restore"),
+])
+def test_combinations_that_make_no_sense_are_refused(settings, message):
+    with pytest.raises(HvdlmError, match=message):
+        load_config(None, settings)
+
+
+@pytest.mark.parametrize("launcher", ["horovodrun-gloo", "mpirun"])
+def test_a_refusal_is_one_line_on_every_rank_before_training(launcher, corpus, tmp_path):
+    run = launch(launcher, [HVDLM, "train", *flags(corpus, tmp_path / "o", "--compression", "powersgd",
+                                                   "--sync", "local_sgd")])
+    assert_one_clear_error(run, "compression powersgd")
+    assert not (tmp_path / "o" / "metrics.jsonl").exists()
