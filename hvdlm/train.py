@@ -17,6 +17,7 @@ import torch
 
 from hvdlm import checkpoint, watchdog
 from hvdlm import distributed as dist
+from hvdlm import mfu as model_flops
 from hvdlm.config import Config, model_shape, save_toml
 from hvdlm.data import load_meta, load_tokenizer, open_tokens, verify_checksums
 from hvdlm.data.sampler import ShardedSampler, get_batch, num_sequences, split_global_batch
@@ -202,12 +203,14 @@ def train(cfg: Config) -> dict:
     if world.is_root:
         save_toml(cfg, Path(t.out_dir) / "config.toml")
     hosts = dist.allgather(world.host)
-    metrics = Metrics(t.out_dir, world.is_root, t.max_steps, step, t.progress)
+    metrics = Metrics(t.out_dir, world.is_root, t.max_steps, step, t.progress, tensorboard=t.tensorboard)
+    mfu = model_flops.for_run(shape, world.device, precision, world.threads, world.size)
     metrics.info(
         f"hvdlm: {world.size} rank(s) on {describe_hosts(hosts)}, {world.threads} thread(s) per rank on {world.device.type}, "
         f"{model.num_params() / 1e6:.2f}M parameters, {precision}, global batch {plan.global_batch} x "
         f"{shape['block_size']} tokens ({world.size} x {plan.micro} x {plan.accum} micro-steps), "
         f"lr {plan.peak_lr:g}" + (f", resuming at step {step}" if step else ""))
+    metrics.info(f"hvdlm: {mfu.describe()}" if mfu else "hvdlm: no MFU: this GPU's peak is not in hvdlm.mfu.GPU_PEAKS")
     if resume is not None and resume["resumed_from"]["note"]:
         metrics.info(resume["resumed_from"]["note"])
 
@@ -259,7 +262,8 @@ def train(cfg: Config) -> dict:
         if step % t.log_interval == 0 or step == last_step or stopped_by:
             (last_loss,) = dist.average([loss_sum / plan.accum], name="train_loss")
             metrics.record("train", step=step, loss=last_loss, lr=lr, grad_norm=grad_norm,
-                           tokens_per_s=tokens_per_step / step_time, step_time=step_time, allreduce_wait=wait)
+                           tokens_per_s=tokens_per_step / step_time, step_time=step_time, allreduce_wait=wait,
+                           **({"mfu": mfu(tokens_per_step / step_time)} if mfu else {}))
         if (t.eval_interval and step % t.eval_interval == 0) or step == last_step:
             watch.phase("evaluation")
             val_loss = evaluate(model, data.val, cfg, world, precision)
@@ -287,6 +291,8 @@ def train(cfg: Config) -> dict:
         "tokens_per_s": tokens_per_step * run_steps / train_time if run_steps else 0.0,
         "tokens_per_s_per_rank": tokens_per_step * run_steps / train_time / world.size if run_steps else 0.0,
     }
+    if mfu and run_steps:
+        summary["mfu"] = mfu(summary["tokens_per_s"])
     metrics.record("summary", **summary)
     metrics.close()
     if world.is_root:
@@ -296,7 +302,9 @@ def train(cfg: Config) -> dict:
                   "run the same command to resume", flush=True)
         else:
             print(f"hvdlm: done at step {step}/{t.max_steps} in {elapsed:.1f}s: val loss {val_loss:.4f}, "
-                  f"{summary['tokens_per_s']:.0f} tokens/s, checkpoint {ckpt}", flush=True)
+                  f"{summary['tokens_per_s']:.0f} tokens/s"
+                  + (f" ({100 * summary['mfu']:.1f}% of {mfu.against})" if "mfu" in summary else "") + f", checkpoint {ckpt}",
+                  flush=True)
         if t.sample_tokens and summary["finished"]:
             from hvdlm.sample import generate_text
             tokenizer = load_tokenizer(cfg.data.data_dir)
