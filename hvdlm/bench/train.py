@@ -121,8 +121,9 @@ def run(args) -> list[dict]:
     for r in table:  # wall time too: the best of the repeats, independently of the step times
         r["wall_s"] = min(x["wall_s"] for x in rows if x["run"] == r["run"])
     bare = {r["threads_per_rank"]: r for r in table if r["run"].startswith("bare")}
-    by_cores = next((r for r in table if r["ranks"] == 1 and r["threads_per_rank"] == cores), None)
-    one_slice = next((r for r in table if r["ranks"] == 1 and r["threads_per_rank"] == max(1, cores // args.ranks)), None)
+    hvdlm_1 = [r for r in table if r["ranks"] == 1 and not r["run"].startswith("bare")]  # ratios are against hvdlm
+    by_cores = next((r for r in hvdlm_1 if r["threads_per_rank"] == cores), None)
+    one_slice = next((r for r in hvdlm_1 if r["threads_per_rank"] == max(1, cores // args.ranks)), None)
     for r in table:
         r["vs_1_rank_all_cores"] = r["tokens_per_s"] / by_cores["tokens_per_s"] if by_cores else float("nan")
         r["scaling_efficiency"] = (r["tokens_per_s"] / (r["ranks"] * one_slice["tokens_per_s"])
