@@ -175,3 +175,17 @@ def test_export_without_a_checkpoint_is_one_error(tmp_path):
     run = launch("single", [HVDLM, "export", "--out_dir", str(tmp_path), str(tmp_path / "hf")])
     assert run.returncode == 2 and "hvdlm: error: cannot read checkpoint" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_plot_reads_tokens_and_continues_the_clock_of_a_resumed_run(tmp_path):
+    from hvdlm.plot import read_run
+
+    rows = [{"kind": "eval", "time": 1.0, "step": 0, "val_loss": 5.0},
+            {"kind": "train", "time": 10.0, "step": 10, "loss": 4.0, "tokens_per_s": 1000.0, "step_time": 0.5},
+            {"kind": "summary", "time": 11.0},
+            {"kind": "eval", "time": 0.5, "step": 10, "val_loss": 3.9},  # resumed: its clock starts again
+            {"kind": "train", "time": 4.0, "step": 20, "loss": 3.5, "tokens_per_s": 1000.0, "step_time": 0.5}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    train, val = read_run(tmp_path)
+    assert train.step == [10, 20] and train.tokens == [5000.0, 10000.0] and train.seconds == [10.0, 15.0]
+    assert val.step == [0, 10] and val.seconds == [1.0, 11.5]
