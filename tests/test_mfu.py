@@ -31,7 +31,8 @@ def test_gpu_peak_by_name_and_precision():
 def test_cpu_peak_is_measured_once_per_host_and_threads_then_read_from_the_cache(tmp_path, monkeypatch):
     measured = []
     real = mfu.measure_cpu_peak
-    monkeypatch.setattr(mfu, "measure_cpu_peak", lambda dtype: measured.append(dtype) or real(dtype, seconds=0.05, n=256))
+    monkeypatch.setattr(mfu, "measure_cpu_peak",
+                        lambda dtype, seconds: measured.append(dtype) or real(dtype, seconds=0.05, n=256))
     first = mfu.cpu_peak("fp32", 1, cache=tmp_path)
     again = mfu.cpu_peak("fp32", 1, cache=tmp_path)
     other = mfu.cpu_peak("bf16", 1, cache=tmp_path)
@@ -48,8 +49,16 @@ def test_mfu_is_flops_times_tokens_over_the_peak_of_all_ranks():
 
 def test_for_run_on_cpu_says_what_the_peak_is(tmp_path, monkeypatch):
     monkeypatch.setenv("HVDLM_CACHE", str(tmp_path))
-    monkeypatch.setattr(mfu, "measure_cpu_peak", lambda dtype: 2e10)
+    monkeypatch.setattr(mfu, "measure_cpu_peak", lambda dtype, seconds: 2e10)
     shape = dict(vocab_size=256, block_size=32, n_layer=2, n_head=2, n_embd=32, bias=False)
     m = mfu.for_run(shape, torch.device("cpu"), "fp32", 1, 1)
     assert m.peak_per_rank == 2e10
     assert "this CPU's measured matmul peak" in m.describe() and "fp32, 1 thread(s)" in m.describe()
+
+
+def test_several_threads_are_measured_again_when_the_machine_denied_them_their_cores(monkeypatch):
+    figures = iter([1e10, 3e9, 1.9e10])  # one thread; two threads starved; two threads running
+    monkeypatch.setattr(mfu, "measure_cpu_peak", lambda dtype, seconds: next(figures))
+    assert mfu._measure_with_threads(torch.float32, 2) == 1.9e10
+    figures = iter([1e10, 3e9, 4e9, 5e9])  # starved every time: at least one thread's figure
+    assert mfu._measure_with_threads(torch.float32, 2) == 1e10
