@@ -16,7 +16,7 @@ def test_flops_per_token_is_6n_plus_attention_with_n_counted_from_the_model(bias
     shape = dict(vocab_size=300, block_size=64, n_layer=3, n_head=4, n_embd=48, bias=bias)
     model = GPT(GPTConfig(**shape))
     n = sum(p.numel() for p in model.parameters()) - model.pos_emb.weight.numel()  # the tied head once
-    assert mfu.flops_per_token(shape) == 6 * n + 12 * 3 * 48 * 64
+    assert mfu.flops_per_token(shape) == 6 * n + 12 * 3 * 48 * 64 == model.flops_per_token()
 
 
 def test_gpu_peak_by_name_and_precision():
