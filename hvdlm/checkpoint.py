@@ -23,6 +23,7 @@ verifies, reporting each one it skipped and why.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -98,14 +99,60 @@ def save(state: dict, out_dir: str | Path, keep: int = 1) -> Path:
     state[CHECKSUM_KEY] = checksum(state)
     latest = path_in(out)
     step = state.get("step")
-    if keep > 1 and isinstance(step, int):
-        target = step_path(out, step)
-        _write_atomically(state, target)
-        _point_latest_at(target, latest)
-    else:
-        _write_atomically(state, latest)
+    try:
+        if keep > 1 and isinstance(step, int):
+            target = step_path(out, step)
+            _write_atomically(state, target)
+            _point_latest_at(target, latest)
+        else:
+            _write_atomically(state, latest)
+    except (OSError, RuntimeError) as e:
+        if not _is_disk_full(e, out, state):
+            raise
+        raise HvdlmError(_disk_full_message(out, state)) from None
     _prune(out, keep if keep > 1 else 0)
     return latest
+
+
+def _size(obj) -> int:
+    """Bytes of the tensors in a state: about what torch.save writes."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_size(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_size(v) for v in obj)
+    return 0
+
+
+def _is_disk_full(e: BaseException, out: Path, state: dict) -> bool:
+    """ENOSPC/EDQUOT, or torch.save's own write error (``[enforce fail at inline_container.cc]
+    ... unexpected pos``, which drops the errno) with less room left than a checkpoint needs."""
+    if isinstance(e, OSError):
+        return e.errno in (errno.ENOSPC, errno.EDQUOT)
+    try:
+        return "inline_container" in str(e) and shutil.disk_usage(out).free < _size(state) + (1 << 20)
+    except OSError:
+        return False
+
+
+def _disk_full_message(out: Path, state: dict) -> str:
+    usage = shutil.disk_usage(out)
+    mount = out.resolve()
+    while not os.path.ismount(mount):
+        mount = mount.parent
+    mb = lambda n: f"{n / 2 ** 20:,.1f} MB"  # noqa: E731
+    steps = _step_files(out)
+    if steps:
+        previous = f"the previous checkpoint ({steps[0][1].name}, step {steps[0][0]}) is intact"
+    elif path_in(out).exists():
+        previous = f"the previous checkpoint ({path_in(out)}) is intact"
+    else:
+        previous = "there is no earlier checkpoint"
+    return (f"disk full: cannot write the checkpoint of step {state.get('step')} to {out}: the filesystem at "
+            f"{mount} has {mb(usage.free)} free of {mb(usage.total)} and a checkpoint needs about "
+            f"{mb(_size(state))}; {previous}. Free space (or use --out_dir on another disk) and run the same "
+            "command to resume")
 
 
 def _write_atomically(state: dict, final: Path) -> None:

@@ -1,4 +1,4 @@
-"""``hvdlm prepare | train | sample``: the command line.
+"""``hvdlm prepare | train | elastic | sample | plot | export | preflight | bench``: the command line.
 
 Problems a user can fix end with one line, ``hvdlm: error: ...``, printed once (by rank 0) and
 exit status 2 on every rank; anything unexpected prints one line naming the rank and host and
@@ -78,6 +78,21 @@ def cmd_sample(args: argparse.Namespace) -> None:
         print("-" * 40)
 
 
+def cmd_plot(args: argparse.Namespace) -> None:
+    from hvdlm.plot import plot_runs
+
+    labels = [x.strip() for x in args.labels.split(",")] if args.labels else None
+    print(f"hvdlm: wrote {plot_runs(args.run_dirs, args.out, labels, args.title)}")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from hvdlm.export import export_hf
+
+    written = export_hf(args.out_dir, args.dest, args.data_dir)
+    print(f"hvdlm: wrote {', '.join(written)} to {args.dest}; load it with "
+          f"transformers.GPT2LMHeadModel.from_pretrained({str(args.dest)!r})")
+
+
 def cmd_preflight(args: argparse.Namespace) -> None:
     from hvdlm.preflight import run, settings_from_args
 
@@ -132,6 +147,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top_k", type=int, default=200, help="sample among the k likeliest tokens; 0 = all")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("plot", help="plot train and val loss of one or more runs into a PNG",
+                       description="Train and validation loss against step, tokens seen and wall time, from each "
+                                   "run's metrics.jsonl, several runs overlaid.")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="out_dir of a training run")
+    p.add_argument("--out", default="loss.png", metavar="FILE.png", help="image to write (default: loss.png)")
+    p.add_argument("--labels", default="", help="comma list of legend names (default: the folder names)")
+    p.add_argument("--title", default="", help="title above the plots")
+    p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("export", help="write a checkpoint as a Hugging Face transformers model",
+                       description="Write the checkpoint in --out_dir as a folder that "
+                                   "transformers.GPT2LMHeadModel.from_pretrained(DEST) loads (config.json, "
+                                   "model.safetensors, and the tokenizer). Needs `pip install -e .[hf]`.")
+    p.add_argument("dest", metavar="DEST", help="folder to write")
+    p.add_argument("--out_dir", default="out/default", help="training output folder holding checkpoint.pt")
+    p.add_argument("--format", default="hf", choices=["hf"], help="hf: Hugging Face GPT-2 (default)")
+    p.add_argument("--data_dir", default=None, help="tokenizer data (default: the one the run trained on)")
+    p.set_defaults(func=cmd_export)
+
     p = sub.add_parser("preflight", help="check the network of an allocation before training (launch like training)",
                        description="Time point-to-point exchanges between every pair of ranks and a Horovod "
                                    "allreduce; name the slow ranks and exit 2 when below the thresholds. "

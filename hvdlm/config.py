@@ -111,6 +111,7 @@ class TrainConfig:
     seed: int = opt(1337, "seed for initialisation and data order (same on every rank)")
     sample_tokens: int = opt(200, "tokens of text to sample at the end; 0 = none")
     progress: bool = opt(True, "progress on rank 0: a bar on a terminal, else a line per log_interval")
+    tensorboard: bool = opt(True, "write TensorBoard scalars to out_dir/tensorboard (tensorboard --logdir out_dir)")
 
 
 @dataclass

@@ -209,6 +209,8 @@ def gather_objects(obj: T, name: str) -> list[T]:
 
 def average(values: list[float], name: str) -> list[float]:
     """The mean of each value over all ranks."""
+    if hvd.size() == 1:
+        return list(values)
     t = torch.tensor(values, dtype=torch.float64)
     return hvd.allreduce(t, op=hvd.Average, name=name).tolist()
 
@@ -279,11 +281,13 @@ class StopSignals:
         self._handle = None
 
     def begin_step(self) -> None:
-        self._handle = hvd.allreduce_async(torch.tensor([stop_signals.received()]), op=hvd.Max, name="hvdlm.stop")
+        self._handle = None
+        if hvd.size() > 1:  # alone, the rank's own record is the answer: no collective to pay for
+            self._handle = hvd.allreduce_async(torch.tensor([stop_signals.received()]), op=hvd.Max, name="hvdlm.stop")
 
     def end_step(self) -> str | None:
         """The name of the signal any rank received (the same on every rank), or None."""
-        signum = int(hvd.synchronize(self._handle).item())
+        signum = int(hvd.synchronize(self._handle).item()) if self._handle is not None else stop_signals.received()
         return signal.Signals(signum).name if signum else None
 
     def restore(self) -> None:

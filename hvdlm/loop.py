@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from hvdlm import checkpoint
+from hvdlm import mfu as model_flops
 from hvdlm import distributed as dist
 from hvdlm.config import Config
 from hvdlm.console import say
@@ -95,10 +96,15 @@ def run(job: Job, state: TrainState, world: dist.World, session: Session) -> dic
     sync.set_accumulation(optimizer, state.accum)
     optimizer.zero_grad()
     tokens_per_step = state.plan.global_batch * job.shape["block_size"]
-    metrics = Metrics(t.out_dir, world.is_root, t.max_steps, state.step, t.progress, log_interval=t.log_interval)
+    metrics = Metrics(t.out_dir, world.is_root, t.max_steps, state.step, t.progress, tensorboard=t.tensorboard,
+                      log_interval=t.log_interval)
     try:
         job.hosts = dist.allgather(world.host)
         session.enter(job, state, world, metrics)
+        # MFU against this world's peak (a CPU's is measured once per host and thread count, then cached)
+        mfu = model_flops.for_run(job.shape, world.device, job.precision, world.threads, world.size)
+        metrics.info(f"hvdlm: {mfu.describe()}" if mfu else "hvdlm: no MFU: this GPU's peak is not in hvdlm.mfu.GPU_PEAKS")
+        sent_mark, step_mark = sync.sent_bytes, state.step  # bytes per step between two train records
         val_loss, last_loss = float("nan"), float("nan")
         if not state.evaluated:  # the untrained model's loss: the baseline every later one is read against
             val_loss = job.evaluator(model, world)
@@ -112,7 +118,7 @@ def run(job: Job, state: TrainState, world: dist.World, session: Session) -> dic
             torch.manual_seed(hash((t.seed, state.step, world.rank)))
             lr = lr_at(state.step, state.plan.peak_lr, state.plan.min_lr, o.warmup_steps, t.max_steps)
             set_lr(optimizer, lr)
-            loss_sum = 0.0
+            loss_sum = torch.zeros((), device=world.device)  # read back only on logged steps
             for _ in range(state.accum):
                 watch.phase("data loading")
                 x, y = get_batch(job.data.train, state.sampler.next_indices(), job.shape["block_size"], world.device)
@@ -120,7 +126,7 @@ def run(job: Job, state: TrainState, world: dist.World, session: Session) -> dic
                 with autocast(job.precision, world.device):
                     _, loss = model(x, y)
                 (loss / state.accum).backward()
-                loss_sum += loss.item()
+                loss_sum += loss.detach()
             # Ranks exchange here (Horovod's DistributedOptimizer by default): clip, step.
             watch.phase("allreduce")
             stats = sync.step(optimizer, model, o.grad_clip)
@@ -135,10 +141,13 @@ def run(job: Job, state: TrainState, world: dist.World, session: Session) -> dic
             metrics.advance()
 
             if metrics.due(state.step, state.last_step, stopped_by):
-                (last_loss,) = dist.average([loss_sum / state.accum], name="train_loss")
+                (last_loss,) = dist.average([loss_sum.item() / state.accum], name="train_loss")
+                bytes_per_step = (sync.sent_bytes - sent_mark) / (state.step - step_mark)
+                sent_mark, step_mark = sync.sent_bytes, state.step
                 metrics.record("train", step=state.step, loss=last_loss, lr=lr, grad_norm=stats.grad_norm,
                                tokens_per_s=tokens_per_step / step_time, step_time=step_time,
-                               allreduce_wait=wait, sync_bytes=sync.sent_bytes, ranks=world.size)
+                               allreduce_wait=wait, sync_bytes=sync.sent_bytes, bytes_per_step=bytes_per_step,
+                               ranks=world.size, **({"mfu": mfu(tokens_per_step / step_time)} if mfu else {}))
             if job.evaluator.due(state.step, state.last_step):
                 watch.phase("evaluation")
                 val_loss = job.evaluator(model, world)
@@ -158,6 +167,8 @@ def run(job: Job, state: TrainState, world: dist.World, session: Session) -> dic
                          "(raise --max_steps to continue, or --resume false to start over)")
             val_loss = job.evaluator(model, world)
         summary = summarize(job, state, world, stopped_by, val_loss, last_loss, tokens_per_step)
+        if mfu and job.timing.steps:
+            summary["mfu"], summary["mfu_against"] = mfu(summary["tokens_per_s"]), mfu.against
         metrics.record("summary", **summary)
         return summary
     finally:
@@ -190,8 +201,9 @@ def finish(job: Job, summary: dict, world: dist.World) -> None:
             f"written to {ckpt}; run the same command to resume")
     else:
         say(f"hvdlm: done at step {summary['step']}/{t.max_steps} on {world.size} rank(s) in "
-            f"{summary['seconds']:.1f}s: val loss {summary['val_loss']:.4f}, {summary['tokens_per_s']:.0f} tokens/s, "
-            f"checkpoint {ckpt}")
+            f"{summary['seconds']:.1f}s: val loss {summary['val_loss']:.4f}, {summary['tokens_per_s']:.0f} tokens/s"
+            + (f" ({100 * summary['mfu']:.1f}% of {summary['mfu_against']})" if "mfu" in summary else "")
+            + f", checkpoint {ckpt}")
     if t.sample_tokens and summary["finished"]:
         from hvdlm.data import load_tokenizer
         from hvdlm.sample import generate_text

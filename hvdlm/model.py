@@ -8,7 +8,7 @@ embedding tied to the output head as in GPT-2.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
@@ -127,8 +127,9 @@ class GPT(nn.Module):
 
     def flops_per_token(self) -> int:
         """Training FLOPs per token (forward + backward), as in the PaLM appendix: 6N + 12*L*H*Q*T."""
-        c = self.cfg
-        return 6 * self.num_params() + 12 * c.n_layer * c.n_embd * c.block_size
+        from hvdlm.mfu import flops_per_token
+
+        return flops_per_token(asdict(self.cfg))
 
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,

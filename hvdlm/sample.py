@@ -23,8 +23,19 @@ def generate_text(model: GPT, tokenizer, prompt: str, max_new_tokens: int, devic
     return prompt + tokenizer.decode(out[0, start:].tolist())
 
 
+def check_options(max_new_tokens: int, num_samples: int, temperature: float, top_k: int) -> None:
+    """Refuse values that would print nothing or fail deep inside sampling, before loading anything."""
+    for name, value, ok, want in (("tokens", max_new_tokens, max_new_tokens >= 1, "at least 1"),
+                                  ("num_samples", num_samples, num_samples >= 1, "at least 1"),
+                                  ("temperature", temperature, temperature >= 0, "0 (the likeliest token) or more"),
+                                  ("top_k", top_k, top_k >= 0, "0 (all tokens) or more")):
+        if not ok:
+            raise HvdlmError(f"--{name} must be {want}, got {value}")
+
+
 def sample_from_checkpoint(out_dir: str, prompt: str, max_new_tokens: int, num_samples: int,
                            temperature: float, top_k: int, seed: int, data_dir: str | None = None) -> list[str]:
+    check_options(max_new_tokens, num_samples, temperature, top_k)
     state = checkpoint.load(checkpoint.path_in(out_dir))
     data_dir = data_dir or state["config"]["data"]["data_dir"]
     tokenizer = load_tokenizer(data_dir)

@@ -128,3 +128,16 @@ def test_more_ranks_than_the_data_can_feed(small_corpus, tmp_path):
     run = launch("mpirun", [HVDLM, "train", "--data_dir", str(small_corpus), "--out_dir", str(tmp_path),
                             *TINY, "--batch_size", "64"])
     assert_one_clear_error(run, "fewer than one global batch of 128")
+
+
+@pytest.mark.parametrize("option, value, words", [
+    ("--tokens", "-5", "--tokens must be at least 1, got -5"),
+    ("--tokens", "0", "--tokens must be at least 1"),
+    ("--num_samples", "0", "--num_samples must be at least 1"),
+    ("--top_k", "-1", "--top_k must be 0"),
+    ("--temperature", "-0.5", "--temperature must be 0"),
+])
+def test_sample_with_a_bad_value(tmp_path, option, value, words):
+    run = launch("single", [HVDLM, "sample", "--out_dir", str(tmp_path), option, value])
+    assert_one_clear_error(run, words)
+    assert run.returncode == 2

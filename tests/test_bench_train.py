@@ -14,17 +14,17 @@ def test_bench_train_compares_horovod_with_ddp_and_one_rank(corpus, tmp_path):
     out = tmp_path / "bench"
     run = check(launch("single", [HVDLM, "bench", "train", "--data_dir", str(corpus), "--preset", "tiny",
                                   "--block_size", "32", "--global_batch", "4", "--steps", "4", "--warmup", "2",
-                                  "--repeats", "1", "--runs", "single,single-1,horovod-gloo,ddp",
+                                  "--repeats", "1", "--runs", "single,single-1,bare,horovod-gloo,ddp",
                                   "--out_dir", str(out)], timeout=400))
     # the rows, named for what ran on this machine: all the cores this process may use, and 2 ranks
     # each with half of them
     cores = len(os.sched_getaffinity(0))
     half = max(1, cores // 2)
     all_cores, one_slice = f"1 rank x {cores} threads", f"1 rank x {half} thread(s)"
-    hvd_name, ddp_name = f"Horovod Gloo 2 x {half}", f"DDP gloo 2 x {half}"
+    hvd_name, ddp_name, bare_name = f"Horovod Gloo 2 x {half}", f"DDP gloo 2 x {half}", f"bare PyTorch 1 x {cores}"
     table = read_csv(out / "train.csv")
     rows = {r["run"]: r for r in table}
-    assert [r["run"] for r in table] == [all_cores, one_slice, hvd_name, ddp_name], run.output
+    assert [r["run"] for r in table] == [all_cores, one_slice, bare_name, hvd_name, ddp_name], run.output
     for r in table:
         assert r["global_batch"] == 4, r
         for figure in ("tokens_per_s", "tokens_per_s_per_rank", "step_ms", "compute_ms"):
@@ -47,6 +47,12 @@ def test_bench_train_compares_horovod_with_ddp_and_one_rank(corpus, tmp_path):
     # every run of every repeat is kept beside the table, and the table is printed and plotted
     meta = json.loads((out / "train.json").read_text())
     assert sorted(r["run"] for r in meta["meta"]["all_runs"]) == sorted(rows), meta
+    # the bare PyTorch loop beside hvdlm on one rank with the same threads: step, wall and CPU time
+    single, bare = rows[all_cores], rows[bare_name]
+    assert math.isfinite(bare["wall_s"]) and bare["wall_s"] > 0 and single["wall_s"] > 0
+    assert single["bare_wall_ratio"] == pytest.approx(bare["wall_s"] / single["wall_s"], rel=1e-6)
+    assert single["bare_step_ratio"] == pytest.approx(bare["step_ms"] / single["step_ms"], rel=1e-6)
+    assert math.isnan(rows[hvd_name]["bare_step_ratio"])  # compared only at one rank
     assert (out / "train.png").stat().st_size > 1000
     printed = run.stdout.split("scaling eff.", 1)
     assert len(printed) == 2 and all(name in printed[1] for name in rows), run.stdout

@@ -1,22 +1,26 @@
 """``hvdlm bench train``: training throughput of hvdlm beside its baselines, in one invocation.
 
 Each configuration is a real run of ``hvdlm train`` (or of the DDP baseline, ``hvdlm.bench.ddp``
-under torchrun) with the same model, data, global batch, precision and cores; the runs are
-interleaved ``--repeats`` times because these machines are noisy. Per run: tokens/s (total and
-per rank) over the steps after ``--warmup``, the step time split into compute and the wait for
-the allreduce, and two ratios: against one rank using all the cores (what data parallelism
-should not lose on one host), and the scaling efficiency N-rank / (N x one rank of 1/N of the
-cores).
+under torchrun, or of the bare PyTorch loop, ``hvdlm.bench.bare``) with the same model, data,
+global batch, precision and cores; the runs are interleaved ``--repeats`` times because these
+machines are noisy. Per run: tokens/s (total and per rank) over the steps after ``--warmup``,
+the step time split into compute and the wait for the allreduce, the whole process's wall time
+(start-up included), and three ratios: against one rank using all the cores (what data
+parallelism should not lose on one host), the scaling efficiency N-rank / (N x one rank of 1/N
+of the cores), and, for one rank, the bare loop's wall time over this run's (what hvdlm's own
+machinery costs end to end; 1.00 = nothing).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +36,7 @@ class RunSpec:
     launcher: list[str]  # prefix: [] for one process
     ranks: int
     threads: int
-    module: str = "hvdlm"  # "hvdlm" (hvdlm train) or "ddp"
+    module: str = "hvdlm"  # "hvdlm" (hvdlm train), "ddp" or "bare"
 
 
 def specs(ranks: int, cores: int, which: list[str]) -> list[RunSpec]:
@@ -41,6 +45,8 @@ def specs(ranks: int, cores: int, which: list[str]) -> list[RunSpec]:
     all_specs = {
         "single": RunSpec(f"1 rank x {cores} threads", [], 1, cores),
         "single-1": RunSpec(f"1 rank x {per_rank} thread(s)", [], 1, per_rank),
+        "bare": RunSpec(f"bare PyTorch 1 x {cores}", [], 1, cores, "bare"),
+        "bare-1": RunSpec(f"bare PyTorch 1 x {per_rank}", [], 1, per_rank, "bare"),
         "horovod-mpi": RunSpec(f"Horovod MPI {ranks} x {per_rank}", [hvdrun, "-np", str(ranks), "--mpi"], ranks, per_rank),
         "horovod-gloo": RunSpec(f"Horovod Gloo {ranks} x {per_rank}", [hvdrun, "-np", str(ranks), "--gloo"], ranks, per_rank),
         "ddp": RunSpec(f"DDP gloo {ranks} x {per_rank}",
@@ -56,6 +62,8 @@ def command(spec: RunSpec, flags: list[str], out_dir: Path) -> list[str]:
     common = [*flags, "--threads", str(spec.threads), "--out_dir", str(out_dir)]
     if spec.module == "ddp":
         return [*spec.launcher, "-m", "hvdlm.bench.ddp", *common]
+    if spec.module == "bare":
+        return [sys.executable, "-m", "hvdlm.bench.bare", *common]
     return [*spec.launcher, str(BIN / "hvdlm"), "train", *common]
 
 
@@ -64,7 +72,9 @@ def measure(spec: RunSpec, flags: list[str], out_dir: Path, warmup: int, timeout
     if os.geteuid() == 0:  # OpenMPI refuses root unless told (containers, CI)
         env.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
         env.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+    started, cpu_before = time.perf_counter(), _children_cpu()
     p = subprocess.run(command(spec, flags, out_dir), capture_output=True, text=True, env=env, timeout=timeout)
+    wall, cpu = time.perf_counter() - started, _children_cpu() - cpu_before
     if p.returncode != 0:
         tail = "\n".join((p.stdout + p.stderr).strip().splitlines()[-5:])
         raise HvdlmError(f"{spec.name} failed (exit {p.returncode}):\n{tail}")
@@ -82,7 +92,14 @@ def measure(spec: RunSpec, flags: list[str], out_dir: Path, warmup: int, timeout
             "global_batch": summary["global_batch"], "micro_batch": summary["micro_batch"],
             "grad_accum": summary["grad_accum"], "tokens_per_s": tps, "tokens_per_s_per_rank": tps / spec.ranks,
             "step_ms": 1e3 * step_time, "compute_ms": 1e3 * (step_time - (wait if wait == wait else 0.0)),
-            "allreduce_wait_ms": 1e3 * wait}
+            "allreduce_wait_ms": 1e3 * wait, "wall_s": wall, "cpu_s": cpu}
+
+
+def _children_cpu() -> float:
+    """CPU seconds (user + system) of the finished child processes: on a machine shared with
+    other jobs, a steadier measure of what a run costs than its wall time."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def run(args) -> list[dict]:
@@ -107,24 +124,36 @@ def run(args) -> list[dict]:
     best = {}
     for row in rows:  # the best of the repeats: noise only ever slows a run down
         if row["run"] not in best or row["tokens_per_s"] > best[row["run"]]["tokens_per_s"]:
-            best[row["run"]] = row
+            best[row["run"]] = dict(row)
     table = list(best.values())
-    by_cores = next((r for r in table if r["ranks"] == 1 and r["threads_per_rank"] == cores), None)
-    one_slice = next((r for r in table if r["ranks"] == 1 and r["threads_per_rank"] == max(1, cores // args.ranks)), None)
+    for r in table:  # wall time too: the best of the repeats, independently of the step times
+        r["wall_s"] = min(x["wall_s"] for x in rows if x["run"] == r["run"])
+        r["cpu_s"] = min(x["cpu_s"] for x in rows if x["run"] == r["run"])
+    bare = {r["threads_per_rank"]: r for r in table if r["run"].startswith("bare")}
+    hvdlm_1 = [r for r in table if r["ranks"] == 1 and not r["run"].startswith("bare")]  # ratios are against hvdlm
+    by_cores = next((r for r in hvdlm_1 if r["threads_per_rank"] == cores), None)
+    one_slice = next((r for r in hvdlm_1 if r["threads_per_rank"] == max(1, cores // args.ranks)), None)
     for r in table:
         r["vs_1_rank_all_cores"] = r["tokens_per_s"] / by_cores["tokens_per_s"] if by_cores else float("nan")
         r["scaling_efficiency"] = (r["tokens_per_s"] / (r["ranks"] * one_slice["tokens_per_s"])
                                    if one_slice else float("nan"))
+        same = bare.get(r["threads_per_rank"]) if r["ranks"] == 1 else None
+        r["bare_step_ratio"] = same["step_ms"] / r["step_ms"] if same else float("nan")
+        r["bare_wall_ratio"] = same["wall_s"] / r["wall_s"] if same else float("nan")
+        r["bare_cpu_ratio"] = same["cpu_s"] / r["cpu_s"] if same else float("nan")
     report(table, rows, args, cores)
     return table
 
 
 def report(table: list[dict], rows: list[dict], args, cores: int) -> None:
     fmt = lambda v, f: "-" if v != v else f.format(v)  # noqa: E731 (nan -> "-")
-    header = ["run", "tokens/s", "per rank", "step ms", "compute ms", "wait ms", "vs 1 rank all cores", "scaling eff."]
+    header = ["run", "tokens/s", "per rank", "step ms", "compute ms", "wait ms", "wall s", "cpu s",
+              "vs 1 rank all cores", "scaling eff.", "bare/this step", "bare/this wall", "bare/this cpu"]
     body = [[r["run"], fmt(r["tokens_per_s"], "{:.0f}"), fmt(r["tokens_per_s_per_rank"], "{:.0f}"),
              fmt(r["step_ms"], "{:.1f}"), fmt(r["compute_ms"], "{:.1f}"), fmt(r["allreduce_wait_ms"], "{:.2f}"),
-             fmt(r["vs_1_rank_all_cores"], "{:.2f}x"), fmt(r["scaling_efficiency"], "{:.2f}")] for r in table]
+             fmt(r["wall_s"], "{:.2f}"), fmt(r["cpu_s"], "{:.2f}"), fmt(r["vs_1_rank_all_cores"], "{:.2f}x"),
+             fmt(r["scaling_efficiency"], "{:.2f}"), fmt(r["bare_step_ratio"], "{:.3f}"),
+             fmt(r["bare_wall_ratio"], "{:.3f}"), fmt(r["bare_cpu_ratio"], "{:.3f}")] for r in table]
     print(f"\nhvdlm bench train: preset {args.preset}, global batch {args.global_batch} sequences, {args.precision}, "
           f"{cores} cores, best of {args.repeats} interleaved repeat(s), {args.steps - args.warmup} timed steps each")
     print(format_grid(header, body))
@@ -168,8 +197,9 @@ def add_train_parser(sub) -> None:
     t.add_argument("--global_batch", type=int, default=12, help="sequences per step over all ranks (default: 12)")
     t.add_argument("--ranks", type=int, default=2, help="ranks of the data-parallel runs (default: 2)")
     t.add_argument("--cores", type=int, default=0, help="cores to use (default: those this process may use)")
-    t.add_argument("--runs", default="single,single-1,horovod-mpi,horovod-gloo,ddp",
-                   help="comma list of single, single-1, horovod-mpi, horovod-gloo, ddp (default: all)")
+    t.add_argument("--runs", default="single,single-1,bare,bare-1,horovod-mpi,horovod-gloo,ddp",
+                   help="comma list of single, single-1, bare, bare-1 (the bare PyTorch loop, all cores or one "
+                        "rank's share), horovod-mpi, horovod-gloo, ddp (default: all)")
     t.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     t.add_argument("--compression", default="none", choices=["none", "fp16"])
     t.add_argument("--steps", type=int, default=25, help="steps per run (default: 25)")

@@ -1,0 +1,89 @@
+"""The bare PyTorch baseline for ``hvdlm bench train``: the loop a user would write by hand.
+
+    python -m hvdlm.bench.bare <hvdlm train flags>
+
+The same model (hvdlm's GPT), data (the prepared train.bin), batch, optimizer (AdamW with
+hvdlm's decay groups and lr schedule), precision, gradient clipping and threads as ``hvdlm
+train`` on one rank, and nothing else: no Horovod, no watchdog, no checksum check of the data,
+no evaluation, no checkpoint, no progress printing. Sequences are drawn at random (nanoGPT's
+way) rather than by hvdlm's sampler; reading them costs the same. What this loop spends beside
+the model's own step is the floor hvdlm's loop is measured against.
+
+Rank-free; writes ``metrics.jsonl`` rows of hvdlm's format (one ``train`` row per logged step and
+a ``summary``) so the benchmark reads both the same way, with plain ``json`` after each step's
+timing is taken.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hvdlm.config import add_config_args, config_from_args, model_shape
+from hvdlm.model import GPT, GPTConfig
+from hvdlm.optim import build_optimizer, lr_at, set_lr
+
+
+def main(argv: list[str]) -> None:
+    start = time.perf_counter()
+    parser = argparse.ArgumentParser(prog="python -m hvdlm.bench.bare")
+    add_config_args(parser)
+    cfg = config_from_args(parser.parse_args(argv))
+    torch.set_num_threads(cfg.distributed.threads or 1)
+    data_dir = Path(cfg.data.data_dir)
+    meta = json.loads((data_dir / "meta.json").read_text())
+    shape = model_shape(cfg.model, meta["vocab_size"])
+    tokens = np.memmap(data_dir / "train.bin", dtype=meta["dtype"], mode="r")
+    T, t, o = shape["block_size"], cfg.train, cfg.optim
+    # the benchmark gives global_batch_size = batch_size: one micro-step, lr as given
+    batch = cfg.data.global_batch_size or cfg.data.batch_size
+    lr_peak, lr_min = o.lr, o.min_lr
+    autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if cfg.train.precision == "bf16"
+                else contextlib.nullcontext())
+
+    torch.manual_seed(t.seed)
+    model = GPT(GPTConfig(**shape))
+    optimizer = build_optimizer(model, o, lr_peak)
+    rng = np.random.default_rng(t.seed)
+    num_seqs = (len(tokens) - 1) // T
+    out = Path(t.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    log = open(out / "metrics.jsonl", "w")
+    train_time = 0.0
+    for step in range(1, t.max_steps + 1):
+        t0 = time.perf_counter()
+        lr = lr_at(step - 1, lr_peak, lr_min, o.warmup_steps, t.max_steps)
+        set_lr(optimizer, lr)
+        rows = rng.integers(0, num_seqs, batch)[:, None] * T + np.arange(T + 1)[None, :]
+        chunk = torch.from_numpy(tokens[rows].astype(np.int64))
+        x, y = chunk[:, :-1].contiguous(), chunk[:, 1:].contiguous()
+        with autocast:
+            _, loss = model(x, y)
+        loss.backward()
+        if o.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step_time = time.perf_counter() - t0
+        train_time += step_time
+        if step % t.log_interval == 0:
+            log.write(json.dumps({"kind": "train", "step": step, "loss": loss.item(), "lr": lr,
+                                  "tokens_per_s": batch * T / step_time, "step_time": step_time,
+                                  "allreduce_wait": math.nan}) + "\n")
+    log.write(json.dumps({"kind": "summary", "step": t.max_steps, "ranks": 1, "threads_per_rank": torch.get_num_threads(),
+                          "global_batch": batch, "micro_batch": batch, "grad_accum": 1,
+                          "precision": t.precision, "seconds": time.perf_counter() - start,
+                          "tokens_per_s": batch * T * t.max_steps / train_time}) + "\n")
+    log.close()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,64 @@
+"""MFU: FLOPs per token from the model's shape, the peak it is measured against, the ratio."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from hvdlm import mfu
+from hvdlm.model import GPT, GPTConfig
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_flops_per_token_is_6n_plus_attention_with_n_counted_from_the_model(bias):
+    shape = dict(vocab_size=300, block_size=64, n_layer=3, n_head=4, n_embd=48, bias=bias)
+    model = GPT(GPTConfig(**shape))
+    n = sum(p.numel() for p in model.parameters()) - model.pos_emb.weight.numel()  # the tied head once
+    assert mfu.flops_per_token(shape) == 6 * n + 12 * 3 * 48 * 64 == model.flops_per_token()
+
+
+def test_gpu_peak_by_name_and_precision():
+    assert mfu.gpu_peak("NVIDIA H100 80GB HBM3", "bf16") == 989e12
+    assert mfu.gpu_peak("NVIDIA H100 PCIe", "bf16") == 756e12
+    assert mfu.gpu_peak("NVIDIA A100-SXM4-40GB", "fp32") == 19.5e12
+    assert mfu.gpu_peak("NVIDIA A100-SXM4-40GB", "fp32", allow_tf32=True) == 156e12
+    assert mfu.gpu_peak("Tesla V100-SXM2-16GB", "bf16") is None  # no bf16 there
+    assert mfu.gpu_peak("Some Future GPU", "bf16") is None
+
+
+def test_cpu_peak_is_measured_once_per_host_and_threads_then_read_from_the_cache(tmp_path, monkeypatch):
+    measured = []
+    real = mfu.measure_cpu_peak
+    monkeypatch.setattr(mfu, "measure_cpu_peak",
+                        lambda dtype, seconds: measured.append(dtype) or real(dtype, seconds=0.05, n=256))
+    first = mfu.cpu_peak("fp32", 1, cache=tmp_path)
+    again = mfu.cpu_peak("fp32", 1, cache=tmp_path)
+    other = mfu.cpu_peak("bf16", 1, cache=tmp_path)
+    assert first == again > 1e8  # any CPU does 0.1 GFLOP/s
+    assert measured == [torch.float32, torch.bfloat16]
+    (cached,) = tmp_path.glob("cpu-peak-*.json")
+    assert len(json.loads(cached.read_text())) == 2
+
+
+def test_mfu_is_flops_times_tokens_over_the_peak_of_all_ranks():
+    m = mfu.MFU(flops_per_token=1_000_000, peak_per_rank=1e11, ranks=2, against="x", detail="y")
+    assert m(50_000) == pytest.approx(0.25)  # 5e10 FLOP/s of 2e11
+
+
+def test_for_run_on_cpu_says_what_the_peak_is(tmp_path, monkeypatch):
+    monkeypatch.setenv("HVDLM_CACHE", str(tmp_path))
+    monkeypatch.setattr(mfu, "measure_cpu_peak", lambda dtype, seconds: 2e10)
+    shape = dict(vocab_size=256, block_size=32, n_layer=2, n_head=2, n_embd=32, bias=False)
+    m = mfu.for_run(shape, torch.device("cpu"), "fp32", 1, 1)
+    assert m.peak_per_rank == 2e10
+    assert "this CPU's measured matmul peak" in m.describe() and "fp32, 1 thread(s)" in m.describe()
+
+
+def test_several_threads_are_measured_again_when_the_machine_denied_them_their_cores(monkeypatch):
+    figures = iter([1e10, 3e9, 1.9e10])  # one thread; two threads starved; two threads running
+    monkeypatch.setattr(mfu, "measure_cpu_peak", lambda dtype, seconds: next(figures))
+    assert mfu._measure_with_threads(torch.float32, 2) == 1.9e10
+    figures = iter([1e10, 3e9, 4e9, 5e9])  # starved every time: at least one thread's figure
+    assert mfu._measure_with_threads(torch.float32, 2) == 1e10
