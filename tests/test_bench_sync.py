@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conftest import HVDLM, check, launch
+from support.launch import HVDLM, check, launch
 from hvdlm.bench.report import read_csv
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import HVDLM, TINY, check, launch
+from support.launch import HVDLM, TINY, check, launch
 from hvdlm import checkpoint
 from hvdlm.errors import HvdlmError
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import HVDLM, TINY, check, launch
+from support.launch import HVDLM, TINY, check, launch
 from hvdlm.config import load_config
 from hvdlm.errors import HvdlmError
 from hvdlm.metrics import read_jsonl

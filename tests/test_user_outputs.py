@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from conftest import HVDLM, TINY, check, launch
+from support.launch import HVDLM, TINY, check, launch
 from hvdlm import checkpoint
 from hvdlm.data import load_tokenizer, prepare
 from hvdlm.metrics import Metrics, read_jsonl
