@@ -27,13 +27,13 @@ import hashlib
 import os
 import re
 import shutil
-import tempfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from hvdlm.atomic import atomic_file, fsync_dir
 from hvdlm.errors import HvdlmError
 
 FILENAME = "checkpoint.pt"
@@ -108,17 +108,8 @@ def save(state: dict, out_dir: str | Path, keep: int = 1) -> Path:
 
 
 def _write_atomically(state: dict, final: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(state, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, final)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(final.parent)
+    with atomic_file(final) as fh:
+        torch.save(state, fh)
 
 
 def _point_latest_at(target: Path, latest: Path) -> None:
@@ -138,13 +129,7 @@ def _point_latest_at(target: Path, latest: Path) -> None:
     _fsync_dir(latest.parent)
 
 
-def _fsync_dir(folder: Path) -> None:
-    """Make the renames in ``folder`` durable."""
-    dir_fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+_fsync_dir = fsync_dir
 
 
 def _step_files(out: Path) -> list[tuple[int, Path]]:
