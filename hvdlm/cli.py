@@ -105,9 +105,9 @@ def cmd_preflight(args: argparse.Namespace) -> None:
     run(settings_from_args(args))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from hvdlm.config import add_config_args
-
+def build_parser(prepare_only: bool = False) -> argparse.ArgumentParser:
+    """The whole command line; with ``prepare_only``, just `hvdlm prepare`, which then runs
+    without importing torch (the other commands' options need it: 200 MB and seconds)."""
     parser = argparse.ArgumentParser(prog="hvdlm", description="Train GPT-style language models with Horovod.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -131,6 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard_bytes", type=byte_count, default="1G",
                    help="largest token shard; a bigger split is written as several (default: 1G)")
     p.set_defaults(func=cmd_prepare)
+    if prepare_only:
+        return parser
+
+    from hvdlm.config import add_config_args
 
     p = sub.add_parser("train", help="train a GPT (launch with horovodrun, mpirun or srun for several ranks)",
                        description="Train a GPT with Horovod data parallelism. One process trains alone; "
@@ -240,7 +244,7 @@ def main(argv: list[str] | None = None) -> None:
         from hvdlm import stop_signals
 
         stop_signals.install()  # before torch and Horovod load: a signal now must not kill the rank
-    args = build_parser().parse_args(argv)
+    args = build_parser(prepare_only=argv[:1] == ["prepare"]).parse_args(argv)
     rank = launcher_rank()
     try:
         args.func(args)

@@ -5,7 +5,7 @@
 #
 # Steps: an MPI (Debian's OpenMPI when no mpicc is found and apt-get is usable; on a cluster,
 # load your MPI module first), a venv, torch (the cluster's own if the base python has one),
-# numpy/mpi4py/pytest/tqdm/tokenizers, then Horovod 0.28.1 built from its sdist with the C++17
+# numpy/mpi4py/pytest/tqdm/tokenizers/zstandard, then Horovod 0.28.1 built from its sdist with the C++17
 # fix, with PyTorch + MPI + Gloo always and NCCL when torch has CUDA. The built wheel is cached
 # in $HVDLM_CACHE (default ~/.cache/hvdlm) keyed by python/torch/CUDA, so a rerun only installs it.
 # Ends with `horovodrun --check-build` and fails if PyTorch, MPI or Gloo is missing from it.
@@ -56,7 +56,7 @@ if ! "$PY" -c 'import torch' >/dev/null 2>&1; then
   say "installing $TORCH_SPEC"
   "${PIP[@]}" "$TORCH_SPEC"
 fi
-"${PIP[@]}" numpy mpi4py matplotlib pytest tqdm tokenizers cloudpickle psutil pyyaml packaging cffi wheel setuptools
+"${PIP[@]}" numpy mpi4py matplotlib pytest tqdm tokenizers zstandard cloudpickle psutil pyyaml packaging cffi wheel setuptools
 
 TORCH_VERSION=$("$PY" -c 'import torch; print(torch.__version__)')
 TORCH_CUDA=$("$PY" -c 'import torch; print(torch.version.cuda or "cpu")')
