@@ -136,7 +136,7 @@ def baseline(files: list[str], tokenizer_json: str, out: str, num_proc: int, cac
     tokenized = dataset.map(process, remove_columns=["id", "text"], desc="tokenizing", num_proc=num_proc)
     arr_len = int(np.sum(tokenized["len"], dtype=np.uint64))
     arr = np.memmap(out, dtype=np.uint16, mode="w+", shape=(arr_len,))
-    total_batches, idx = 1024, 0
+    total_batches, idx = min(1024, len(tokenized)), 0  # nanoGPT: 1024 (it has 8M documents)
     for batch_idx in tqdm(range(total_batches), desc=f"writing {out}", disable=True):
         batch = tokenized.shard(num_shards=total_batches, index=batch_idx, contiguous=True).with_format("numpy")
         arr_batch = np.concatenate(batch["ids"])
@@ -150,7 +150,8 @@ def baseline(files: list[str], tokenizer_json: str, out: str, num_proc: int, cac
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--sizes", default="0.6,2.4,6", help="corpus sizes in GB (1e9 bytes), comma-separated")
+    ap.add_argument("--sizes", default="0.6,2.4,6", help="corpus sizes for hvdlm byte, GB (1e9 bytes), comma-separated")
+    ap.add_argument("--bpe_sizes", default="0.6,2.4,6", help="corpus sizes for hvdlm bpe beside datasets")
     ap.add_argument("--work", default="/tmp/hvdlm-prepare-bench")
     ap.add_argument("--workers", type=int, default=os.cpu_count())
     ap.add_argument("--json", default=None, help="also write the figures here")
@@ -173,39 +174,46 @@ def main() -> None:
     texts = source_texts()
     print(f"source text: {len(texts)} documents, {sum(map(len, texts)) / 1e6:.0f} MB", flush=True)
     rows = []
-    for size_gb in [float(s) for s in args.sizes.split(",")]:
+    byte_sizes = [float(x) for x in args.sizes.split(",") if x]
+    bpe_sizes = [float(x) for x in args.bpe_sizes.split(",") if x]
+    for size_gb in sorted(set(byte_sizes) | set(bpe_sizes)):
         corpus = work / f"corpus-{size_gb}"
         make_corpus(corpus, int(size_gb * 1e9), texts)
         nbytes = sum(p.stat().st_size for p in corpus.iterdir())
         row = {"size_gb": size_gb, "bytes": nbytes, "load": os.getloadavg()}
-        for kind in ("byte", "bpe"):
+        for kind in ["byte"] * (size_gb in byte_sizes) + ["bpe"] * (size_gb in bpe_sizes):
             out = work / f"out-{kind}"
             r = measure([hvdlm, "prepare", str(corpus), "--out_dir", str(out), "--tokenizer", kind,
                          "--vocab_size", str(VOCAB), "--workers", str(args.workers)], env)
             meta = json.loads((out / "meta.json").read_text())
             r["tokens"] = meta["train_tokens"] + meta["val_tokens"]
             row[f"hvdlm_{kind}"] = r
-            print(f"{size_gb} GB hvdlm {kind}: {r['tokens'] / r['seconds']:,.0f} tokens/s, "
-                  f"{nbytes / r['seconds'] / 1e6:.1f} MB/s, peak RSS {r['peak_rss'] / 2**20:.0f} MiB "
-                  f"(PSS {r['peak_pss'] / 2**20:.0f}), {r['seconds']:.0f} s", flush=True)
+            report(f"{size_gb} GB hvdlm {kind}", r, nbytes)
             if kind == "byte":
                 subprocess.run(["rm", "-rf", str(out)], check=True)
-        r = measure([sys.executable, __file__, "--workers", str(args.workers), "--baseline", str(corpus),
-                     str(work / "out-bpe" / "tokenizer.json"), str(work / "baseline.bin"), str(work / "hf-cache")], env)
-        r["tokens"] = json.loads(r["output"].splitlines()[-1])["tokens"]
-        row["datasets_bpe"] = r
-        print(f"{size_gb} GB datasets bpe: {r['tokens'] / r['seconds']:,.0f} tokens/s, "
-              f"{nbytes / r['seconds'] / 1e6:.1f} MB/s, peak RSS {r['peak_rss'] / 2**20:.0f} MiB "
-              f"(PSS {r['peak_pss'] / 2**20:.0f}), {r['seconds']:.0f} s", flush=True)
-        h = row["hvdlm_bpe"]
-        print(f"{size_gb} GB ratio hvdlm/datasets (bpe): tokens/s x{(h['tokens'] / h['seconds']) / (r['tokens'] / r['seconds']):.2f}, "
-              f"peak RSS x{h['peak_rss'] / r['peak_rss']:.2f}; tokens {h['tokens']:,} vs {r['tokens']:,}", flush=True)
+        if size_gb in bpe_sizes:
+            r = measure([sys.executable, __file__, "--workers", str(args.workers), "--baseline", str(corpus),
+                         str(work / "out-bpe" / "tokenizer.json"), str(work / "baseline.bin"), str(work / "hf-cache")],
+                        env)
+            r["tokens"] = json.loads(r["output"].splitlines()[-1])["tokens"]
+            row["datasets_bpe"] = r
+            report(f"{size_gb} GB datasets bpe", r, nbytes)
+            h = row["hvdlm_bpe"]
+            print(f"{size_gb} GB ratio hvdlm/datasets (bpe): tokens/s x"
+                  f"{(h['tokens'] / h['seconds']) / (r['tokens'] / r['seconds']):.2f}, peak RSS "
+                  f"x{h['peak_rss'] / r['peak_rss']:.2f}; tokens {h['tokens']:,} vs {r['tokens']:,}", flush=True)
         subprocess.run(["rm", "-rf", str(corpus), str(work / "out-bpe"), str(work / "baseline.bin"),
                         str(work / "hf-cache")], check=True)
+        row["load_after"] = os.getloadavg()
         rows.append(row)
         if args.json:
             Path(args.json).write_text(json.dumps({"cpu": cpu, "rows": rows}, indent=1) + "\n")
 
+
+def report(what: str, r: dict, nbytes: int) -> None:
+    print(f"{what}: {r['tokens'] / r['seconds']:,.0f} tokens/s, {nbytes / r['seconds'] / 1e6:.1f} MB/s, "
+          f"peak RSS {r['peak_rss'] / 2**20:.0f} MiB (PSS {r['peak_pss'] / 2**20:.0f}), {r['seconds']:.0f} s, "
+          f"load {os.getloadavg()[0]:.1f}", flush=True)
 
 if __name__ == "__main__":
     main()

@@ -4,6 +4,7 @@ import gzip
 import importlib
 import json
 import lzma
+import os
 import random
 import re
 import subprocess
@@ -50,6 +51,8 @@ def direct(tok, docs: list[str]) -> list[int]:
 def test_stream_equals_direct_encoding(tmp_path, monkeypatch, kind):
     """Text files and JSONL records, many blocks: each split is exactly its documents encoded one by one."""
     recs = records(400)
+    rng = random.Random(1)  # a long document, which BPE encodes in pieces cut where no token can change
+    recs[100]["text"] = "".join(rng.choice(["word", " ", "\n", " \n", "\n ", "é", "'s", "(x)"]) for _ in range(150_000))
     (tmp_path / "src").mkdir()
     write_jsonl(tmp_path / "src" / "a.jsonl", recs[:250])
     (tmp_path / "src" / "b.txt").write_text("a text file, é 🙂\nsecond line\n")
@@ -65,6 +68,12 @@ def test_stream_equals_direct_encoding(tmp_path, monkeypatch, kind):
     assert meta["sources"]["documents"] == 401 and 40 < val.sum() < 120
     if kind == "bpe":
         assert meta["vocab_size"] > 300  # merges learned from the sample
+
+
+def test_a_worker_that_dies_ends_the_run_with_an_error():
+    with prep._Workers(2, prep._Job(0, 0.1)) as w:
+        with pytest.raises(HvdlmError, match="worker process died"):
+            list(w.map(os._exit, [3, 3, 3]))
 
 
 def test_jsonl_text_field_and_blank_lines(tmp_path):

@@ -18,7 +18,10 @@ import itertools
 import json
 import multiprocessing
 import os
+import re
 from collections import deque
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -81,17 +84,43 @@ def documents(task: Task) -> tuple[list[str], np.ndarray] | _Failed:
     return docs, np.array(units, dtype=np.int64)
 
 
+# Where a long document may be cut for BPE without changing its tokens: after a newline between
+# two non-space characters. The byte-level pre-tokenizer makes that newline a word of its own, and
+# BPE merges never cross words, so the pieces encode to exactly the document's tokens.
+_SAFE_CUT = re.compile(r"\S\n(?=\S)")
+BPE_PIECE_CHARS = 1 << 16  # the tokenizers library keeps ~100 bytes per token of an encoding alive
+
+
+def _bpe_pieces(docs: list[str]) -> Iterator[str]:
+    for doc in docs:
+        start = 0
+        while len(doc) - start > 2 * BPE_PIECE_CHARS:
+            cut = _SAFE_CUT.search(doc, start + BPE_PIECE_CHARS)
+            if cut is None:
+                break  # no safe place left: the rest in one piece
+            yield doc[start:cut.end()]
+            start = cut.end()
+        yield doc[start:]
+
+
 def encode_docs(tok: AnyTokenizer, docs: list[str], dtype: np.dtype) -> np.ndarray:
     """The concatenated token ids of ``docs``, each encoded on its own."""
     if not docs:
         return np.zeros(0, dtype=dtype)
     if tok.kind == "byte":  # bytes are the ids: no Python loop
         return np.frombuffer("".join(docs).encode("utf-8"), dtype=np.uint8).astype(dtype)
-    if tok.kind == "bpe":
-        ids: Iterable[int] = itertools.chain.from_iterable(e.ids for e in tok.tk.encode_batch(docs))
-    else:
-        ids = itertools.chain.from_iterable(tok.encode(d) for d in docs)
-    return np.fromiter(ids, dtype=dtype)
+    if tok.kind == "char":
+        return np.fromiter(itertools.chain.from_iterable(tok.encode(d) for d in docs), dtype=dtype)
+    parts, batch, size = [], [], 0
+    for piece in itertools.chain(_bpe_pieces(docs), [None]):
+        if piece is None or size >= BPE_PIECE_CHARS:  # encode a batch of about one piece
+            encodings = tok.tk.encode_batch(batch)
+            parts.append(np.fromiter(itertools.chain.from_iterable(e.ids for e in encodings), dtype=dtype))
+            batch, size = [], 0
+        if piece is not None:
+            batch.append(piece)
+            size += len(piece)
+    return np.concatenate(parts)
 
 
 # --- the worker side: module-level, so spawned processes can import it ------------------------------
@@ -151,7 +180,8 @@ class _Workers:
     """Runs a task function over a stream of tasks, results in order, a bounded number in flight.
 
     One worker runs in this process; more are spawned (not forked: a fork would copy this
-    process's memory and the tokenizers library's threads).
+    process's memory and the tokenizers library's threads). A worker that dies (killed, out of
+    memory) ends the run with an error instead of leaving it waiting.
     """
 
     def __init__(self, n: int, job: _Job):
@@ -160,27 +190,31 @@ class _Workers:
             _init_worker(job)
             self.pool = None
         else:
-            self.pool = multiprocessing.get_context("spawn").Pool(n, initializer=_init_worker, initargs=(job,))
+            self.pool = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"),
+                                            initializer=_init_worker, initargs=(job,))
 
     def map(self, fn: Callable, tasks: Iterable[Task]) -> Iterator:
         if self.pool is None:
             yield from map(fn, tasks)
             return
         pending: deque = deque()
-        for task in tasks:
-            pending.append(self.pool.apply_async(fn, (task,)))
-            if len(pending) >= 2 * self.n:
-                yield pending.popleft().get()
-        while pending:
-            yield pending.popleft().get()
+        try:
+            for task in tasks:
+                pending.append(self.pool.submit(fn, task))
+                if len(pending) >= 2 * self.n:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        except BrokenProcessPool:
+            raise HvdlmError("a tokenizer worker process died (killed, or out of memory?); "
+                             "run again, with fewer --workers if memory is short") from None
 
     def __enter__(self) -> "_Workers":
         return self
 
     def __exit__(self, *exc) -> None:
         if self.pool is not None:
-            self.pool.terminate()  # drops tasks still queued after an early stop or an error
-            self.pool.join()
+            self.pool.shutdown(wait=True, cancel_futures=True)  # after an early stop or an error
 
 
 def _tasks(sources: list[Source], text_field: str, bar: tqdm) -> Iterator[Task]:
