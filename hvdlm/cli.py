@@ -126,8 +126,9 @@ def build_parser(prepare_only: bool = False) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1337,
                    help="seed of the train/val split by document and of the BPE sample (default: 1337)")
     p.add_argument("--text_field", default="text", help="the JSONL field that holds the text (default: text)")
-    p.add_argument("--bpe_sample_bytes", type=byte_count, default="64M",
-                   help="BPE learns from a seeded sample of about this much text (default: 64M)")
+    p.add_argument("--bpe_sample_bytes", type=byte_count, default="16M",
+                   help="BPE learns from a seeded sample of about this much text; training it needs about 9x "
+                        "that in memory (default: 16M)")
     p.add_argument("--shard_bytes", type=byte_count, default="1G",
                    help="largest token shard; a bigger split is written as several (default: 1G)")
     p.set_defaults(func=cmd_prepare)

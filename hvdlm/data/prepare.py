@@ -36,7 +36,7 @@ from hvdlm.errors import HvdlmError
 
 DOC_SEP = "\n\n"
 BLOCK_BYTES = 1 << 20  # a task for a worker; also the size of a text file's documents
-BPE_SAMPLE_BYTES = 64 << 20
+BPE_SAMPLE_BYTES = 16 << 20  # the trainer holds ~9x this (every distinct word); see benchmarks/RESULTS.md
 SHARD_BYTES = 1 << 30
 _COMPRESSED_TEXT_RATIO = 4  # a guess of text bytes per compressed byte, to spread the BPE sample
 _SAMPLE_SALT = 0x5A17  # the BPE sample and the validation split are drawn independently
