@@ -154,6 +154,7 @@ def main() -> None:
     ap.add_argument("--bpe_sizes", default="0.6,2.4,6", help="corpus sizes for hvdlm bpe beside datasets")
     ap.add_argument("--work", default="/tmp/hvdlm-prepare-bench")
     ap.add_argument("--workers", type=int, default=os.cpu_count())
+    ap.add_argument("--skip_baseline", action="store_true", help="hvdlm bpe alone, without the datasets run")
     ap.add_argument("--json", default=None, help="also write the figures here")
     ap.add_argument("--baseline", nargs=4, metavar=("FILES_DIR", "TOKENIZER", "OUT", "CACHE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -191,7 +192,7 @@ def main() -> None:
             report(f"{size_gb} GB hvdlm {kind}", r, nbytes)
             if kind == "byte":
                 subprocess.run(["rm", "-rf", str(out)], check=True)
-        if size_gb in bpe_sizes:
+        if size_gb in bpe_sizes and not args.skip_baseline:
             r = measure([sys.executable, __file__, "--workers", str(args.workers), "--baseline", str(corpus),
                          str(work / "out-bpe" / "tokenizer.json"), str(work / "baseline.bin"), str(work / "hf-cache")],
                         env)

@@ -14,6 +14,7 @@ from a seeded sample of about ``bpe_sample_bytes`` of documents (one pass, stopp
 """
 from __future__ import annotations
 
+import ctypes
 import itertools
 import json
 import multiprocessing
@@ -136,6 +137,14 @@ class _Job:
 _job: _Job | None = None
 
 
+def _trim_heap() -> None:
+    """Give freed heap back to the system: after a large document, glibc would keep the peak."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 def _init_worker(job: _Job) -> None:
     global _job
     # each worker is one process on one core; the tokenizers library's own threads would compete
@@ -145,6 +154,15 @@ def _init_worker(job: _Job) -> None:
 
 def _encode_task(task: Task):
     """-> (train ids, val ids, documents), or an error message."""
+    if len(task[3]) > 4 * BLOCK_BYTES:
+        try:
+            return _encode_block(task)
+        finally:
+            _trim_heap()
+    return _encode_block(task)
+
+
+def _encode_block(task: Task):
     found = documents(task)
     if isinstance(found, _Failed):
         return found
@@ -252,17 +270,17 @@ def _learn_tokenizer(kind: str, vocab_size: int, sources: list[Source], text_fie
     estimate = sum(s.path.stat().st_size * (_COMPRESSED_TEXT_RATIO if s.compression else 1) for s in sources)
     job = _Job(seed, 0.0, sample_p=min(1.0, sample_bytes / max(estimate, 1)))
 
+    sample, taken = [], 0
     with _Workers(workers, job) as w, progress.bar("BPE sample") as bar:
-        def sample() -> Iterator[str]:
-            taken = 0
-            for docs in _checked(w.map(_sample_task, _tasks(sources, text_field, bar))):
-                for doc in docs:
-                    yield doc
-                    taken += len(doc)
-                    if taken >= sample_bytes:
-                        return
-
-        return train_tokenizer("bpe", sample(), vocab_size)
+        for docs in _checked(w.map(_sample_task, _tasks(sources, text_field, bar))):
+            sample += docs
+            taken += sum(map(len, docs))
+            if taken >= sample_bytes:
+                break
+    # the workers are gone before training starts: the sample (bounded) is all that is kept
+    while sample and taken - len(sample[-1]) >= sample_bytes:
+        taken -= len(sample.pop())
+    return train_tokenizer("bpe", sample, vocab_size)
 
 
 def _give_val_a_tail(writers: dict[str, ShardWriter], val_fraction: float) -> None:
