@@ -28,7 +28,6 @@ import hashlib
 import os
 import re
 import shutil
-import tempfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +35,7 @@ from pathlib import Path
 import torch
 
 from hvdlm import distributed as dist
+from hvdlm.atomic import atomic_file, fsync_dir
 from hvdlm.errors import HvdlmError
 
 FILENAME = "checkpoint.pt"
@@ -156,17 +156,8 @@ def _disk_full_message(out: Path, state: dict) -> str:
 
 
 def _write_atomically(state: dict, final: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(state, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, final)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(final.parent)
+    with atomic_file(final) as fh:
+        torch.save(state, fh)
 
 
 def _point_latest_at(target: Path, latest: Path) -> None:
@@ -183,16 +174,9 @@ def _point_latest_at(target: Path, latest: Path) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(latest.parent)
+    fsync_dir(latest.parent)
 
 
-def _fsync_dir(folder: Path) -> None:
-    """Make the renames in ``folder`` durable."""
-    dir_fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def _step_files(out: Path) -> list[tuple[int, Path]]:

@@ -32,13 +32,34 @@ def launcher_rank() -> int:
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
+    import time
+
     from hvdlm.data import prepare
 
+    start = time.perf_counter()
     meta = prepare(args.inputs or None, args.out_dir, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
-                   val_fraction=args.val_fraction, workers=args.workers, seed=args.seed)
+                   val_fraction=args.val_fraction, workers=args.workers, seed=args.seed, text_field=args.text_field,
+                   bpe_sample_bytes=args.bpe_sample_bytes, shard_bytes=args.shard_bytes, progress=sys.stderr.isatty())
+    seconds = time.perf_counter() - start
+    src, tokens = meta["sources"], meta["train_tokens"] + meta["val_tokens"]
     print(f"hvdlm: wrote {meta['train_tokens']:,} train and {meta['val_tokens']:,} val tokens "
-          f"({meta['tokenizer']['kind']}, vocab {meta['vocab_size']}) from {meta['sources']['files']} files "
-          f"to {args.out_dir}")
+          f"({meta['tokenizer']['kind']}, vocab {meta['vocab_size']}) from {src['documents']:,} documents in "
+          f"{src['files']} files to {args.out_dir} in {seconds:.1f} s "
+          f"({tokens / seconds:,.0f} tokens/s, {src['bytes'] / seconds / 1e6:.1f} MB/s)")
+
+
+def byte_count(text: str) -> int:
+    """'128M' -> 134217728 (K, M, G binary), for command-line sizes."""
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    num, unit = (t[:-1], t[-1]) if t and t[-1] in units else (t, "")
+    try:
+        value = int(num) * units[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a byte count (examples: 65536, 256K, 128M, 1G)") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
+    return value
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -99,23 +120,37 @@ def cmd_preflight(args: argparse.Namespace) -> None:
     run(settings_from_args(args))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from hvdlm.config import add_config_args
-
+def build_parser(prepare_only: bool = False) -> argparse.ArgumentParser:
+    """The whole command line; with ``prepare_only``, just `hvdlm prepare`, which then runs
+    without importing torch (the other commands' options need it: 200 MB and seconds)."""
     parser = argparse.ArgumentParser(prog="hvdlm", description="Train GPT-style language models with Horovod.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("prepare", help="tokenize text files into train/val shards",
-                       description="Tokenize text files or folders into train.bin/val.bin + meta.json. "
+    p = sub.add_parser("prepare", help="tokenize text or JSONL files into train/val shards",
+                       description="Tokenize text files, JSON Lines files (.jsonl) and folders of them, plain or "
+                                   "compressed (.gz, .bz2, .xz, .zst), into train/val token shards + meta.json, "
+                                   "streaming: memory stays flat however large the corpus. "
                                    "With no inputs, uses the Python standard library's sources.")
-    p.add_argument("inputs", nargs="*", help="text files or folders (default: the embedded stdlib corpus)")
+    p.add_argument("inputs", nargs="*", help="files or folders (default: the embedded stdlib corpus)")
     p.add_argument("--out_dir", default="data/default", help="where the shards go (default: data/default)")
     p.add_argument("--tokenizer", default="byte", choices=["byte", "char", "bpe"], help="default: byte")
     p.add_argument("--vocab_size", type=int, default=4096, help="BPE vocabulary size (default: 4096)")
-    p.add_argument("--val_fraction", type=float, default=0.05, help="share of tokens for validation (default: 0.05)")
+    p.add_argument("--val_fraction", type=float, default=0.05,
+                   help="share of documents drawn for validation (default: 0.05)")
     p.add_argument("--workers", type=int, default=None, help="tokenizer processes (default: cores, at most 8)")
-    p.add_argument("--seed", type=int, default=1337, help="document shuffle seed (default: 1337)")
+    p.add_argument("--seed", type=int, default=1337,
+                   help="seed of the train/val split by document and of the BPE sample (default: 1337)")
+    p.add_argument("--text_field", default="text", help="the JSONL field that holds the text (default: text)")
+    p.add_argument("--bpe_sample_bytes", type=byte_count, default="16M",
+                   help="BPE learns from a seeded sample of about this much text; training it needs about 9x "
+                        "that in memory (default: 16M)")
+    p.add_argument("--shard_bytes", type=byte_count, default="1G",
+                   help="largest token shard; a bigger split is written as several (default: 1G)")
     p.set_defaults(func=cmd_prepare)
+    if prepare_only:
+        return parser
+
+    from hvdlm.config import add_config_args
 
     p = sub.add_parser("train", help="train a GPT (launch with horovodrun, mpirun or srun for several ranks)",
                        description="Train a GPT with Horovod data parallelism. One process trains alone; "
@@ -245,7 +280,7 @@ def main(argv: list[str] | None = None) -> None:
         from hvdlm import stop_signals
 
         stop_signals.install()  # before torch and Horovod load: a signal now must not kill the rank
-    args = build_parser().parse_args(argv)
+    args = build_parser(prepare_only=argv[:1] == ["prepare"]).parse_args(argv)
     rank = launcher_rank()
     try:
         args.func(args)

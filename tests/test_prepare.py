@@ -17,6 +17,7 @@ from hvdlm.data import (
     prepare,
     verify_checksums,
 )
+from hvdlm.atomic import write_atomic
 from hvdlm.errors import HvdlmError
 
 # the module, not the function: hvdlm.data re-exports prepare(), which shadows the submodule attribute
@@ -41,30 +42,38 @@ def read_tokens(out: Path) -> np.ndarray:
 
 
 def shard_bytes(out: Path) -> dict[str, bytes]:
-    return {name: (out / name).read_bytes() for name in ("train.bin", "val.bin", "meta.json")}
+    return {p.name: p.read_bytes() for p in sorted(out.iterdir())}
 
 
-def test_byte_shards_decode_to_shuffled_joined_text(tmp_path):
-    files = make_corpus(tmp_path / "src")
-    meta = prepare([tmp_path / "src"], tmp_path / "out", workers=1, seed=7)
+def split_docs(docs: list[str], seed: int, val_fraction: float) -> dict[str, list[str]]:
+    """Which documents (one per small file, in input order) go to train and val."""
+    val = prep._uniform(np.arange(len(docs)), seed) < val_fraction
+    return {"train": [d for d, v in zip(docs, val) if not v], "val": [d for d, v in zip(docs, val) if v]}
+
+
+def test_byte_shards_are_the_documents_split_by_seed(tmp_path):
+    files = make_corpus(tmp_path / "src", n_files=40)
+    meta = prepare([tmp_path / "src"], tmp_path / "out", workers=1, seed=7, val_fraction=0.2)
     out = tmp_path / "out"
-    docs = [p.read_text() for p in sorted(files)]
-    random.Random(7).shuffle(docs)
-    joined = "\n\n".join(docs)
-    n = len(joined.encode())
+    docs = [p.read_text() + "\n\n" for p in sorted(files)]
+    want = split_docs(docs, 7, 0.2)
+    assert 0 < len(want["val"]) < len(docs)
 
     assert meta == load_meta(out) == json.loads((out / "meta.json").read_text())
-    assert meta["format"] == 1 and meta["dtype"] == "uint16" and meta["vocab_size"] == 256 and meta["seed"] == 7
+    assert meta["format"] == 2 and meta["dtype"] == "uint16" and meta["vocab_size"] == 256 and meta["seed"] == 7
     assert meta["tokenizer"] == {"kind": "byte", "vocab_size": 256}
-    assert meta["sources"] == {"files": len(files), "bytes": sum(p.stat().st_size for p in files)}
-    assert meta["train_tokens"] + meta["val_tokens"] == n
-    assert meta["val_tokens"] == int(n * 0.05)
+    assert meta["sources"] == {"files": 40, "bytes": sum(p.stat().st_size for p in files), "documents": 40}
+    for split in ("train", "val"):
+        text = "".join(want[split])
+        assert meta[f"{split}_tokens"] == len(text.encode())
+        assert meta["shards"][split] == [{"file": f"{split}.bin", "tokens": meta[f"{split}_tokens"],
+                                          "sha256": hashlib.sha256((out / f"{split}.bin").read_bytes()).hexdigest()}]
+        assert load_tokenizer(out).decode(open_tokens(out, split)) == text
     assert (out / "train.bin").stat().st_size == 2 * meta["train_tokens"]
     train = open_tokens(out, "train")
     assert train.dtype == np.uint16 and len(train) == meta["train_tokens"]
     with pytest.raises(ValueError):
         train[0] = 1  # read-only
-    assert load_tokenizer(out).decode(read_tokens(out)) == joined
     assert sorted(p.name for p in out.iterdir()) == ["meta.json", "train.bin", "val.bin"]  # no temp files left
 
 
@@ -80,51 +89,52 @@ def test_char_vocab_over_65536_uses_uint32(tmp_path):
     text = "".join(chars) + "".join(reversed(chars))
     (tmp_path / "wide.txt").write_text(text, encoding="utf-8")
     meta = prepare([tmp_path / "wide.txt"], tmp_path / "out", tokenizer="char", workers=1)
-    assert meta["vocab_size"] == 65600 and meta["dtype"] == "uint32"
+    assert meta["vocab_size"] == 65601 and meta["dtype"] == "uint32"  # and the "\n" ending each document
     ids = read_tokens(tmp_path / "out")
-    assert ids.dtype == np.uint32 and ids.max() == 65599
+    assert ids.dtype == np.uint32 and ids.max() == 65600
     assert (tmp_path / "out" / "val.bin").stat().st_size == 4 * meta["val_tokens"]
-    assert load_tokenizer(tmp_path / "out").decode(ids) == text
+    assert load_tokenizer(tmp_path / "out").decode(ids) == text + "\n\n"
 
 
 @pytest.mark.parametrize("kind", ["byte", "bpe"])
 def test_deterministic(tmp_path, kind):
-    make_corpus(tmp_path / "src")
-    a = prepare([tmp_path / "src"], tmp_path / "a", tokenizer=kind, vocab_size=300, workers=1)
-    b = prepare([tmp_path / "src"], tmp_path / "b", tokenizer=kind, vocab_size=300, workers=1)
+    make_corpus(tmp_path / "src", n_files=30)
+    kw = dict(tokenizer=kind, vocab_size=300, workers=1, val_fraction=0.3)
+    a = prepare([tmp_path / "src"], tmp_path / "a", **kw)
+    b = prepare([tmp_path / "src"], tmp_path / "b", **kw)
     assert a == b
-    assert shard_bytes(tmp_path / "a") == shard_bytes(tmp_path / "b")
-    if kind == "bpe":
-        assert (tmp_path / "a" / "tokenizer.json").read_bytes() == (tmp_path / "b" / "tokenizer.json").read_bytes()
-    # the seed drives the document order
-    c = prepare([tmp_path / "src"], tmp_path / "c", tokenizer=kind, vocab_size=300, workers=1, seed=a["seed"] + 1)
-    assert c["sha256"] != a["sha256"]
+    assert shard_bytes(tmp_path / "a") == shard_bytes(tmp_path / "b")  # tokenizer.json too
+    # the seed drives the split
+    c = prepare([tmp_path / "src"], tmp_path / "c", seed=a["seed"] + 1, **kw)
+    assert c["shards"] != a["shards"]
 
 
 @pytest.mark.parametrize("kind", ["byte", "char", "bpe"])
-def test_workers_1_and_2_identical(tmp_path, monkeypatch, kind):
-    make_corpus(tmp_path / "src", n_files=12)
-    monkeypatch.setattr(prep, "CHUNK_CHARS", 500)  # many chunks, so the pool really splits the work
-    pools = []
-    real_pool = prep.Pool
-    monkeypatch.setattr(prep, "Pool", lambda *a, **kw: pools.append(a) or real_pool(*a, **kw))
-    one = prepare([tmp_path / "src"], tmp_path / "one", tokenizer=kind, vocab_size=300, workers=1)
-    assert pools == []
-    two = prepare([tmp_path / "src"], tmp_path / "two", tokenizer=kind, vocab_size=300, workers=2)
-    assert [a[0] for a in pools] == [2]
-    assert one == two
-    assert shard_bytes(tmp_path / "one") == shard_bytes(tmp_path / "two")
-    docs = [p.read_text() for p in collect_text_files([tmp_path / "src"])]
-    random.Random(one["seed"]).shuffle(docs)
-    assert load_tokenizer(tmp_path / "two").decode(read_tokens(tmp_path / "two")) == "\n\n".join(docs)
+def test_workers_1_and_4_identical(tmp_path, monkeypatch, kind):
+    make_corpus(tmp_path / "src", n_files=24)
+    (tmp_path / "src" / "big.txt").write_text("a line of the big file, é\n" * 3000)  # several blocks
+    monkeypatch.setattr(prep, "BLOCK_BYTES", 2000)  # many tasks, so the pool really splits the work
+    started = []
+    real = prep._Workers.__init__
+    monkeypatch.setattr(prep._Workers, "__init__", lambda self, n, job: started.append(n) or real(self, n, job))
+    kw = dict(tokenizer=kind, vocab_size=300, val_fraction=0.25)
+    one = prepare([tmp_path / "src"], tmp_path / "one", workers=1, **kw)
+    assert set(started) == {1}
+    four = prepare([tmp_path / "src"], tmp_path / "four", workers=4, **kw)
+    assert set(started) == {1, 4}
+    assert one == four and one["val_tokens"] > 0
+    assert shard_bytes(tmp_path / "one") == shard_bytes(tmp_path / "four")
+    files = collect_text_files([tmp_path / "src"])
+    text = "".join(load_tokenizer(tmp_path / "four").decode(open_tokens(tmp_path / "four", s)) for s in ("train", "val"))
+    assert sorted(text) == sorted("".join(p.read_text() + "\n\n" for p in files))  # every character, once
 
 
 def test_checksums(tmp_path):
     make_corpus(tmp_path / "src")
     out = tmp_path / "out"
     meta = prepare([tmp_path / "src"], out, workers=1)
-    for name in ("train.bin", "val.bin"):
-        assert meta["sha256"][name] == hashlib.sha256((out / name).read_bytes()).hexdigest()
+    for split in ("train", "val"):
+        assert meta["shards"][split][0]["sha256"] == hashlib.sha256((out / f"{split}.bin").read_bytes()).hexdigest()
     verify_checksums(out)
     data = bytearray((out / "val.bin").read_bytes())
     data[3] ^= 0x01
@@ -172,22 +182,23 @@ def test_open_tokens_bad_split(tmp_path):
 
 
 def test_crash_while_writing_leaves_no_meta(tmp_path, monkeypatch):
-    make_corpus(tmp_path / "src")
+    make_corpus(tmp_path / "src", n_files=30)
     out = tmp_path / "out"
-    prepare([tmp_path / "src"], out, workers=1)
-    real_write = prep.write_atomic
+    prepare([tmp_path / "src"], out, workers=1, val_fraction=0.3)
+    real_write = prep.ShardWriter.write
 
-    def failing_write(path, data):
-        if Path(path).name == "val.bin":
+    def failing_write(self, tokens):
+        if self.split == "val" and len(tokens):
             raise KeyboardInterrupt  # killed mid-run
-        real_write(path, data)
+        real_write(self, tokens)
 
-    monkeypatch.setattr(prep, "write_atomic", failing_write)
+    monkeypatch.setattr(prep.ShardWriter, "write", failing_write)
     with pytest.raises(KeyboardInterrupt):
-        prepare([tmp_path / "src"], out, workers=1, seed=99)
-    # the old meta.json must not vouch for the new train.bin
+        prepare([tmp_path / "src"], out, workers=1, seed=99, val_fraction=0.3)
+    # no meta.json vouches for anything, and no half-written shard is left
     with pytest.raises(HvdlmError, match="no meta.json"):
         load_meta(out)
+    assert list(out.iterdir()) == []
 
 
 def test_write_atomic_cleans_up_temp_file(tmp_path):
@@ -200,10 +211,12 @@ def test_write_atomic_cleans_up_temp_file(tmp_path):
             raise Boom
 
     with pytest.raises(Boom):
-        prep.write_atomic(tmp_path / "x.bin", np.zeros(4, np.uint16).view(BadArray))
+        write_atomic(tmp_path / "x.bin", np.zeros(4, np.uint16).view(BadArray))
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(HvdlmError, match="cannot write"):
-        prep.write_atomic(tmp_path / "missing-dir" / "x.bin", b"data")
+        write_atomic(tmp_path / "missing-dir" / "x.bin", b"data")
+    write_atomic(tmp_path / "x.bin", b"data")
+    assert [p.name for p in tmp_path.iterdir()] == ["x.bin"] and (tmp_path / "x.bin").read_bytes() == b"data"
 
 
 def test_bad_arguments(tmp_path):
@@ -234,12 +247,11 @@ def test_empty_corpus(tmp_path):
 
 
 def test_tiny_corpus_split(tmp_path):
+    # one document: validation takes the tail of the tokens (at least one), training the rest
     (tmp_path / "two.txt").write_text("ab")
     meta = prepare([tmp_path / "two.txt"], tmp_path / "out", workers=1)
-    assert (meta["train_tokens"], meta["val_tokens"]) == (1, 1)  # at least one token each
-    (tmp_path / "one.txt").write_text("a")
-    with pytest.raises(HvdlmError, match="too small"):
-        prepare([tmp_path / "one.txt"], tmp_path / "out2")
+    assert (meta["train_tokens"], meta["val_tokens"]) == (3, 1)  # "ab\n\n"
+    assert load_tokenizer(tmp_path / "out").decode(open_tokens(tmp_path / "out", "val")) == "\n"
 
 
 def test_binary_and_hidden_files_skipped(tmp_path):
@@ -253,7 +265,7 @@ def test_binary_and_hidden_files_skipped(tmp_path):
     (src / ".git" / "config").write_text("[core]")
     assert collect_text_files([src]) == [src / "b.txt", src / "sub" / "a.txt"]
     meta = prepare([src], tmp_path / "out", workers=1)
-    assert meta["sources"] == {"files": 2, "bytes": 12}
+    assert meta["sources"] == {"files": 2, "bytes": 12, "documents": 2}
     (tmp_path / "only").mkdir()
     (tmp_path / "only" / "x.bin").write_bytes(b"a\0b")
     with pytest.raises(HvdlmError, match="no text files found in"):
@@ -279,6 +291,7 @@ def test_prepare_without_inputs_uses_default_corpus(tmp_path, monkeypatch):
     small = default_corpus_files(max_bytes=100_000)
     monkeypatch.setattr(prep, "default_corpus_files", lambda: small)
     meta = prepare(None, tmp_path / "a", workers=1)
-    assert meta["sources"] == {"files": len(small), "bytes": sum(p.stat().st_size for p in small)}
+    assert meta["sources"] == {"files": len(small), "bytes": sum(p.stat().st_size for p in small),
+                               "documents": len(small)}
     assert prepare([], tmp_path / "b", workers=1) == meta
     assert "def " in load_tokenizer(tmp_path / "a").decode(open_tokens(tmp_path / "a", "train")[:20000])

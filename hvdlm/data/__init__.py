@@ -1,6 +1,7 @@
-"""Corpus preparation: text files -> tokenizer + train.bin/val.bin/meta.json, and reading them back."""
+"""Corpus preparation (text, JSONL, compressed -> tokenizer + token shards + meta.json) and reading the shards back."""
 from hvdlm.data.corpus import collect_text_files, default_corpus_files
-from hvdlm.data.prepare import load_meta, open_tokens, prepare, verify_checksums
+from hvdlm.data.prepare import prepare
+from hvdlm.data.shards import load_meta, open_tokens, verify_checksums
 from hvdlm.data.tokenizers import (
     BPETokenizer,
     ByteTokenizer,

@@ -1,123 +1,302 @@
-"""Text files -> token shards.
+"""Inputs -> token shards, streaming: memory stays flat however large the corpus.
 
-A prepared data dir (format 1) holds:
-  train.bin, val.bin  token ids, raw little-endian uint16 (uint32 if vocab > 65536); val is the
-                      tail of the token stream
-  tokenizer.json      the trained BPE (bpe tokenizer only)
-  meta.json           tokenizer, dtype, token counts, sha256 of each shard; written last, so it
-                      only exists when the shards it describes are complete
+The main process reads the inputs a block (about 1 MB, whole lines) at a time and hands the
+blocks to worker processes, at most two per worker in flight; each worker decodes its block into
+documents, tokenizes them and returns the token ids of the block's train and validation
+documents, which the main process appends, in input order, to the shards (hashed as written).
+Nothing holds more than a few blocks, so the peak memory does not grow with the corpus.
+
+Documents: a JSONL record, or a text file (a text file larger than a block is cut at line ends
+into documents of about a block). Each document is tokenized on its own, followed by DOC_SEP.
+Whether a document goes to validation depends only on (seed, its position in the input), never
+on the number of workers. The char tokenizer needs one pass to learn its alphabet; BPE learns
+from a seeded sample of about ``bpe_sample_bytes`` of documents (one pass, stopped when full).
 """
 from __future__ import annotations
 
-import hashlib
+import ctypes
+import itertools
 import json
+import multiprocessing
 import os
-import random
-from multiprocessing import Pool
+import re
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
+from tqdm import tqdm
 
-from hvdlm.data.corpus import collect_text_files, default_corpus_files
+from hvdlm.atomic import write_atomic
+from hvdlm.data.corpus import Source, collect_text_files, default_corpus_files, read_blocks
+from hvdlm.data.shards import DTYPES, FORMAT, SPLITS, ShardWriter, clear_old_shards, token_dtype
 from hvdlm.data.tokenizers import KINDS, AnyTokenizer, save_tokenizer, train_tokenizer
 from hvdlm.errors import HvdlmError
 
-FORMAT = 1
-SPLITS = ("train", "val")
 DOC_SEP = "\n\n"
-CHUNK_CHARS = 1 << 20  # documents are grouped into pool tasks of about this many characters
-_DTYPES = {"uint16": np.dtype("<u2"), "uint32": np.dtype("<u4")}
+BLOCK_BYTES = 1 << 20  # a task for a worker; also the size of a text file's documents
+BPE_SAMPLE_BYTES = 16 << 20  # the trainer holds ~9x this (every distinct word); see benchmarks/RESULTS.md
+SHARD_BYTES = 1 << 30
+_COMPRESSED_TEXT_RATIO = 4  # a guess of text bytes per compressed byte, to spread the BPE sample
+_SAMPLE_SALT = 0x5A17  # the BPE sample and the validation split are drawn independently
+
+# A task: (path, jsonl, text_field, data, first_line, first_unit, last). Units number the documents
+# of the whole input (text: one per block; JSONL: one per line) and decide the split.
+Task = tuple
 
 
-def token_dtype(vocab_size: int) -> str:
-    """Smallest dtype that holds every token id (ids run 0 .. vocab_size-1)."""
-    return "uint16" if vocab_size <= 65536 else "uint32"
+class _Failed(str):
+    """A worker's error message (a plain str is a result of _chars_task)."""
 
 
-def write_atomic(path: Path, data: bytes | np.ndarray) -> None:
-    """Write to a temp name beside `path`, fsync, then rename: readers see the old file or the new, never half."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            if isinstance(data, np.ndarray):
-                data.tofile(f)
-            else:
-                f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        # the rename itself must reach the disk before meta.json vouches for the file
-        dir_fd = os.open(path.parent, os.O_RDONLY)
+def _uniform(units: np.ndarray, seed: int, salt: int = 0) -> np.ndarray:
+    """A number in [0, 1) per unit, fixed by (seed, salt, unit): the splitmix64 hash, vectorized."""
+    with np.errstate(over="ignore"):
+        z = units.astype(np.uint64) + np.uint64((seed * 0x9E3779B97F4A7C15 + salt) % 2 ** 64)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z ^= z >> np.uint64(31)
+    return (z >> np.uint64(11)).astype(np.float64) / 2.0 ** 53
+
+
+def documents(task: Task) -> tuple[list[str], np.ndarray] | _Failed:
+    """The task's documents (each ending in DOC_SEP) and their unit numbers, or an error message."""
+    path, jsonl, field, data, first_line, first_unit, last = task
+    if not jsonl:
+        text = data.decode("utf-8", errors="replace")
+        return [text + DOC_SEP if last else text], np.array([first_unit])
+    docs, units = [], []
+    for i, line in enumerate(data.split(b"\n")):
+        if not line.strip():
+            continue  # blank lines (a trailing newline, padding) are not records
+        where = f"{path}, line {first_line + i}"
         try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except BaseException as e:
-        tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise HvdlmError(f"cannot write {path}: {e.strerror or e}; check the directory is writable and has space") from e
-        raise
+            record = json.loads(line)
+        except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
+            return _Failed(f"{where}: not a valid JSON line ({e}); fix or remove that line")
+        if not isinstance(record, dict) or field not in record:
+            return _Failed(f"{where}: the record has no {field!r} field; name the text field with --text_field")
+        if not isinstance(record[field], str):
+            return _Failed(f"{where}: the {field!r} field is {type(record[field]).__name__}, not a string")
+        docs.append(record[field] + DOC_SEP)
+        units.append(first_unit + i)
+    return docs, np.array(units, dtype=np.int64)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+# Where a long document may be cut for BPE without changing its tokens: after a newline between
+# two non-space characters. The byte-level pre-tokenizer makes that newline a word of its own, and
+# BPE merges never cross words, so the pieces encode to exactly the document's tokens.
+_SAFE_CUT = re.compile(r"\S\n(?=\S)")
+BPE_PIECE_CHARS = 1 << 16  # the tokenizers library keeps ~100 bytes per token of an encoding alive
 
 
-def _chunks(docs: list[str]) -> list[str]:
-    """Group documents into texts of about CHUNK_CHARS; concatenated, they are exactly DOC_SEP.join(docs).
-
-    The grouping depends only on the documents, never on the worker count, so any number of
-    workers produces the same tokens.
-    """
-    groups, cur, size = [], [], 0
+def _bpe_pieces(docs: list[str]) -> Iterator[str]:
     for doc in docs:
-        cur.append(doc)
-        size += len(doc)
-        if size >= CHUNK_CHARS:
-            groups.append(DOC_SEP.join(cur))
-            cur, size = [], 0
-    if cur:
-        groups.append(DOC_SEP.join(cur))
-    return [g + DOC_SEP for g in groups[:-1]] + groups[-1:]
+        start = 0
+        while len(doc) - start > 2 * BPE_PIECE_CHARS:
+            cut = _SAFE_CUT.search(doc, start + BPE_PIECE_CHARS)
+            if cut is None:
+                break  # no safe place left: the rest in one piece
+            yield doc[start:cut.end()]
+            start = cut.end()
+        yield doc[start:]
 
 
-# set in each pool worker by the initializer, so the tokenizer is not re-sent with every task
-_tok: AnyTokenizer | None = None
-_dtype: np.dtype | None = None
+def encode_docs(tok: AnyTokenizer, docs: list[str], dtype: np.dtype) -> np.ndarray:
+    """The concatenated token ids of ``docs``, each encoded on its own."""
+    if not docs:
+        return np.zeros(0, dtype=dtype)
+    if tok.kind == "byte":  # bytes are the ids: no Python loop
+        return np.frombuffer("".join(docs).encode("utf-8"), dtype=np.uint8).astype(dtype)
+    if tok.kind == "char":
+        return np.fromiter(itertools.chain.from_iterable(tok.encode(d) for d in docs), dtype=dtype)
+    parts, batch, size = [], [], 0
+    for piece in itertools.chain(_bpe_pieces(docs), [None]):
+        if piece is None or size >= BPE_PIECE_CHARS:  # encode a batch of about one piece
+            encodings = tok.tk.encode_batch(batch)
+            parts.append(np.fromiter(itertools.chain.from_iterable(e.ids for e in encodings), dtype=dtype))
+            batch, size = [], 0
+        if piece is not None:
+            batch.append(piece)
+            size += len(piece)
+    return np.concatenate(parts)
 
 
-def _init_worker(tok: AnyTokenizer, dtype: np.dtype) -> None:
-    global _tok, _dtype
-    _tok, _dtype = tok, dtype
+# --- the worker side: module-level, so spawned processes can import it ------------------------------
+
+class _Job:
+    """What every task of a pass needs; sent once to each worker."""
+
+    def __init__(self, seed: int, val_fraction: float, tok: AnyTokenizer | None = None,
+                 dtype: np.dtype | None = None, sample_p: float = 0.0):
+        self.seed, self.val_fraction, self.tok, self.dtype, self.sample_p = seed, val_fraction, tok, dtype, sample_p
 
 
-def _encode(text: str) -> np.ndarray:
-    return np.array(_tok.encode(text), dtype=_dtype)
+_job: _Job | None = None
 
 
-def _tokenize(tok: AnyTokenizer, chunks: list[str], dtype: np.dtype, workers: int) -> np.ndarray:
-    if workers == 1:
-        _init_worker(tok, dtype)
-        parts = [_encode(c) for c in chunks]
-    else:
-        # the HF tokenizers library's threads do not survive fork; saying so explicitly makes each
-        # worker run single-threaded and silences its "process just got forked" warning
-        old = os.environ.get("TOKENIZERS_PARALLELISM")
-        os.environ["TOKENIZERS_PARALLELISM"] = "false"
+def _trim_heap() -> None:
+    """Give freed heap back to the system: after a large document, glibc would keep the peak."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+def _init_worker(job: _Job) -> None:
+    global _job
+    # each worker is one process on one core; the tokenizers library's own threads would compete
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    _job = job
+
+
+def _encode_task(task: Task):
+    """-> (train ids, val ids, documents), or an error message."""
+    if len(task[3]) > 4 * BLOCK_BYTES:
         try:
-            with Pool(workers, initializer=_init_worker, initargs=(tok, dtype)) as pool:
-                parts = list(pool.imap(_encode, chunks))  # imap keeps chunk order
+            return _encode_block(task)
         finally:
-            if old is None:
-                del os.environ["TOKENIZERS_PARALLELISM"]
-            else:
-                os.environ["TOKENIZERS_PARALLELISM"] = old
-    return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
+            _trim_heap()
+    return _encode_block(task)
+
+
+def _encode_block(task: Task):
+    found = documents(task)
+    if isinstance(found, _Failed):
+        return found
+    docs, units = found
+    val = _uniform(units, _job.seed) < _job.val_fraction
+    try:
+        return (encode_docs(_job.tok, [d for d, v in zip(docs, val) if not v], _job.dtype),
+                encode_docs(_job.tok, [d for d, v in zip(docs, val) if v], _job.dtype),
+                len(docs) if task[1] else int(task[6]))  # a text file is one document, however many blocks
+    except HvdlmError as e:
+        return _Failed(e)
+
+
+def _chars_task(task: Task):
+    """-> the characters of the task's documents (a string), or an error message."""
+    found = documents(task)
+    return found if isinstance(found, _Failed) else "".join(set().union(*found[0]))
+
+
+def _sample_task(task: Task):
+    """-> the documents of the BPE sample in this task (a list), or an error message."""
+    found = documents(task)
+    if isinstance(found, _Failed):
+        return found
+    docs, units = found
+    take = _uniform(units, _job.seed, _SAMPLE_SALT) < _job.sample_p
+    return [d for d, t in zip(docs, take) if t]
+
+
+# --- the main side ---------------------------------------------------------------------------------
+
+class _Workers:
+    """Runs a task function over a stream of tasks, results in order, a bounded number in flight.
+
+    One worker runs in this process; more are spawned (not forked: a fork would copy this
+    process's memory and the tokenizers library's threads). A worker that dies (killed, out of
+    memory) ends the run with an error instead of leaving it waiting.
+    """
+
+    def __init__(self, n: int, job: _Job):
+        self.n = n
+        if n == 1:
+            _init_worker(job)
+            self.pool = None
+        else:
+            self.pool = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"),
+                                            initializer=_init_worker, initargs=(job,))
+
+    def map(self, fn: Callable, tasks: Iterable[Task]) -> Iterator:
+        if self.pool is None:
+            yield from map(fn, tasks)
+            return
+        pending: deque = deque()
+        try:
+            for task in tasks:
+                pending.append(self.pool.submit(fn, task))
+                if len(pending) >= 2 * self.n:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        except BrokenProcessPool:
+            raise HvdlmError("a tokenizer worker process died (killed, or out of memory?); "
+                             "run again, with fewer --workers if memory is short") from None
+
+    def __enter__(self) -> "_Workers":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)  # after an early stop or an error
+
+
+def _tasks(sources: list[Source], text_field: str, bar: tqdm) -> Iterator[Task]:
+    unit = 0
+    for src in sources:
+        for block in read_blocks(src, BLOCK_BYTES):
+            yield str(src.path), src.jsonl, text_field, block.data, block.first_line, unit, block.last
+            unit += 1 if not src.jsonl else block.data.count(b"\n") + (not block.data.endswith(b"\n"))
+            bar.update(block.raw_bytes)
+
+
+def _checked(results: Iterable) -> Iterator:
+    for res in results:
+        if isinstance(res, _Failed):
+            raise HvdlmError(res)
+        yield res
+
+
+class _Progress:
+    def __init__(self, enabled: bool, total: int):
+        self.enabled, self.total = enabled, total
+
+    def bar(self, desc: str) -> tqdm:
+        return tqdm(total=self.total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, mininterval=1.0,
+                    disable=not self.enabled, leave=False, dynamic_ncols=True)
+
+
+def _learn_tokenizer(kind: str, vocab_size: int, sources: list[Source], text_field: str, workers: int, seed: int,
+                     sample_bytes: int, progress: _Progress) -> AnyTokenizer:
+    if kind == "byte":
+        return train_tokenizer("byte", [])
+    if kind == "char":  # the whole alphabet, or some character would have no id
+        with _Workers(workers, _Job(seed, 0.0)) as w, progress.bar("char alphabet") as bar:
+            return train_tokenizer("char", _checked(w.map(_chars_task, _tasks(sources, text_field, bar))))
+    estimate = sum(s.path.stat().st_size * (_COMPRESSED_TEXT_RATIO if s.compression else 1) for s in sources)
+    job = _Job(seed, 0.0, sample_p=min(1.0, sample_bytes / max(estimate, 1)))
+
+    sample, taken = [], 0
+    with _Workers(workers, job) as w, progress.bar("BPE sample") as bar:
+        for docs in _checked(w.map(_sample_task, _tasks(sources, text_field, bar))):
+            sample += docs
+            taken += sum(map(len, docs))
+            if taken >= sample_bytes:
+                break
+    # the workers are gone before training starts: the sample (bounded) is all that is kept
+    while sample and taken - len(sample[-1]) >= sample_bytes:
+        taken -= len(sample.pop())
+    return train_tokenizer("bpe", sample, vocab_size)
+
+
+def _give_val_a_tail(writers: dict[str, ShardWriter], val_fraction: float) -> None:
+    """A corpus of few documents may put them all in one split: then validation takes the last
+    ``val_fraction`` of the tokens (at least one) and training the rest."""
+    if writers["train"].tokens == 0:
+        writers["train"], writers["val"] = writers["val"], writers["train"]
+        writers["train"].split, writers["val"].split = "train", "val"
+    if writers["val"].tokens:
+        return
+    n = writers["train"].tokens
+    tail = writers["train"].take_tail(min(max(int(n * val_fraction), 1), n - 1))
+    if tail is None:
+        raise HvdlmError(f"no document was drawn for validation (val_fraction {val_fraction}); "
+                         "raise --val_fraction or give more documents")
+    writers["val"].write(tail)
 
 
 def prepare(
@@ -128,8 +307,12 @@ def prepare(
     val_fraction: float = 0.05,
     workers: int | None = None,
     seed: int = 1337,
+    text_field: str = "text",
+    bpe_sample_bytes: int = BPE_SAMPLE_BYTES,
+    shard_bytes: int = SHARD_BYTES,
+    progress: bool = False,
 ) -> dict:
-    """Tokenize text files (default: the stdlib corpus) into out_dir; returns the meta.json dict."""
+    """Tokenize the inputs (default: the stdlib corpus) into out_dir; returns the meta.json dict."""
     # check everything cheap before the slow part
     if tokenizer not in KINDS:
         raise HvdlmError(f"unknown tokenizer {tokenizer!r}; choose one of: {', '.join(KINDS)}")
@@ -138,7 +321,10 @@ def prepare(
     workers = min(os.cpu_count() or 1, 8) if workers is None else workers
     if workers < 1:
         raise HvdlmError(f"workers must be at least 1, got {workers}")
+    if bpe_sample_bytes < 1 or shard_bytes < 4:
+        raise HvdlmError("bpe_sample_bytes and shard_bytes must be positive")
     files = collect_text_files(inputs) if inputs else default_corpus_files()
+    sources = [Source.of(p) for p in files]
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -146,96 +332,48 @@ def prepare(
         raise HvdlmError(f"cannot create output dir {out}: {e.strerror or e}; choose another directory") from e
     if not os.access(out, os.W_OK):
         raise HvdlmError(f"output dir {out} is not writable; choose another directory")
+    n_bytes = sum(p.stat().st_size for p in files)
+    bars = _Progress(progress, n_bytes)
 
-    docs, n_bytes = [], 0
-    for path in files:
-        try:
-            raw = path.read_bytes()
-        except OSError as e:
-            raise HvdlmError(f"cannot read {path}: {e.strerror or e}") from e
-        n_bytes += len(raw)
-        if raw:
-            docs.append(raw.decode("utf-8", errors="replace"))
-    # shuffle whole documents so val (the tail) is a mix of sources, not just the last file
-    random.Random(seed).shuffle(docs)
-
-    tok = train_tokenizer(tokenizer, docs, vocab_size)
+    tok = _learn_tokenizer(tokenizer, vocab_size, sources, text_field, workers, seed, bpe_sample_bytes, bars)
     dtype_name = token_dtype(tok.vocab_size)
-    chunks = _chunks(docs)
-    tokens = _tokenize(tok, chunks, _DTYPES[dtype_name], min(workers, max(len(chunks), 1)))
-    n = len(tokens)
-    if n == 0:
-        raise HvdlmError(f"corpus is empty: {len(files)} file(s) with {n_bytes} bytes of text in total; give files that contain text")
-    if n < 2:
-        raise HvdlmError(f"corpus is too small: {n} token; need at least 2 (one for train, one for val)")
-    n_val = min(max(int(n * val_fraction), 1), n - 1)
-    splits = {"train": tokens[: n - n_val], "val": tokens[n - n_val :]}
+    dtype = DTYPES[dtype_name]
 
     # an old meta.json would vouch for the shards being replaced below; remove it first
     (out / "meta.json").unlink(missing_ok=True)
-    for split, arr in splits.items():
-        write_atomic(out / f"{split}.bin", arr)
+    clear_old_shards(out)
+    writers = {s: ShardWriter(out, s, dtype, max(shard_bytes // dtype.itemsize, 1)) for s in SPLITS}
+    n_docs = 0
+    try:
+        with _Workers(workers, _Job(seed, val_fraction, tok, dtype)) as w, bars.bar("tokenizing") as bar:
+            for train_ids, val_ids, docs in _checked(w.map(_encode_task, _tasks(sources, text_field, bar))):
+                writers["train"].write(train_ids)
+                writers["val"].write(val_ids)
+                n_docs += docs
+        n = writers["train"].tokens + writers["val"].tokens
+        if n == 0:
+            raise HvdlmError(f"corpus is empty: {len(files)} file(s) with {n_bytes} bytes in total; "
+                             "give files that contain text")
+        if n < 2:
+            raise HvdlmError(f"corpus is too small: {n} token; need at least 2 (one for train, one for val)")
+        _give_val_a_tail(writers, val_fraction)
+        shards = {s: w.finish() for s, w in writers.items()}
+    except BaseException:
+        for w in writers.values():
+            w.abort()
+        raise
     save_tokenizer(tok, out)
     meta = {
         "format": FORMAT,
         "tokenizer": tok.to_meta(),
         "vocab_size": tok.vocab_size,
         "dtype": dtype_name,
-        "train_tokens": len(splits["train"]),
-        "val_tokens": len(splits["val"]),
-        "sha256": {f"{s}.bin": _sha256(out / f"{s}.bin") for s in SPLITS},
-        "sources": {"files": len(files), "bytes": n_bytes},
+        "train_tokens": sum(e["tokens"] for e in shards["train"]),
+        "val_tokens": sum(e["tokens"] for e in shards["val"]),
+        "shards": shards,
+        "sources": {"files": len(files), "bytes": n_bytes, "documents": n_docs},
         "seed": seed,
+        "val_fraction": val_fraction,
     }
     write_atomic(out / "meta.json", (json.dumps(meta, indent=1) + "\n").encode("utf-8"))
     return meta
-
-
-def load_meta(data_dir: str | Path) -> dict:
-    """Read meta.json and check that both shards exist with the size it promises."""
-    d = Path(data_dir)
-    if not d.is_dir():
-        raise HvdlmError(f"data dir {d} does not exist; run `hvdlm prepare` first")
-    path = d / "meta.json"
-    if not path.is_file():
-        raise HvdlmError(f"no meta.json in {d}; run `hvdlm prepare` first")
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise HvdlmError(f"{path} is not valid JSON ({e}); re-run `hvdlm prepare`") from e
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise HvdlmError(f"{path} is not a format-{FORMAT} hvdlm meta file; re-run `hvdlm prepare`")
-    missing = [k for k in ("tokenizer", "vocab_size", "dtype", "train_tokens", "val_tokens", "sha256") if k not in meta]
-    if missing or meta["dtype"] not in _DTYPES:
-        raise HvdlmError(f"{path} is incomplete or has an unknown dtype; re-run `hvdlm prepare`")
-    itemsize = _DTYPES[meta["dtype"]].itemsize
-    counts = {s: int(meta[f"{s}_tokens"]) for s in SPLITS}
-    for split in SPLITS:
-        shard = d / f"{split}.bin"
-        if not shard.is_file():
-            raise HvdlmError(f"{shard} is missing; re-run `hvdlm prepare`")
-        size, expected = shard.stat().st_size, counts[split] * itemsize
-        if size != expected:
-            raise HvdlmError(
-                f"{shard} is truncated or corrupt: {size} bytes, expected {expected} "
-                f"({counts[split]} tokens x {itemsize}); re-run `hvdlm prepare`"
-            )
-    return meta
-
-
-def verify_checksums(data_dir: str | Path, meta: dict | None = None) -> None:
-    """Recompute each shard's sha256 and compare with meta.json."""
-    meta = load_meta(data_dir) if meta is None else meta
-    for name, want in meta["sha256"].items():
-        if _sha256(Path(data_dir) / name) != want:
-            raise HvdlmError(f"{Path(data_dir) / name} does not match its sha256 in meta.json (corrupt); re-run `hvdlm prepare`")
-
-
-def open_tokens(data_dir: str | Path, split: str, meta: dict | None = None) -> np.memmap:
-    """Read-only memmap of one split's token ids."""
-    if split not in SPLITS:
-        raise HvdlmError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
-    meta = load_meta(data_dir) if meta is None else meta
-    return np.memmap(
-        Path(data_dir) / f"{split}.bin", dtype=_DTYPES[meta["dtype"]], mode="r", shape=(meta[f"{split}_tokens"],)
-    )

@@ -11,6 +11,8 @@ from typing import Iterable, Union
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from hvdlm.atomic import write_atomic
+from hvdlm.data.shards import load_meta
 from hvdlm.errors import HvdlmError
 
 KINDS = ("byte", "char", "bpe")
@@ -112,16 +114,12 @@ def train_tokenizer(kind: str, texts: Iterable[str], vocab_size: int = 4096) -> 
 
 def save_tokenizer(tok: AnyTokenizer, data_dir: str | Path) -> None:
     """Write the files the tokenizer needs besides meta.json (only BPE has one: tokenizer.json)."""
-    from hvdlm.data.prepare import write_atomic  # prepare imports this module
-
     if isinstance(tok, BPETokenizer):
         write_atomic(Path(data_dir) / tok.file, tok.tk.to_str().encode("utf-8"))
 
 
 def load_tokenizer(data_dir: str | Path) -> AnyTokenizer:
     """Rebuild the tokenizer a data dir was prepared with, from its meta.json (and tokenizer.json)."""
-    from hvdlm.data.prepare import load_meta  # prepare imports this module
-
     meta = load_meta(data_dir)["tokenizer"]
     kind = meta.get("kind")
     if kind == "byte":

@@ -1,0 +1,220 @@
+"""`hvdlm prepare` beside nanoGPT's OpenWebText preparation, on corpora of growing size.
+
+Run through benchmarks/prepare.sh. For each size it writes a corpus of JSON Lines files (24 files,
+the text of this machine's Python sources and docs, each copy of a document marked so that no two
+are the same), then measures, on the same files and cores:
+  hvdlm byte   `hvdlm prepare --tokenizer byte`
+  hvdlm bpe    `hvdlm prepare --tokenizer bpe` (sample, train, encode: everything)
+  datasets bpe nanoGPT's data/openwebtext/prepare.py: `datasets` load_dataset + map(num_proc) with
+               the tokenizer hvdlm trained (the same `tokenizers` BPE), concatenated into a
+               np.memmap in 1024 batches
+Each command runs under a sampler that sums the resident memory (RSS, and PSS, which counts
+pages shared between processes once) of its whole process tree every 0.2 s.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import sysconfig
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+FILES = 24
+VOCAB = 8192
+
+
+# --- the corpus ---------------------------------------------------------------------------------
+
+def source_texts(limit: int = 400 << 20) -> list[str]:
+    """Text found on this machine: Python sources and docs of the interpreter and installed packages."""
+    roots = {Path(sysconfig.get_paths()["stdlib"]), Path(sysconfig.get_paths()["purelib"]), Path("/usr/share/doc")}
+    texts, total = [], 0
+    for root in sorted(roots):
+        for dirpath, _, names in sorted(os.walk(root)):
+            for name in sorted(names):
+                if not name.endswith((".py", ".txt", ".md", ".rst", ".html")):
+                    continue
+                try:
+                    text = Path(dirpath, name).read_text(encoding="utf-8")
+                except (OSError, UnicodeDecodeError):
+                    continue
+                if len(text) > 200:
+                    texts.append(text)
+                    total += len(text)
+                if total >= limit:
+                    return texts
+    return texts
+
+
+def make_corpus(out: Path, size: int, texts: list[str]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    per_file, written, i = size // FILES, 0, 0
+    for f in range(FILES):
+        with open(out / f"part-{f:02d}.jsonl", "w", encoding="utf-8") as fh:
+            n = 0
+            while n < per_file:
+                text = f"# copy {i // len(texts)} of document {i % len(texts)}\n" + texts[i % len(texts)]
+                line = json.dumps({"id": i, "text": text}) + "\n"
+                fh.write(line)
+                n += len(line)
+                i += 1
+            written += n
+
+
+# --- measuring -----------------------------------------------------------------------------------
+
+def measure(cmd: list[str], env: dict | None = None) -> dict:
+    """Run cmd; wall seconds and the peak over time of the summed RSS and PSS of its process tree."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    peak = {"rss": 0, "pss": 0}
+    done = threading.Event()
+
+    def sample() -> None:
+        root = psutil.Process(proc.pid)
+        while not done.is_set():
+            rss = pss = 0
+            try:
+                for p in [root] + root.children(recursive=True):
+                    try:
+                        m = p.memory_full_info()
+                        rss, pss = rss + m.rss, pss + m.pss
+                    except (psutil.NoSuchProcess, psutil.AccessDenied):
+                        pass
+            except psutil.NoSuchProcess:
+                break
+            peak["rss"], peak["pss"] = max(peak["rss"], rss), max(peak["pss"], pss)
+            done.wait(0.2)
+
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
+    output = proc.communicate()[0]
+    done.set()
+    t.join()
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{output[-3000:]}")
+    return {"seconds": seconds, "peak_rss": peak["rss"], "peak_pss": peak["pss"], "output": output.strip()[-2000:]}
+
+
+def disk_write_speed(folder: Path, nbytes: int = 1 << 30) -> float:
+    """MB/s of a plain sequential write of nbytes, fsynced (what the disk allows)."""
+    path = folder / "ddtest"
+    block = os.urandom(16 << 20)
+    start = time.perf_counter()
+    with open(path, "wb") as fh:
+        for _ in range(nbytes // len(block)):
+            fh.write(block)
+        fh.flush()
+        os.fsync(fh.fileno())
+    seconds = time.perf_counter() - start
+    path.unlink()
+    return nbytes / seconds / 1e6
+
+
+# --- the baseline: nanoGPT's data/openwebtext/prepare.py, with our tokenizer --------------------
+
+def baseline(files: list[str], tokenizer_json: str, out: str, num_proc: int, cache: str) -> None:
+    import numpy as np
+    from datasets import load_dataset
+    from tokenizers import Tokenizer
+    from tqdm import tqdm
+
+    tok = Tokenizer.from_file(tokenizer_json)
+    dataset = load_dataset("json", data_files=files, split="train", cache_dir=cache, num_proc=num_proc)
+
+    def process(example):
+        ids = tok.encode(example["text"] + "\n\n").ids  # hvdlm's document separator
+        return {"ids": ids, "len": len(ids)}
+
+    tokenized = dataset.map(process, remove_columns=["id", "text"], desc="tokenizing", num_proc=num_proc)
+    arr_len = int(np.sum(tokenized["len"], dtype=np.uint64))
+    arr = np.memmap(out, dtype=np.uint16, mode="w+", shape=(arr_len,))
+    total_batches, idx = min(1024, len(tokenized)), 0  # nanoGPT: 1024 (it has 8M documents)
+    for batch_idx in tqdm(range(total_batches), desc=f"writing {out}", disable=True):
+        batch = tokenized.shard(num_shards=total_batches, index=batch_idx, contiguous=True).with_format("numpy")
+        arr_batch = np.concatenate(batch["ids"])
+        arr[idx: idx + len(arr_batch)] = arr_batch
+        idx += len(arr_batch)
+    arr.flush()
+    print(json.dumps({"tokens": arr_len}))
+
+
+# --- the driver ----------------------------------------------------------------------------------
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", default="0.6,2.4,6", help="corpus sizes for hvdlm byte, GB (1e9 bytes), comma-separated")
+    ap.add_argument("--bpe_sizes", default="0.6,2.4,6", help="corpus sizes for hvdlm bpe beside datasets")
+    ap.add_argument("--work", default="/tmp/hvdlm-prepare-bench")
+    ap.add_argument("--workers", type=int, default=os.cpu_count())
+    ap.add_argument("--skip_baseline", action="store_true", help="hvdlm bpe alone, without the datasets run")
+    ap.add_argument("--json", default=None, help="also write the figures here")
+    ap.add_argument("--baseline", nargs=4, metavar=("FILES_DIR", "TOKENIZER", "OUT", "CACHE"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.baseline:
+        files_dir, tokenizer_json, out, cache = args.baseline
+        baseline(sorted(str(p) for p in Path(files_dir).glob("*.jsonl")), tokenizer_json, out, args.workers, cache)
+        return
+
+    hvdlm = str(Path(sys.executable).parent / "hvdlm")
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1", HF_HOME=str(work / "hf"),
+               TOKENIZERS_PARALLELISM="false")
+    cpu = next((line.split(":", 1)[1].strip() for line in subprocess.run(["lscpu"], capture_output=True, text=True)
+                .stdout.splitlines() if line.startswith("Model name")), "?")
+    print(f"CPU: {cpu}; {os.cpu_count()} cores; {args.workers} workers/processes each; "
+          f"disk write {disk_write_speed(work):.0f} MB/s (1 GiB, fsynced)", flush=True)
+    texts = source_texts()
+    print(f"source text: {len(texts)} documents, {sum(map(len, texts)) / 1e6:.0f} MB", flush=True)
+    rows = []
+    byte_sizes = [float(x) for x in args.sizes.split(",") if x]
+    bpe_sizes = [float(x) for x in args.bpe_sizes.split(",") if x]
+    for size_gb in sorted(set(byte_sizes) | set(bpe_sizes)):
+        corpus = work / f"corpus-{size_gb}"
+        make_corpus(corpus, int(size_gb * 1e9), texts)
+        nbytes = sum(p.stat().st_size for p in corpus.iterdir())
+        row = {"size_gb": size_gb, "bytes": nbytes, "load": os.getloadavg()}
+        for kind in ["byte"] * (size_gb in byte_sizes) + ["bpe"] * (size_gb in bpe_sizes):
+            out = work / f"out-{kind}"
+            r = measure([hvdlm, "prepare", str(corpus), "--out_dir", str(out), "--tokenizer", kind,
+                         "--vocab_size", str(VOCAB), "--workers", str(args.workers)], env)
+            meta = json.loads((out / "meta.json").read_text())
+            r["tokens"] = meta["train_tokens"] + meta["val_tokens"]
+            row[f"hvdlm_{kind}"] = r
+            report(f"{size_gb} GB hvdlm {kind}", r, nbytes)
+            if kind == "byte":
+                subprocess.run(["rm", "-rf", str(out)], check=True)
+        if size_gb in bpe_sizes and not args.skip_baseline:
+            r = measure([sys.executable, __file__, "--workers", str(args.workers), "--baseline", str(corpus),
+                         str(work / "out-bpe" / "tokenizer.json"), str(work / "baseline.bin"), str(work / "hf-cache")],
+                        env)
+            r["tokens"] = json.loads(r["output"].splitlines()[-1])["tokens"]
+            row["datasets_bpe"] = r
+            report(f"{size_gb} GB datasets bpe", r, nbytes)
+            h = row["hvdlm_bpe"]
+            print(f"{size_gb} GB ratio hvdlm/datasets (bpe): tokens/s x"
+                  f"{(h['tokens'] / h['seconds']) / (r['tokens'] / r['seconds']):.2f}, peak RSS "
+                  f"x{h['peak_rss'] / r['peak_rss']:.2f}; tokens {h['tokens']:,} vs {r['tokens']:,}", flush=True)
+        subprocess.run(["rm", "-rf", str(corpus), str(work / "out-bpe"), str(work / "baseline.bin"),
+                        str(work / "hf-cache")], check=True)
+        row["load_after"] = os.getloadavg()
+        rows.append(row)
+        if args.json:
+            Path(args.json).write_text(json.dumps({"cpu": cpu, "rows": rows}, indent=1) + "\n")
+
+
+def report(what: str, r: dict, nbytes: int) -> None:
+    print(f"{what}: {r['tokens'] / r['seconds']:,.0f} tokens/s, {nbytes / r['seconds'] / 1e6:.1f} MB/s, "
+          f"peak RSS {r['peak_rss'] / 2**20:.0f} MiB (PSS {r['peak_pss'] / 2**20:.0f}), {r['seconds']:.0f} s, "
+          f"load {os.getloadavg()[0]:.1f}", flush=True)
+
+if __name__ == "__main__":
+    main()
