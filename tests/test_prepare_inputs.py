@@ -17,7 +17,7 @@ import zstandard
 from hvdlm.data import load_meta, load_tokenizer, open_tokens, prepare
 from hvdlm.errors import HvdlmError
 
-from conftest import HVDLM, launch_env
+from support.launch import HVDLM, launch_env
 
 prep = importlib.import_module("hvdlm.data.prepare")
 

@@ -11,7 +11,7 @@ from hvdlm.data.sampler import get_batch, num_sequences
 from hvdlm.data.shards import TokenStream
 from hvdlm.errors import HvdlmError
 
-from conftest import HVDLM, TINY, check, launch
+from support.launch import HVDLM, TINY, check, launch
 
 
 @pytest.fixture(scope="module")
