@@ -105,8 +105,8 @@ def test_a_rank_that_stops_making_progress_names_itself(corpus, tmp_path):
     """Rank 1 hangs while loading data (a hung file system): its own watchdog fires after
     --step_timeout and names the phase; rank 0, waiting in the allreduce, stays quiet."""
     out = tmp_path / "run"
-    # batch 10 of rank 1: the 1st is the evaluation at step 0, so this is the one of step 9
-    job = start("mpirun", train_flags(corpus, out, "--step_timeout", "6"), tmp_path, HVDLM_PROBE_FAULT="1:10:hang")
+    # training batch 9 of rank 1 (one micro-step a step): the one of step 9, after step 8 is done
+    job = start("mpirun", train_flags(corpus, out, "--step_timeout", "6"), tmp_path, HVDLM_PROBE_FAULT="1:9:hang")
     job.wait_until(trained(out, 5), what="step 5")
     job.mark_fault()
     result = job.wait(LIMIT)
@@ -139,11 +139,11 @@ def test_exception_on_one_rank_then_resume(corpus, tmp_path, uninterrupted):
     the step-4 checkpoint and reaches the uninterrupted run's parameters at step 12."""
     out = tmp_path / "run"
     job = start("horovodrun-gloo", train_flags(corpus, out, "--max_steps", "12"), tmp_path,
-                HVDLM_PROBE_FAULT="1:7:raise")
+                HVDLM_PROBE_FAULT="1:6:raise")
     job.mark_fault()
     result = job.wait(120)
     assert result.returncode == 1
-    assert_ended_with_one_line(result, rf"^hvdlm: rank 1 on {HOST} failed: RuntimeError: injected fault at batch 7")
+    assert_ended_with_one_line(result, rf"^hvdlm: rank 1 on {HOST} failed: RuntimeError: injected fault at batch 6")
     assert assert_last_checkpoint_loads(out)["step"] == 4
     resume_and_compare(corpus, out, uninterrupted, 4)
 

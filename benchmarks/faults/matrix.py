@@ -125,7 +125,7 @@ def one(program: str, launcher: str, fault: str, data: Path, work: Path) -> dict
     run_data = data
     if fault == "raise":
         env["PLAIN_RAISE_AT" if program == "plain" else "HVDLM_PROBE_FAULT"] = \
-            "1:30" if program == "plain" else "1:31:raise"  # hvdlm: batch 1 is the step-0 evaluation
+            "1:30" if program == "plain" else "1:30:raise"  # both count training batches
     if fault == "kill0_ckpt":
         env["HVDLM_PROBE_SLOW_SAVE"] = "3"
     if fault == "corrupt":

@@ -60,10 +60,10 @@ def main(argv: list[str]) -> None:
         t0 = time.perf_counter()
         lr = lr_at(step - 1, plan.peak_lr, plan.min_lr, cfg.optim.warmup_steps, t.max_steps)
         set_lr(optimizer, lr)
-        for micro in range(accum):
+        for i in range(accum):
             x, y = get_batch(data.train, sampler.next_indices(), shape["block_size"], device)
             # gradients are allreduced on the last micro-step only, as Horovod's backward_passes_per_step
-            sync = contextlib.nullcontext() if micro == accum - 1 else model.no_sync()
+            sync = contextlib.nullcontext() if i == accum - 1 else model.no_sync()
             with sync:
                 with autocast(precision, device):
                     _, loss = model(x, y)
