@@ -78,7 +78,7 @@ def test_two_ranks_measure_the_allreduce_under_trainings_settings(tmp_path):
     training applies (distributed.init), unless the user set them."""
     from support.launch import HVDLM, check, launch, launch_env
 
-    env = launch_env()
+    env = dict(launch_env(), OMPI_COMM_WORLD_SIZE="2")  # as each of the 2 ranks sees it
     apply_cpu_defaults(env)  # what training would run under here (none on a GPU host)
     expected = {k: env[k] for k in CPU_DEFAULTS_MPI if k in env}
     out = tmp_path / "pre.json"
@@ -90,3 +90,16 @@ def test_two_ranks_measure_the_allreduce_under_trainings_settings(tmp_path):
     assert doc["allreduce"]["settings"] == expected
     check(launch("mpirun", ["-x", "HOROVOD_CYCLE_TIME=5", HVDLM, *flags], timeout=120))
     assert json.loads(out.read_text())["allreduce"]["settings"]["HOROVOD_CYCLE_TIME"] == "5"
+
+
+def test_cpu_defaults_are_for_ranks_under_an_mpi_launcher_not_for_one_process():
+    import torch
+
+    alone, two, gloo = {}, {"OMPI_COMM_WORLD_SIZE": "2"}, {"OMPI_COMM_WORLD_SIZE": "2", "HOROVOD_CONTROLLER": "gloo"}
+    assert apply_cpu_defaults(alone) == {} and alone == {}
+    assert apply_cpu_defaults(gloo) == {}
+    expected = {} if torch.cuda.is_available() else CPU_DEFAULTS_MPI
+    assert apply_cpu_defaults(two) == expected
+    mine = {"OMPI_COMM_WORLD_SIZE": "2", "HOROVOD_CYCLE_TIME": "5"}  # a user's own setting wins
+    apply_cpu_defaults(mine)
+    assert mine["HOROVOD_CYCLE_TIME"] == "5"

@@ -15,6 +15,7 @@ already refused the combinations that make no sense).
 
 from __future__ import annotations
 
+from hvdlm import distributed as dist
 from hvdlm.config import Config
 from hvdlm.sync.allreduce import Bf16Allreduce, GradientAllreduce
 from hvdlm.sync.base import StepStats, Sync
@@ -35,4 +36,5 @@ def build(cfg: Config) -> Sync:
                         cfg.train.seed)
     if d.compression == "bf16":
         return Bf16Allreduce()
-    return GradientAllreduce(d.compression, d.reduce_op)
+    # one process for the whole run (not elastic, which may grow): nothing to allreduce
+    return GradientAllreduce(d.compression, d.reduce_op, alone=dist.size() == 1 and not d.elastic)

@@ -22,8 +22,8 @@ from hvdlm.sync.base import OwnCollectives, StepStats, Sync, flatten, grads_of, 
 class GradientAllreduce(Sync):
     """Every step, the average of all ranks' gradients, through Horovod's DistributedOptimizer."""
 
-    def __init__(self, compression: str, reduce_op: str):
-        self.compression, self.reduce_op = compression, reduce_op
+    def __init__(self, compression: str, reduce_op: str, alone: bool = False):
+        self.compression, self.reduce_op, self.alone = compression, reduce_op, alone
         self.numel = 0
 
     def describe(self) -> str:
@@ -36,7 +36,7 @@ class GradientAllreduce(Sync):
 
     def wrap(self, optimizer, model, accum):
         self.numel = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        return dist.wrap_optimizer(optimizer, model, self.compression, self.reduce_op, accum)
+        return dist.wrap_optimizer(optimizer, model, self.compression, self.reduce_op, accum, self.alone)
 
     def set_accumulation(self, optimizer, accum):
         dist.set_accumulation(optimizer, accum)
