@@ -6,17 +6,26 @@ equal steps are equal tokens), launched with horovodrun on ``--hosts`` (or on th
   none, fp16, bf16     every step, the averaged gradient (fp32, fp16 or bf16 on the wire)
   powersgd             every step, a rank-``--powersgd_rank`` approximation, error feedback
   local_sgd, diloco    every ``--sync_every`` steps, averaged parameters / an outer Nesterov step
+                       (``local_sgd-bf16``, ``diloco-bf16``, ``diloco-fp16``: 16 bits on the wire)
 
 for each link setting in ``--links`` (``free``, or a tc rate such as ``100mbit`` applied with
-``--slow_cmd`` and undone with ``--heal_cmd``). Per run: bytes sent per optimizer step, read from
-each host's interface counter (``--tx_bytes_cmd``, polled while the run trains) and counted by the
-ranks themselves from the payloads their collectives moved (``computed``, always), both over a
-window that starts and ends right after a sync (whole periods of local_sgd/diloco), after
-``--warmup`` and before the last step (so start-up broadcasts and the final checkpoint are not
-counted); tokens/s; the validation loss at every ``--eval_interval`` steps and at the end; the
-ratios the issue's targets are read against (bytes and tokens/s against ``none`` on the free
-link, val loss against ``none`` on the same link). Writes sync.csv, sync.json and sync.png (val
-loss against wall time, one panel per link) to ``--out_dir``.
+``--slow_cmd`` and undone with ``--heal_cmd``; ``10mbit:diloco+diloco-bf16`` runs only those
+methods on that link). Per run: bytes sent per optimizer step, read from each host's interface
+counter (``--tx_bytes_cmd``, polled while the run trains) and counted by the ranks themselves from
+the payloads their collectives moved (``computed``, always), both over a window that starts and
+ends right after a sync (whole periods of local_sgd/diloco), after ``--warmup`` and PowerSGD's
+plain-allreduce start, and before the last step (so start-up broadcasts and the final checkpoint
+are not counted); tokens/s over that window (the steady state) and over the whole run; the
+validation loss at every ``--eval_interval`` steps and at the end; the ratios the issue's targets
+are read against (bytes and tokens/s against ``none`` on the free link, val loss against ``none``
+on the same link). Writes sync.csv, sync.json and sync.png (val loss against wall time, one panel
+per link) to ``--out_dir``.
+
+A shaped link changes how fast a run goes, never what it computes: the same steps give the same
+losses on every link (each shaped run's evaluations are checked against the free link's, column
+"same as free"). So with ``--shaped_window N`` a run on a shaped link stops (``--stop_after``, the
+schedule still that of ``--steps``) once its window holds N steps, rounded up to whole sync
+periods: its speed and bytes are measured, its val loss is the free run's.
 """
 
 from __future__ import annotations
@@ -37,12 +46,21 @@ BIN = Path(sys.executable).parent
 METHODS = ["none", "fp16", "bf16", "powersgd", "local_sgd", "diloco"]
 
 
+PERIODIC_WIRES = ("bf16", "fp16")  # local_sgd-bf16, diloco-fp16, ...: the exchange's wire type
+
+
+def known(method: str) -> bool:
+    base, _, wire = method.partition("-")
+    return method in METHODS or (base in ("local_sgd", "diloco") and wire in PERIODIC_WIRES)
+
+
 def method_flags(method: str, args) -> list[str]:
     if method in ("none", "fp16", "bf16"):
         return ["--compression", method]
     if method == "powersgd":
         return ["--compression", "powersgd", "--powersgd_rank", str(args.powersgd_rank)]
-    return ["--sync", method, "--sync_every", str(args.sync_every)]
+    base, _, wire = method.partition("-")
+    return ["--sync", base, "--sync_every", str(args.sync_every), *(["--compression", wire] if wire else [])]
 
 
 def launcher(args) -> list[str]:
@@ -62,7 +80,22 @@ def host_names(args) -> list[str]:
 
 def unit(method: str, args) -> int:
     """Steps between syncs: byte windows start and end at one, so each holds whole sync periods."""
-    return args.sync_every if method in ("local_sgd", "diloco") else 1
+    return 1 if method in ("none", "fp16", "bf16", "powersgd") else args.sync_every
+
+
+def window_start(method: str, args) -> int:
+    """The first sync the byte window may start at: after --warmup, and after PowerSGD's plain
+    allreduce of the first --lr_warmup steps (its --powersgd_start default)."""
+    first = max(args.warmup, args.lr_warmup if method == "powersgd" else 0)
+    u = unit(method, args)
+    return -(-first // u) * u
+
+
+def shaped_stop(method: str, args) -> int:
+    """Steps a run on a shaped link needs: its window start, then --shaped_window steps in whole
+    sync periods, then one more (the last step saves the checkpoint, outside the window)."""
+    u = unit(method, args)
+    return min(args.steps, window_start(method, args) + max(1, -(-args.shaped_window // u)) * u + 1)
 
 
 def read_tx(args) -> dict[str, int]:
@@ -106,12 +139,15 @@ def train_rows(path: Path, kind: str) -> list[dict]:
 
 def measure(method: str, link: str, args, out_dir: Path) -> dict:
     """One training run; the interface counters are polled as the train records appear."""
+    stop = shaped_stop(method, args) if link != "free" and args.shaped_window else args.steps
     flags = ["--data_dir", str(Path(args.data_dir).resolve()), "--out_dir", str(out_dir), "--preset", args.preset,
              "--global_batch_size", str(args.global_batch), "--batch_size", str(args.global_batch),
              "--max_steps", str(args.steps), "--warmup_steps", str(args.lr_warmup), "--eval_interval",
              str(args.eval_interval), "--eval_sequences", str(args.eval_sequences), "--seed", str(args.seed),
              "--threads", str(args.threads), "--log_interval", "1", "--sample_tokens", "0", "--progress", "false",
              "--resume", "false", *method_flags(method, args), *shlex.split(args.train_args)]
+    if stop < args.steps:
+        flags += ["--stop_after", str(stop)]
     if args.block_size:
         flags += ["--block_size", str(args.block_size)]
     env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
@@ -131,23 +167,23 @@ def measure(method: str, link: str, args, out_dir: Path) -> dict:
         steps = [r["step"] for r in train_rows(metrics, "train")]
         if steps and steps[-1] > seen:
             seen = steps[-1]
-            if args.warmup <= seen < args.steps and seen % unit(method, args) == 0:
+            if window_start(method, args) <= seen < stop and seen % unit(method, args) == 0:
                 samples.append((seen, read_tx(args)))
         time.sleep(args.poll)
     log.close()
     if proc.returncode != 0:
         tail = "\n".join(Path(log.name).read_text().strip().splitlines()[-5:])
         raise HvdlmError(f"{method} on the {link} link failed (exit {proc.returncode}):\n{tail}")
-    return summarize(method, link, args, metrics, samples)
+    return summarize(method, link, args, metrics, samples, stop)
 
 
-def summarize(method, link, args, metrics: Path, samples) -> dict:
+def summarize(method, link, args, metrics: Path, samples, stop: int) -> dict:
     train = {r["step"]: r for r in train_rows(metrics, "train")}
     evals = train_rows(metrics, "eval")
     summary = train_rows(metrics, "summary")[-1]
     tokens_per_step = round(train[1]["tokens_per_s"] * train[1]["step_time"])
     # The byte window: from one sync to a later one (every step's for every-step methods), after
-    # --warmup and before the last step (whose checkpoint gathers per-rank state): the steps at
+    # window_start and before the last step (whose checkpoint gathers per-rank state): the steps at
     # which the counters were read, or without counters the widest such window.
     counted = len(samples) > 1 and bool(samples[0][1])
     if args.tx_bytes_cmd and not counted:
@@ -157,14 +193,15 @@ def summarize(method, link, args, metrics: Path, samples) -> dict:
         a, b = samples[0][0], samples[-1][0]
     else:
         u = unit(method, args)
-        a, b = -(-args.warmup // u) * u, (args.steps - 1) // u * u
+        a, b = window_start(method, args), (stop - 1) // u * u
     if not (min(train) <= a < b <= max(train)):
-        raise HvdlmError(f"{method}: no byte window between --warmup {args.warmup} and step {args.steps - 1} "
+        raise HvdlmError(f"{method}: no byte window between step {window_start(method, args)} and step {stop - 1} "
                          f"that starts and ends at a sync; raise --steps")
     computed = (train[b]["sync_bytes"] - train[a]["sync_bytes"]) / (b - a)
+    window_time = sum(train[s]["step_time"] for s in range(a + 1, b + 1))
     row = {"method": method, "link": link, "steps": summary["step"], "tokens": summary["step"] * tokens_per_step,
-           "tokens_per_s": summary["tokens_per_s"], "val_loss": summary["val_loss"],
-           "bytes_per_step_computed": computed, "window": f"{a}-{b}",
+           "tokens_per_s": (b - a) * tokens_per_step / window_time, "tokens_per_s_run": summary["tokens_per_s"],
+           "val_loss": summary["val_loss"], "bytes_per_step_computed": computed, "window": f"{a}-{b}",
            "evals": [(e["step"], e["time"], e["val_loss"]) for e in evals]}
     if counted:
         per_host = {h: (samples[-1][1][h] - samples[0][1][h]) / (b - a) for h in samples[0][1]}
@@ -175,29 +212,47 @@ def summarize(method, link, args, metrics: Path, samples) -> dict:
 
 def compare(rows: list[dict]) -> None:
     """The ratios the targets are read against: bytes and tokens/s against none on the free link,
-    val loss against none on the same link (equal steps = equal tokens: the same global batch)."""
-    def base(link):
-        return next((r for r in rows if r["method"] == "none" and r["link"] == link), None)
+    val loss against none at the same step (equal steps = equal tokens: the same global batch),
+    on the free link when the run stopped early on a shaped one (its losses are the free run's)."""
+    def find(method, link):
+        return next((r for r in rows if r["method"] == method and r["link"] == link), None)
 
-    free = base("free")
+    free = find("none", "free")
     for r in rows:
-        same = base(r["link"])
+        same = find("none", r["link"])
         key = "bytes_per_step_tx" if "bytes_per_step_tx" in r else "bytes_per_step_computed"
         ref = same or free
         r["bytes_vs_none"] = ref[key] / r[key] if ref and r.get(key) else float("nan")
         r["tokens_per_s_vs_free_none"] = r["tokens_per_s"] / free["tokens_per_s"] if free else float("nan")
-        r["val_loss_vs_none"] = r["val_loss"] / same["val_loss"] - 1 if same else float("nan")
+        twin = find(r["method"], "free")
+        if r["link"] != "free" and twin:  # same steps, same losses: the link must not change the math
+            common = {s: v for s, _, v in twin["evals"]}
+            pairs = [(v, common[s]) for s, _, v in r["evals"] if s in common]
+            r["same_as_free"] = bool(pairs) and all(abs(v - w) <= 1e-6 * abs(w) for v, w in pairs)
+        losses = twin if r["link"] != "free" and twin and r["steps"] < twin["steps"] else r
+        base = find("none", losses["link"])
+        base = base if base and base["steps"] == losses["steps"] else None
+        r["val_loss_compared"] = losses["val_loss"] if losses else float("nan")
+        r["val_loss_compared_at"] = losses["steps"] if losses else r["steps"]
+        r["val_loss_vs_none"] = losses["val_loss"] / base["val_loss"] - 1 if base and losses else float("nan")
 
 
 def run(args) -> list[dict]:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in METHODS]
-    links = [x.strip() for x in args.links.split(",") if x.strip()]
+    plan = {}  # link -> its methods
+    for entry in (x.strip() for x in args.links.split(",") if x.strip()):
+        link, _, only = entry.partition(":")
+        plan[link] = [m for m in only.split("+") if m] if only else methods
+    unknown = [m for ms in plan.values() for m in ms if not known(m)]
     if unknown:
-        raise HvdlmError(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}")
-    if any(x != "free" for x in links) and not args.slow_cmd:
-        print(f"hvdlm: no --slow_cmd: measuring the free link only (not {', '.join(x for x in links if x != 'free')})")
-        links = ["free"]
+        raise HvdlmError(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)} "
+                         f"(or local_sgd/diloco with -bf16 or -fp16)")
+    if any(x != "free" for x in plan) and not args.slow_cmd:
+        print(f"hvdlm: no --slow_cmd: measuring the free link only (not {', '.join(x for x in plan if x != 'free')})")
+        plan = {"free": plan["free"]} if "free" in plan else {}
+    if not plan:
+        raise HvdlmError("nothing to measure: --links names no link")
+    links = list(plan)
     if args.warmup >= args.steps - 1:
         raise HvdlmError("need --warmup below --steps - 1")
     out = Path(args.out_dir).resolve()
@@ -206,12 +261,20 @@ def run(args) -> list[dict]:
     try:
         for link in links:
             set_link(link, args)
-            for method in methods:
-                print(f"[{link}] {method} ...", flush=True)
+            for method in plan[link]:
                 run_dir = out / "runs" / f"{link}-{method}"
+                done = run_dir / "row.json"
+                if args.reuse and done.exists():  # a finished run of an interrupted benchmark
+                    kept = json.loads(done.read_text())
+                    if kept.get("flags") == run_flags(method, link, args):
+                        print(f"[{link}] {method}: kept from {done}", flush=True)
+                        rows.append(kept["row"])
+                        continue
+                print(f"[{link}] {method} ...", flush=True)
                 run_dir.mkdir(parents=True, exist_ok=True)
                 (run_dir / "metrics.jsonl").unlink(missing_ok=True)
                 rows.append(measure(method, link, args, run_dir))
+                done.write_text(json.dumps({"flags": run_flags(method, link, args), "row": rows[-1]}))
     finally:
         if args.heal_cmd and links != ["free"]:
             subprocess.run(args.heal_cmd, shell=True, capture_output=True)
@@ -220,19 +283,33 @@ def run(args) -> list[dict]:
     return rows
 
 
+def run_flags(method: str, link: str, args) -> dict:
+    """What makes two runs the same run (for --reuse)."""
+    keys = ("data_dir", "preset", "block_size", "global_batch", "steps", "lr_warmup", "eval_interval",
+            "eval_sequences", "seed", "threads", "train_args", "hosts", "ranks", "controller", "launcher_args",
+            "powersgd_rank", "sync_every", "warmup", "shaped_window", "tx_bytes_cmd")
+    return {"method": method, "link": link, **{k: getattr(args, k) for k in keys}}
+
+
 def report(rows: list[dict], args, out: Path) -> None:
     counted = "bytes_per_step_tx" in rows[0]
     fmt = lambda v, f: "-" if v is None or v != v else f.format(v)  # noqa: E731
     header = ["link", "method", "MB/step (tx counters)" if counted else "MB/step (computed)", "MB/step computed",
-              "x fewer bytes", "tokens/s", "vs none free", f"val loss @{rows[0]['steps']}", "vs none"]
+              "x fewer bytes", "window", "tokens/s", "vs none free", "run tokens/s", "steps", "val loss @step",
+              "vs none", "same as free"]
+    same = {True: "yes", False: "NO"}
     body = [[r["link"], r["method"], fmt(r.get("bytes_per_step_tx", r["bytes_per_step_computed"]) / 1e6, "{:.3f}"),
-             fmt(r["bytes_per_step_computed"] / 1e6, "{:.3f}"), fmt(r["bytes_vs_none"], "{:.1f}x"),
+             fmt(r["bytes_per_step_computed"] / 1e6, "{:.3f}"), fmt(r["bytes_vs_none"], "{:.1f}x"), r["window"],
              fmt(r["tokens_per_s"], "{:.0f}"), fmt(r["tokens_per_s_vs_free_none"], "{:.2f}x"),
-             fmt(r["val_loss"], "{:.4f}"), fmt(100 * r["val_loss_vs_none"], "{:+.2f}%")] for r in rows]
+             fmt(r["tokens_per_s_run"], "{:.0f}"), str(r["steps"]),
+             fmt(r["val_loss_compared"], "{:.4f}") + f" @{r['val_loss_compared_at']}",
+             fmt(100 * r["val_loss_vs_none"], "{:+.2f}%"), same.get(r.get("same_as_free"), "-")] for r in rows]
     print(f"\nhvdlm bench sync: preset {args.preset}, global batch {args.global_batch}, {args.steps} steps "
           f"(= equal tokens), seed {args.seed}, hosts {args.hosts or 'this machine'}; bytes per optimizer step "
           + ("from the hosts' interface counters (the busiest host)" if counted else
-             "COMPUTED from the collectives' payloads (no --tx_bytes_cmd)"))
+             "COMPUTED from the collectives' payloads (no --tx_bytes_cmd)")
+          + "; tokens/s over the byte window (steps a-b); val loss vs none at the same step (the free link's "
+            "when a shaped run stopped early)")
     print(format_grid(header, body))
     write_csv(out / "sync.csv", [{k: v for k, v in r.items() if k != "evals"} for r in rows])
     write_json(out / "sync.json", {"args": vars(args), "bytes_source": "tx counters" if counted else "computed"}, rows)
@@ -257,7 +334,11 @@ def add_sync_parser(sub) -> None:
     w.add_argument("--methods", default=",".join(METHODS), help=f"comma list of {', '.join(METHODS)} (default: all)")
     w.add_argument("--powersgd_rank", type=int, default=4)
     w.add_argument("--sync_every", type=int, default=50, help="H of local_sgd and diloco (default: 50)")
-    w.add_argument("--links", default="free", help="comma list: free, or tc rates such as 100mbit (need --slow_cmd)")
+    w.add_argument("--links", default="free", help="comma list: free, or tc rates such as 100mbit (need --slow_cmd); "
+                                                   "RATE:M1+M2 runs only methods M1, M2 on that link")
+    w.add_argument("--shaped_window", type=int, default=0,
+                   help="on shaped links, stop each run once its byte window holds this many steps (whole sync "
+                        "periods); 0 = run --steps there too")
     m = s.add_argument_group("the run (the same for every method)")
     m.add_argument("--data_dir", default="data/default")
     m.add_argument("--preset", default="mini")
@@ -286,4 +367,6 @@ def add_sync_parser(sub) -> None:
     o.add_argument("--poll", type=float, default=0.2, help="seconds between looks at the run's progress")
     o.add_argument("--timeout", type=float, default=7200, help="seconds one run may take")
     o.add_argument("--out_dir", default="out/bench/sync")
+    o.add_argument("--reuse", action="store_true", help="keep the runs an interrupted benchmark finished "
+                                                       "(same flags) instead of running them again")
     s.set_defaults(func=run)
