@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import re
 import signal
 import socket
 import time
@@ -289,6 +290,13 @@ def is_peer_failure(exc: BaseException) -> bool:
     from horovod.common.exceptions import HorovodInternalError
 
     return isinstance(exc, HorovodInternalError)
+
+
+def gloo_timeout_ms(exc: BaseException) -> int | None:
+    """The timeout Gloo gave up after, when that is why a collective failed (no rank died: one
+    exchange took longer than HOROVOD_GLOO_TIMEOUT_SECONDS, e.g. a large one on a slow link)."""
+    found = re.search(r"Timed out waiting (\d+)ms for (send|recv)", str(exc))
+    return int(found.group(1)) if found and is_peer_failure(exc) else None
 
 
 class StopSignals:

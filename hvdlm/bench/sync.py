@@ -6,7 +6,7 @@ equal steps are equal tokens), launched with horovodrun on ``--hosts`` (or on th
   none, fp16, bf16     every step, the averaged gradient (fp32, fp16 or bf16 on the wire)
   powersgd             every step, a rank-``--powersgd_rank`` approximation, error feedback
   local_sgd, diloco    every ``--sync_every`` steps, averaged parameters / an outer Nesterov step
-                       (``local_sgd-bf16``, ``diloco-bf16``, ``diloco-fp16``: 16 bits on the wire)
+                       (``diloco-bf16``, ``diloco-fp16``: the outer exchange in 16 bits)
 
 for each link setting in ``--links`` (``free``, or a tc rate such as ``100mbit`` applied with
 ``--slow_cmd`` and undone with ``--heal_cmd``; ``10mbit:diloco+diloco-bf16`` runs only those
@@ -46,12 +46,12 @@ BIN = Path(sys.executable).parent
 METHODS = ["none", "fp16", "bf16", "powersgd", "local_sgd", "diloco"]
 
 
-PERIODIC_WIRES = ("bf16", "fp16")  # local_sgd-bf16, diloco-fp16, ...: the exchange's wire type
+OUTER_WIRES = ("bf16", "fp16")  # diloco-bf16, diloco-fp16: the outer exchange's wire type
 
 
 def known(method: str) -> bool:
     base, _, wire = method.partition("-")
-    return method in METHODS or (base in ("local_sgd", "diloco") and wire in PERIODIC_WIRES)
+    return method in METHODS or (base == "diloco" and wire in OUTER_WIRES)
 
 
 def method_flags(method: str, args) -> list[str]:
@@ -246,7 +246,7 @@ def run(args) -> list[dict]:
     unknown = [m for ms in plan.values() for m in ms if not known(m)]
     if unknown:
         raise HvdlmError(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)} "
-                         f"(or local_sgd/diloco with -bf16 or -fp16)")
+                         f"(or diloco-bf16, diloco-fp16)")
     if any(x != "free" for x in plan) and not args.slow_cmd:
         print(f"hvdlm: no --slow_cmd: measuring the free link only (not {', '.join(x for x in plan if x != 'free')})")
         plan = {"free": plan["free"]} if "free" in plan else {}

@@ -201,7 +201,9 @@ def add_train_parser(sub) -> None:
                    help="comma list of single, single-1, bare, bare-1 (the bare PyTorch loop, all cores or one "
                         "rank's share), horovod-mpi, horovod-gloo, ddp (default: all)")
     t.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
-    t.add_argument("--compression", default="none", choices=["none", "fp16"])
+    t.add_argument("--compression", default="none", choices=["none", "fp16", "bf16", "powersgd"],
+                   help="what the hvdlm runs send (DDP and the bare loop: fp32); to compare the methods' bytes and "
+                        "val loss on a slow link, use `hvdlm bench sync`")
     t.add_argument("--steps", type=int, default=25, help="steps per run (default: 25)")
     t.add_argument("--warmup", type=int, default=5, help="untimed first steps (default: 5)")
     t.add_argument("--repeats", type=int, default=2, help="interleaved repetitions; the best counts (default: 2)")
