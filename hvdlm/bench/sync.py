@@ -291,6 +291,30 @@ def run_flags(method: str, link: str, args) -> dict:
     return {"method": method, "link": link, **{k: getattr(args, k) for k in keys}}
 
 
+COLORS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:gray"]
+
+
+def loss_panel(link: str, here: list[dict], rows: list[dict]) -> Panel:
+    """Val loss against wall time, from the first evaluation after step 0 (the untrained model's
+    loss would squash the differences). A shaped run that stopped early, whose losses are the free
+    run's (checked), continues dashed: the free run's later losses at this run's measured speed."""
+    series, styles = {}, {}
+    for r in here:
+        color = COLORS[[x["method"] for x in rows].index(r["method"]) % len(COLORS)]
+        evals = [e for e in r["evals"] if e[0] > 0]
+        series[r["method"]], styles[r["method"]] = ([e[1] for e in evals], [e[2] for e in evals]), {"color": color}
+        twin = next((x for x in rows if x["method"] == r["method"] and x["link"] == "free"), None)
+        if r["link"] != "free" and twin and r.get("same_as_free") and evals and r["steps"] < twin["steps"]:
+            step, t, _ = evals[-1]
+            per_step = r["tokens"] / r["steps"] / r["tokens_per_s"]
+            later = [(t + (e[0] - step) * per_step, e[2]) for e in twin["evals"] if e[0] > step]
+            name = f"{r['method']} (projected)"
+            series[name] = ([t] + [x for x, _ in later], [evals[-1][2]] + [y for _, y in later])
+            styles[name] = {"color": color, "linestyle": "--", "marker": None}
+    return Panel(f"link: {link}", "wall time (s)", "validation loss", series, logx=None, logy=False, x_bytes=False,
+                 styles=styles)
+
+
 def report(rows: list[dict], args, out: Path) -> None:
     counted = "bytes_per_step_tx" in rows[0]
     fmt = lambda v, f: "-" if v is None or v != v else f.format(v)  # noqa: E731
@@ -313,11 +337,9 @@ def report(rows: list[dict], args, out: Path) -> None:
     print(format_grid(header, body))
     write_csv(out / "sync.csv", [{k: v for k, v in r.items() if k != "evals"} for r in rows])
     write_json(out / "sync.json", {"args": vars(args), "bytes_source": "tx counters" if counted else "computed"}, rows)
-    panels = [Panel(f"link: {link}", "wall time (s)", "validation loss",
-                    {r["method"]: ([e[1] for e in r["evals"]], [e[2] for e in r["evals"]])
-                     for r in rows if r["link"] == link}, logx=None, logy=False, x_bytes=False)
-              for link in dict.fromkeys(r["link"] for r in rows)]
-    plot_panels(out / "sync.png", panels, title=f"hvdlm bench sync: {args.preset}, {args.steps} steps")
+    panels = [loss_panel(link, [r for r in rows if r["link"] == link], rows) for link in dict.fromkeys(r["link"] for r in rows)]
+    plot_panels(out / "sync.png", panels, title=f"hvdlm bench sync: {args.preset}, {args.steps} steps (dashed: "
+                "the free run's losses at the shaped link's measured speed)")
     print(f"wrote {out / 'sync.csv'}, {out / 'sync.json'}, {out / 'sync.png'}")
 
 
