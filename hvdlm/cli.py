@@ -251,7 +251,9 @@ def report_crash(args: argparse.Namespace, rank: int, exc: BaseException) -> int
             print(verdict.line, file=sys.stderr, flush=True)
             return watchdog.EXIT_STALLED
         what = "stopped: another rank failed or left during a collective (its message names the cause)"
-        timeout = _gloo_timeout_ms(exc)
+        from hvdlm.distributed import gloo_timeout_ms  # horovod is loaded: this is a peer failure
+
+        timeout = gloo_timeout_ms(exc)
         if timeout is not None:
             what = (f"stopped: a collective ran past Gloo's timeout of {timeout / 1000:g} s: the link is too slow "
                     "for what the ranks exchange at once (or a rank stopped answering); on a slow link set "
@@ -277,12 +279,6 @@ def _is_peer_failure(exc: BaseException) -> bool:
     from hvdlm.distributed import is_peer_failure
 
     return is_peer_failure(exc)
-
-
-def _gloo_timeout_ms(exc: BaseException) -> int | None:
-    from hvdlm.distributed import gloo_timeout_ms
-
-    return gloo_timeout_ms(exc)
 
 
 def main(argv: list[str] | None = None) -> None:

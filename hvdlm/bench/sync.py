@@ -44,8 +44,7 @@ from hvdlm.errors import HvdlmError
 
 BIN = Path(sys.executable).parent
 METHODS = ["none", "fp16", "bf16", "powersgd", "local_sgd", "diloco"]
-
-
+EVERY_STEP = ("none", "fp16", "bf16", "powersgd")
 OUTER_WIRES = ("bf16", "fp16")  # diloco-bf16, diloco-fp16: the outer exchange's wire type
 
 
@@ -80,7 +79,7 @@ def host_names(args) -> list[str]:
 
 def unit(method: str, args) -> int:
     """Steps between syncs: byte windows start and end at one, so each holds whole sync periods."""
-    return 1 if method in ("none", "fp16", "bf16", "powersgd") else args.sync_every
+    return 1 if method in EVERY_STEP else args.sync_every
 
 
 def window_start(method: str, args) -> int:
@@ -210,31 +209,31 @@ def summarize(method, link, args, metrics: Path, samples, stop: int) -> dict:
     return row
 
 
+def find(rows: list[dict], method: str, link: str) -> dict | None:
+    return next((r for r in rows if r["method"] == method and r["link"] == link), None)
+
+
 def compare(rows: list[dict]) -> None:
     """The ratios the targets are read against: bytes and tokens/s against none on the free link,
     val loss against none at the same step (equal steps = equal tokens: the same global batch),
     on the free link when the run stopped early on a shaped one (its losses are the free run's)."""
-    def find(method, link):
-        return next((r for r in rows if r["method"] == method and r["link"] == link), None)
-
-    free = find("none", "free")
+    free = find(rows, "none", "free")
     for r in rows:
-        same = find("none", r["link"])
+        same = find(rows, "none", r["link"])
         key = "bytes_per_step_tx" if "bytes_per_step_tx" in r else "bytes_per_step_computed"
         ref = same or free
         r["bytes_vs_none"] = ref[key] / r[key] if ref and r.get(key) else float("nan")
         r["tokens_per_s_vs_free_none"] = r["tokens_per_s"] / free["tokens_per_s"] if free else float("nan")
-        twin = find(r["method"], "free")
+        twin = find(rows, r["method"], "free")
         if r["link"] != "free" and twin:  # same steps, same losses: the link must not change the math
             common = {s: v for s, _, v in twin["evals"]}
             pairs = [(v, common[s]) for s, _, v in r["evals"] if s in common]
             r["same_as_free"] = bool(pairs) and all(abs(v - w) <= 1e-6 * abs(w) for v, w in pairs)
         losses = twin if r["link"] != "free" and twin and r["steps"] < twin["steps"] else r
-        base = find("none", losses["link"])
-        base = base if base and base["steps"] == losses["steps"] else None
-        r["val_loss_compared"] = losses["val_loss"] if losses else float("nan")
-        r["val_loss_compared_at"] = losses["steps"] if losses else r["steps"]
-        r["val_loss_vs_none"] = losses["val_loss"] / base["val_loss"] - 1 if base and losses else float("nan")
+        base = find(rows, "none", losses["link"])
+        r["val_loss_compared"], r["val_loss_compared_at"] = losses["val_loss"], losses["steps"]
+        r["val_loss_vs_none"] = (losses["val_loss"] / base["val_loss"] - 1 if base and base["steps"] == losses["steps"]
+                                 else float("nan"))
 
 
 def run(args) -> list[dict]:
@@ -263,10 +262,10 @@ def run(args) -> list[dict]:
             set_link(link, args)
             for method in plan[link]:
                 run_dir = out / "runs" / f"{link}-{method}"
-                done = run_dir / "row.json"
+                done, flags = run_dir / "row.json", run_flags(method, link, args)
                 if args.reuse and done.exists():  # a finished run of an interrupted benchmark
                     kept = json.loads(done.read_text())
-                    if kept.get("flags") == run_flags(method, link, args):
+                    if kept.get("flags") == flags:
                         print(f"[{link}] {method}: kept from {done}", flush=True)
                         rows.append(kept["row"])
                         continue
@@ -274,7 +273,7 @@ def run(args) -> list[dict]:
                 run_dir.mkdir(parents=True, exist_ok=True)
                 (run_dir / "metrics.jsonl").unlink(missing_ok=True)
                 rows.append(measure(method, link, args, run_dir))
-                done.write_text(json.dumps({"flags": run_flags(method, link, args), "row": rows[-1]}))
+                done.write_text(json.dumps({"flags": flags, "row": rows[-1]}))
     finally:
         if args.heal_cmd and links != ["free"]:
             subprocess.run(args.heal_cmd, shell=True, capture_output=True)
@@ -303,7 +302,7 @@ def loss_panel(link: str, here: list[dict], rows: list[dict]) -> Panel:
         color = COLORS[[x["method"] for x in rows].index(r["method"]) % len(COLORS)]
         evals = [e for e in r["evals"] if e[0] > 0]
         series[r["method"]], styles[r["method"]] = ([e[1] for e in evals], [e[2] for e in evals]), {"color": color}
-        twin = next((x for x in rows if x["method"] == r["method"] and x["link"] == "free"), None)
+        twin = find(rows, r["method"], "free")
         if r["link"] != "free" and twin and r.get("same_as_free") and evals and r["steps"] < twin["steps"]:
             step, t, _ = evals[-1]
             per_step = r["tokens"] / r["steps"] / r["tokens_per_s"]
