@@ -75,6 +75,9 @@ class DistributedConfig:
     sync_every: int = opt(50, "local_sgd and diloco: optimizer steps between synchronizations (H)")
     outer_lr: float = opt(0.7, "diloco: the outer SGD's learning rate")
     outer_momentum: float = opt(0.9, "diloco: the outer SGD's Nesterov momentum")
+    overlap_steps: int = opt(0, "local_sgd and diloco: the exchange runs behind this many inner steps (at most "
+                                "sync_every) and is then applied, with the steps taken meanwhile kept on top "
+                                "(Streaming DiLoCo's overlap); 0 = every rank waits for it at the sync")
     reduce_op: str = opt("average", "how ranks' gradients combine: average, or Adasum (needs grad_clip 0)",
                          ["average", "adasum"])
     grad_accum: int = opt(1, "micro-steps per optimizer step (Horovod backward_passes_per_step)")
@@ -277,6 +280,11 @@ def validate_sync(dist: DistributedConfig, o: OptimConfig, need) -> None:
     need(dist.powersgd_start >= 0, f"powersgd_start must be >= 0, got {dist.powersgd_start}")
     need(dist.powersgd_min_compression >= 0,
          f"powersgd_min_compression must be >= 0, got {dist.powersgd_min_compression}")
+    need(0 <= dist.overlap_steps <= dist.sync_every,
+         f"overlap_steps must be in [0, sync_every={dist.sync_every}], got {dist.overlap_steps}")
+    need(not dist.overlap_steps or dist.sync != "every_step",
+         f"overlap_steps delays the exchange of --sync local_sgd or diloco; --sync every_step exchanges gradients "
+         "that the step needs now")
     need(dist.outer_lr > 0, f"outer_lr must be positive, got {dist.outer_lr}")
     need(0 <= dist.outer_momentum < 1, f"outer_momentum must be in [0, 1), got {dist.outer_momentum}")
     need(dist.compression != "powersgd" or not dist.powersgd_start or dist.powersgd_start >= o.warmup_steps,

@@ -201,31 +201,78 @@ def size() -> int:
 # --- The sync strategies' own collectives (hvdlm/sync/): one fused flat buffer each --------------
 
 def allreduce_average(flat: torch.Tensor, name: str, wire: str = "none") -> torch.Tensor:
-    """The mean over ranks of a flat fp32 tensor, sent as fp32 (none) or fp16 (Horovod's
-    compression: cast, ring-allreduce, cast back)."""
-    compression = {"none": hvd.Compression.none, "fp16": hvd.Compression.fp16}[wire]
-    return hvd.allreduce(flat, op=hvd.Average, name=name, compression=compression)
+    """The mean over ranks of a flat fp32 tensor, sent as fp32 (none) or fp16 (cast, ring-allreduce,
+    cast back: what Horovod's fp16 compression does)."""
+    return Average(flat, name, wire).result()
 
 
 def bf16_average(flat: torch.Tensor, name: str) -> torch.Tensor:
-    """The mean over ranks of a flat fp32 tensor, with bf16 on the wire, the same bits on every rank.
+    """The mean over ranks of a flat fp32 tensor, with bf16 on the wire, the same bits on every rank."""
+    return Average(flat, name, "bf16").result()
+
+
+class Average:
+    """The mean over ranks of a flat fp32 tensor, started now and computed by Horovod's background
+    thread while this one goes on (``result()`` waits for it). ``wire``: none (fp32), fp16 or bf16.
 
     Horovod 0.28.1 cannot sum bf16 over MPI or Gloo, but it moves int16 payloads: a reduce-scatter
     through ``alltoall`` (rank r receives every rank's r-th chunk), an fp32 sum of the chunks here,
     the mean rounded to bf16, and an ``allgather`` of the chunks back. Each rank sends (n-1)/n of
     the buffer in each half: 2(n-1)/n x 2 bytes per element, what an fp16 ring-allreduce sends.
+    The second half starts from ``poll()`` (or ``result()``) once the first has arrived here.
     """
-    n = hvd.size()
-    if n == 1:
-        return flat.to(torch.bfloat16).float()
-    count = flat.numel()
-    chunk = -(-count // n)  # ceil: every rank owns one chunk; the last ones may be short or empty
-    sizes = [max(0, min(chunk, count - r * chunk)) for r in range(n)]
-    wire = flat.to(torch.bfloat16).view(torch.int16)
-    received, _ = hvd.alltoall(wire, splits=torch.tensor(sizes, dtype=torch.int32), name=name + ".scatter")
-    mine = received.view(torch.bfloat16).float().view(n, -1).sum(0) / n if sizes[hvd.rank()] else flat[:0]
-    gathered = hvd.allgather(mine.to(torch.bfloat16).view(torch.int16), name=name + ".gather")
-    return gathered.view(torch.bfloat16).float()
+
+    def __init__(self, flat: torch.Tensor, name: str, wire: str = "none"):
+        self.name, self.wire, self._value = name, wire, None
+        n = hvd.size()
+        if wire == "bf16":
+            if n == 1:
+                self._value = flat.to(torch.bfloat16).float()
+                return
+            count = flat.numel()
+            chunk = -(-count // n)  # ceil: every rank owns one chunk; the last ones may be short or empty
+            self._sizes = [max(0, min(chunk, count - r * chunk)) for r in range(n)]
+            self._empty = flat[:0]
+            self._handle = hvd.alltoall_async(flat.to(torch.bfloat16).view(torch.int16),
+                                              splits=torch.tensor(self._sizes, dtype=torch.int32),
+                                              name=name + ".scatter")
+            self._gathering = False
+        else:
+            payload = flat.half() if wire == "fp16" else flat
+            self._handle = hvd.allreduce_async(payload, op=hvd.Average, name=name)
+
+    def poll(self) -> bool:
+        """True once the result is here (bf16: starts the second half when the first has arrived)."""
+        if self._value is not None:
+            return True
+        if not hvd.poll(self._handle):
+            return False
+        if self.wire == "bf16" and not self._gathering:
+            self._gather()
+            return False
+        return True
+
+    def _gather(self) -> None:
+        received, _ = hvd.synchronize(self._handle)
+        n = hvd.size()
+        mine = received.view(torch.bfloat16).float().view(n, -1).sum(0) / n if self._sizes[hvd.rank()] else self._empty
+        self._handle = hvd.allgather_async(mine.to(torch.bfloat16).view(torch.int16), name=self.name + ".gather")
+        self._gathering = True
+
+    def result(self) -> torch.Tensor:
+        if self._value is None:
+            if self.wire == "bf16" and not self._gathering:
+                self._gather()
+            out = hvd.synchronize(self._handle)
+            self._value = out.view(torch.bfloat16).float() if self.wire == "bf16" else out.float()
+        return self._value
+
+    @classmethod
+    def arrived(cls, value: torch.Tensor) -> "Average":
+        """An average already received (restored from a checkpoint)."""
+        done = cls.__new__(cls)
+        done._value = value
+        return done
 
 
 def gather_objects(obj: T, name: str) -> list[T]:

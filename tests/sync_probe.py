@@ -3,6 +3,8 @@ ranks computed; rank 0 writes one JSON file.
 
     python sync_probe.py math OUT.json                    PowerSGD and bf16 on synthetic gradients
     python sync_probe.py digests OUT.json -- <hvdlm train flags>   parameters' sha256 after every step
+    python sync_probe.py exchanges OUT -- <hvdlm train flags>      local_sgd/diloco: each exchange's
+                                                                   parameters, torch.save'd per rank
 """
 
 import hashlib
@@ -141,7 +143,51 @@ def digests(out, *flags):
             json.dump(everyone, open(out, "w"))
 
 
+def exchanges(out, *flags):
+    """Train through the real CLI, recording around each local_sgd/diloco exchange: at its send, the
+    step, the step it is due and the parameters sent (and diloco's synced parameters); at its
+    application, the parameters just before and just after. Each rank saves ``OUT.RANK``."""
+    import hvdlm.sync
+    import hvdlm.train
+    from hvdlm.cli import main
+    from hvdlm.sync.base import flatten
+
+    events, now = [], {}
+    real_build = hvdlm.sync.build
+
+    def build(cfg):
+        strategy = real_build(cfg)
+        real_after, real_send, real_apply = strategy.after_step, strategy.send, strategy.apply
+
+        def after_step(step, model):
+            now["step"] = step
+            return real_after(step, model)
+
+        def anchor():
+            return None if strategy.anchor is None else strategy.anchor.clone()
+
+        def send(due):
+            exchange = real_send(due)
+            events.append({"send": now["step"], "due": due, "sent": exchange.sent.clone(), "anchor": anchor()})
+            return exchange
+
+        def apply(exchange):
+            before = flatten([p.detach() for p in strategy.params]).clone()
+            real_apply(exchange)
+            events.append({"applied": now["step"], "due": exchange.due, "before": before,
+                           "after": flatten([p.detach() for p in strategy.params]).clone()})
+
+        strategy.after_step, strategy.send, strategy.apply = after_step, send, apply
+        return strategy
+
+    hvdlm.train.sync.build = build
+    try:
+        main(["train", *flags])
+    finally:
+        torch.save(events, f"{out}.{hvd.rank()}")
+
+
 if __name__ == "__main__":
     what, out, *rest = sys.argv[1:]
     torch.set_num_threads(1)
-    {"math": math, "digests": digests}[what](out, *[a for a in rest if a != "--"])
+    {"math": math, "digests": digests, "exchanges": exchanges}[what](out, *[a for a in rest if a != "--"])

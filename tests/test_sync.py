@@ -77,11 +77,46 @@ def test_diloco_with_outer_lr_1_and_no_momentum_equals_local_sgd(corpus, tmp_pat
     assert_same_params(tmp_path / "diloco", tmp_path / "local", rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("launcher, extra, tol", [
+    ("horovodrun-gloo", ["--sync", "local_sgd"], 1e-6),
+    ("horovodrun-mpi", ["--sync", "diloco", "--outer_lr", "0.5", "--outer_momentum", "0"], 1e-6),
+    ("horovodrun-gloo", ["--sync", "diloco", "--outer_lr", "0.5", "--outer_momentum", "0", "--compression", "bf16"],
+     2e-2),
+])
+def test_an_overlapped_exchange_is_applied_later_with_the_steps_taken_meanwhile(launcher, extra, tol, corpus,
+                                                                                tmp_path):
+    """--overlap_steps 2 with syncs every 3 steps: sent at 3, applied at 5 as the synced parameters
+    plus each rank's own steps 4 and 5; sent at 6, due at 8, the last step, where the ranks meet."""
+    out = tmp_path / "exchanges"
+    check(launch(launcher, [sys.executable, SYNC_PROBE, "exchanges", str(out), "--",
+                            *flags(corpus, tmp_path / "run", *extra, "--sync_every", "3", "--overlap_steps", "2")]))
+    ranks = [torch.load(f"{out}.{r}", weights_only=True) for r in range(2)]
+    sends = [[e for e in events if "send" in e] for events in ranks]
+    applies = [[e for e in events if "applied" in e] for events in ranks]
+    assert [(e["send"], e["due"]) for e in sends[0]] == [(3, 5), (6, 8), (8, 8)]
+    assert [(e["applied"], e["due"]) for e in applies[0]] == [(5, 5), (8, 8), (8, 8)]
+    for i, due in enumerate([5, 8, 8]):
+        mean_sent = (sends[0][i]["sent"] + sends[1][i]["sent"]) / 2
+        if "diloco" in extra:  # outer SGD, lr 0.5, no momentum, from the parameters of the last sync
+            anchor = sends[0][i]["anchor"]
+            assert torch.equal(anchor, sends[1][i]["anchor"])
+            synced = anchor - 0.5 * (anchor - mean_sent)
+        else:
+            synced = mean_sent
+        for r in range(2):
+            meanwhile = applies[r][i]["before"] - sends[r][i]["sent"]
+            assert (meanwhile.abs().max() > 0) == (i < 2)  # steps 4-5 behind the first, 7-8 behind the second
+            torch.testing.assert_close(applies[r][i]["after"], synced + meanwhile, rtol=tol, atol=tol)
+        # each rank keeps its own steps after an overlapped exchange; the last sync is one model
+        assert torch.equal(applies[0][i]["after"], applies[1][i]["after"]) == (i == 2)
+
+
 @pytest.mark.parametrize("launcher, extra, sync_steps", [
     ("horovodrun-gloo", ["--sync", "local_sgd", "--sync_every", "3"], [3, 6, 8]),
     ("horovodrun-mpi", ["--sync", "diloco", "--sync_every", "3", "--compression", "bf16"], [3, 6, 8]),
     ("horovodrun-gloo", ["--compression", "powersgd", "--powersgd_rank", "2", "--grad_accum", "2"], range(1, 9)),
     ("horovodrun-mpi", ["--compression", "bf16"], range(1, 9)),
+    ("horovodrun-gloo", ["--sync", "local_sgd", "--sync_every", "3", "--overlap_steps", "1"], [8]),
 ])
 def test_parameters_are_identical_on_all_ranks_right_after_each_sync(launcher, extra, sync_steps, corpus, tmp_path):
     out = tmp_path / "digests.json"
@@ -100,6 +135,7 @@ def test_parameters_are_identical_on_all_ranks_right_after_each_sync(launcher, e
     ("horovodrun-mpi", ["--compression", "bf16"]),
     ("horovodrun-mpi", ["--sync", "local_sgd", "--sync_every", "3"]),
     ("horovodrun-gloo", ["--sync", "diloco", "--sync_every", "3", "--compression", "fp16"]),
+    ("horovodrun-mpi", ["--sync", "diloco", "--sync_every", "3", "--overlap_steps", "3", "--compression", "bf16"]),
 ])
 def test_resume_reproduces_an_unbroken_run(launcher, extra, corpus, tmp_path):
     """Stopped at step 5 (inside a window of 3 steps; after PowerSGD's warmup of 2), resumed to 8:
@@ -117,6 +153,8 @@ def test_resume_reproduces_an_unbroken_run(launcher, extra, corpus, tmp_path):
         first = ranks[0]["errors"][0] if "errors" in ranks[0] else ranks[0]["params"]
         other = ranks[1]["errors"][0] if "errors" in ranks[1] else ranks[1]["params"]
         assert not torch.equal(first, other)
+        # overlapped: the exchange sent at step 3 is due at 6, in flight at the stop; each rank saved it
+        assert ("pending" in ranks[0]) == ("--overlap_steps" in extra)
     stopped = tmp_path / "stopped"
     shutil.copytree(split, stopped)
     resumed = check(launch(launcher, [HVDLM, "train", *common, "--out_dir", str(split)]))
@@ -145,6 +183,9 @@ def test_resume_reproduces_an_unbroken_run(launcher, extra, corpus, tmp_path):
     ({"compression": "powersgd", "powersgd_start": 3, "warmup_steps": 10}, "must be at least warmup_steps"),
     ({"sync": "diloco", "outer_lr": 0.0}, "outer_lr must be positive"),
     ({"sync": "diloco", "outer_momentum": 1.0}, "outer_momentum must be in"),
+    ({"sync": "diloco", "sync_every": 3, "overlap_steps": 4}, "overlap_steps must be in"),
+    ({"sync": "diloco", "overlap_steps": -1}, "overlap_steps must be in"),
+    ({"overlap_steps": 2}, "overlap_steps delays the exchange"),
     ({"sync": "diloco", "elastic": True}, "Horovod elastic cannot restore"),
     ({"compression": "bf16", "elastic": True}, "Horovod elastic cannot restore"),
 ])

@@ -30,7 +30,7 @@ def build(cfg: Config) -> Sync:
     d = cfg.distributed
     if d.sync != "every_step":
         outer = (d.outer_lr, d.outer_momentum) if d.sync == "diloco" else None
-        return Periodic(d.sync_every, cfg.train.max_steps, outer, d.compression)
+        return Periodic(d.sync_every, cfg.train.max_steps, outer, d.compression, d.overlap_steps)
     if d.compression == "powersgd":
         return PowerSGD(d.powersgd_rank, d.powersgd_start or cfg.optim.warmup_steps, d.powersgd_min_compression,
                         cfg.train.seed)

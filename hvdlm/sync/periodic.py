@@ -9,6 +9,14 @@ fp16 or bf16 on the wire) and an outer SGD with Nesterov momentum (``--outer_lr`
 ``--outer_momentum``) applies it to the parameters at the last sync; every rank continues from
 the result. With outer lr 1 and momentum 0 this is local SGD.
 
+``--overlap_steps T`` (the overlap of Streaming DiLoCo, Douillard et al. 2025, arXiv 2501.18512,
+which mixes the local and synced parameters where this adds the local steps to the synced): the
+exchange starts at the sync and runs in Horovod's background thread while each rank takes T more
+inner steps; then the synced parameters (the average, or the outer step's result) are applied
+with those T steps of this rank's own progress added on top, and the next pseudo-gradient is
+measured from the synced parameters, so every inner step counts in exactly one exchange. A slow
+link then costs nothing while the exchange takes less than T steps' compute.
+
 The ranks also meet at the run's last step (``max_steps``), so the final model is one model.
 Between syncs each rank's parameters and optimizer moments are its own (``rank_state``); the
 parameters at the last sync and the outer momentum are the same on every rank (``state_dict``).
@@ -18,6 +26,7 @@ Gradients are clipped per rank: there is no averaged gradient.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import torch
 
@@ -25,20 +34,30 @@ from hvdlm import distributed as dist
 from hvdlm.sync.base import OwnCollectives, StepStats, flatten, ring_bytes, unflatten_into
 
 
+@dataclass
+class Exchange:
+    """A sync's exchange in flight: what this rank sent, and the step at which it is applied."""
+    average: dist.Average  # the mean over ranks: of the parameters (local_sgd) or the pseudo-gradient
+    sent: torch.Tensor      # this rank's parameters when it was sent
+    due: int
+
+
 class Periodic(OwnCollectives):
-    def __init__(self, every: int, max_steps: int, outer: tuple[float, float] | None, wire: str):
-        self.every, self.max_steps, self.outer, self.wire = every, max_steps, outer, wire
+    def __init__(self, every: int, max_steps: int, outer: tuple[float, float] | None, wire: str, overlap: int = 0):
+        self.every, self.max_steps, self.outer, self.wire, self.overlap = every, max_steps, outer, wire, overlap
         self.anchor: torch.Tensor | None = None  # diloco: the parameters at the last sync (flat)
         self.outer_opt: torch.optim.SGD | None = None
         self.outer_state: dict | None = None  # the outer optimizer's state, loaded before start()
         self.own: dict | None = None  # this rank's parameters and moments, from a checkpoint
+        self.pending: Exchange | None = None  # --overlap_steps: the exchange running behind the inner steps
 
     def describe(self) -> str:
+        overlap = f", each exchange applied {self.overlap} steps later" if self.overlap else ""
         if self.outer is None:
-            return f"local SGD, parameters averaged every {self.every} steps"
+            return f"local SGD, parameters averaged every {self.every} steps{overlap}"
         lr, momentum = self.outer
         wire = "" if self.wire == "none" else f", {self.wire} on the wire"
-        return f"DiLoCo, outer Nesterov SGD (lr {lr:g}, momentum {momentum:g}) every {self.every} steps{wire}"
+        return f"DiLoCo, outer Nesterov SGD (lr {lr:g}, momentum {momentum:g}) every {self.every} steps{wire}{overlap}"
 
     def start(self, model):
         dist.broadcast_parameters(model)
@@ -46,6 +65,9 @@ class Periodic(OwnCollectives):
             with torch.no_grad():
                 unflatten_into(self.own["params"], self.params)
             self.optimizer.load_state_dict(self.own["optimizer"])
+            if "pending" in self.own:
+                p = self.own["pending"]
+                self.pending = Exchange(dist.Average.arrived(p["average"]), p["sent"], p["due"])
         if self.outer is not None:
             if self.anchor is None:
                 self.anchor = flatten([p.detach() for p in self.params]).clone()
@@ -58,28 +80,44 @@ class Periodic(OwnCollectives):
         return StepStats(0.0, self.clip_and_step(optimizer, model, grad_clip))
 
     def after_step(self, step, model):
-        if step % self.every and step != self.max_steps:
+        last, sync = step == self.max_steps, step % self.every == 0
+        if not (sync or last or self.pending):
             return 0.0
         t0 = time.perf_counter()
         with torch.no_grad():
-            now = flatten([p.detach() for p in self.params])
-            if self.outer is None:
-                unflatten_into(dist.allreduce_average(now, "hvdlm.local_sgd"), self.params)
-            else:
-                self.outer_step(now)
-        self.sent_bytes += ring_bytes(now.numel(), 4 if self.wire == "none" else 2)
+            if self.pending and (step == self.pending.due or last):
+                self.apply(self.pending)
+            elif self.pending:
+                self.pending.average.poll()  # bf16: start its second half once the first has arrived
+            if sync or last:
+                self.pending = self.send(step + (0 if last else self.overlap))
+                if self.pending.due == step:
+                    self.apply(self.pending)
         return time.perf_counter() - t0
 
-    def outer_step(self, now: torch.Tensor) -> None:
-        delta = self.anchor - now  # the pseudo-gradient: where this rank's inner steps went, negated
-        if self.wire == "bf16":
-            delta = dist.bf16_average(delta, "hvdlm.diloco.bf16")
+    def send(self, due: int) -> Exchange:
+        """Start this sync's exchange: the parameters (local_sgd), or where this rank's inner steps
+        went since the last sync, negated (diloco's pseudo-gradient)."""
+        now = flatten([p.detach() for p in self.params])
+        name = "hvdlm.local_sgd" if self.outer is None else f"hvdlm.diloco.{self.wire}"
+        payload = now if self.outer is None else self.anchor - now
+        self.sent_bytes += ring_bytes(now.numel(), 4 if self.wire == "none" else 2)
+        return Exchange(dist.Average(payload, name, self.wire), now, due)
+
+    def apply(self, exchange: Exchange) -> None:
+        """The synced parameters (the average, or diloco's outer step from the last sync's), plus
+        the inner steps this rank took since it sent (none when the exchange is not overlapped)."""
+        average = exchange.average.result()
+        if self.outer is None:
+            synced = average
         else:
-            delta = dist.allreduce_average(delta, "hvdlm.diloco", self.wire)
-        self.anchor.grad = delta
-        self.outer_opt.step()
-        self.anchor.grad = None
-        unflatten_into(self.anchor, self.params)
+            self.anchor.grad = average
+            self.outer_opt.step()
+            self.anchor.grad = None
+            synced = self.anchor
+        now = flatten([p.detach() for p in self.params])
+        unflatten_into(synced if torch.equal(now, exchange.sent) else synced + (now - exchange.sent), self.params)
+        self.pending = None
 
     def state_dict(self) -> dict:
         if self.anchor is None:
@@ -91,13 +129,18 @@ class Periodic(OwnCollectives):
             self.anchor, self.outer_state = state["anchor"].clone(), state["outer"]
 
     def rank_state(self) -> dict | None:
-        return {"params": flatten([p.detach() for p in self.params]).clone(),
-                "optimizer": self.optimizer.state_dict()}
+        own = {"params": flatten([p.detach() for p in self.params]).clone(), "optimizer": self.optimizer.state_dict()}
+        if self.pending:  # every rank waits for it here, so a resumed run applies what this one would
+            p = self.pending
+            own["pending"] = {"average": p.average.result(), "sent": p.sent, "due": p.due}
+        return own
 
     def load_rank_states(self, states: list[dict] | None) -> str:
         if not states or "params" not in states[0]:  # none, or another strategy's
             return ""
         if len(states) != dist.size():
+            # An exchange in flight is dropped with them: the next one, measured from the last
+            # sync's parameters, carries rank 0's steps since then.
             return (f"hvdlm: the checkpoint holds the parameters and moments of {len(states)} rank(s) between syncs, "
                     f"this run has {dist.size()}: every rank continues from rank 0's (the last sync's are kept)")
         self.own = states[dist.rank()]
