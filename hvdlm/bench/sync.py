@@ -6,7 +6,8 @@ equal steps are equal tokens), launched with horovodrun on ``--hosts`` (or on th
   none, fp16, bf16     every step, the averaged gradient (fp32, fp16 or bf16 on the wire)
   powersgd             every step, a rank-``--powersgd_rank`` approximation, error feedback
   local_sgd, diloco    every ``--sync_every`` steps, averaged parameters / an outer Nesterov step
-                       (``diloco-bf16``, ``diloco-fp16``: the outer exchange in 16 bits)
+                       (``diloco-bf16``, ``diloco-fp16``: the outer exchange in 16 bits; ``-overlap``
+                       after either: the exchange runs behind ``--overlap_steps`` inner steps)
 
 for each link setting in ``--links`` (``free``, or a tc rate such as ``100mbit`` applied with
 ``--slow_cmd`` and undone with ``--heal_cmd``; ``10mbit:diloco+diloco-bf16`` runs only those
@@ -48,9 +49,19 @@ EVERY_STEP = ("none", "fp16", "bf16", "powersgd")
 OUTER_WIRES = ("bf16", "fp16")  # diloco-bf16, diloco-fp16: the outer exchange's wire type
 
 
+def periodic_parts(method: str) -> tuple[str, str, bool]:
+    """'diloco-bf16-overlap' -> ('diloco', 'bf16', True)."""
+    base, *rest = method.split("-")
+    overlap = bool(rest) and rest[-1] == "overlap"
+    rest = rest[:-1] if overlap else rest
+    return base, rest[0] if len(rest) == 1 else "-".join(rest), overlap
+
+
 def known(method: str) -> bool:
-    base, _, wire = method.partition("-")
-    return method in METHODS or (base == "diloco" and wire in OUTER_WIRES)
+    if method in EVERY_STEP:
+        return True
+    base, wire, _ = periodic_parts(method)
+    return base in METHODS and base not in EVERY_STEP and (not wire or (base == "diloco" and wire in OUTER_WIRES))
 
 
 def method_flags(method: str, args) -> list[str]:
@@ -58,8 +69,9 @@ def method_flags(method: str, args) -> list[str]:
         return ["--compression", method]
     if method == "powersgd":
         return ["--compression", "powersgd", "--powersgd_rank", str(args.powersgd_rank)]
-    base, _, wire = method.partition("-")
-    return ["--sync", base, "--sync_every", str(args.sync_every), *(["--compression", wire] if wire else [])]
+    base, wire, overlap = periodic_parts(method)
+    return ["--sync", base, "--sync_every", str(args.sync_every), *(["--compression", wire] if wire else []),
+            *(["--overlap_steps", str(args.overlap_steps or args.sync_every // 2)] if overlap else [])]
 
 
 def launcher(args) -> list[str]:
@@ -245,7 +257,7 @@ def run(args) -> list[dict]:
     unknown = [m for ms in plan.values() for m in ms if not known(m)]
     if unknown:
         raise HvdlmError(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)} "
-                         f"(or diloco-bf16, diloco-fp16)")
+                         f"(or diloco-bf16, diloco-fp16; and -overlap after local_sgd or a diloco method)")
     if any(x != "free" for x in plan) and not args.slow_cmd:
         print(f"hvdlm: no --slow_cmd: measuring the free link only (not {', '.join(x for x in plan if x != 'free')})")
         plan = {"free": plan["free"]} if "free" in plan else {}
@@ -355,6 +367,8 @@ def add_sync_parser(sub) -> None:
     w.add_argument("--methods", default=",".join(METHODS), help=f"comma list of {', '.join(METHODS)} (default: all)")
     w.add_argument("--powersgd_rank", type=int, default=4)
     w.add_argument("--sync_every", type=int, default=50, help="H of local_sgd and diloco (default: 50)")
+    w.add_argument("--overlap_steps", type=int, default=0,
+                   help="--overlap_steps of the -overlap methods (default: half of --sync_every)")
     w.add_argument("--links", default="free", help="comma list: free, or tc rates such as 100mbit (need --slow_cmd); "
                                                    "RATE:M1+M2 runs only methods M1, M2 on that link")
     w.add_argument("--shaped_window", type=int, default=0,
