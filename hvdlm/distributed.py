@@ -96,8 +96,18 @@ def apply_cpu_defaults(env=os.environ) -> dict:
     return applied
 
 
-def init(threads: int = 0) -> World:
-    """Step 1: start Horovod; pin one GPU per local rank, or split this host's cores on CPUs."""
+# Horovod's background thread negotiates with the other ranks once per cycle even when nothing is
+# queued: at the default 1 ms cycle that is ~360 kB/s per host over Gloo (measured on the test
+# cluster, benchmarks/RESULTS.md), more than local_sgd/diloco's own exchange once every H steps. At
+# 20 ms it is ~20 kB/s, and the few blocking collectives of a step (the logged loss) wait <= 20 ms.
+PERIODIC_CYCLE_MS = "20"
+
+
+def init(threads: int = 0, periodic: bool = False) -> World:
+    """Step 1: start Horovod; pin one GPU per local rank, or split this host's cores on CPUs.
+    ``periodic``: the ranks exchange once in many steps (local_sgd, diloco): a slower cycle."""
+    if periodic:
+        os.environ.setdefault("HOROVOD_CYCLE_TIME", PERIODIC_CYCLE_MS)  # a setting of the user's wins
     apply_cpu_defaults()  # before hvd.init(): MPI and Horovod read them there
     hvd.init()
     if torch.cuda.is_available():

@@ -56,7 +56,7 @@ def build_job(cfg: Config, world: dist.World, watch, data: Data, shape: dict, st
 def train(cfg: Config) -> dict:
     """Train as configured; returns the final summary (the same dict on every rank)."""
     # 1. Horovod: start, pin a GPU or size the CPU threads.
-    world = dist.init(cfg.distributed.threads)
+    world = dist.init(cfg.distributed.threads, periodic=cfg.distributed.sync != "every_step")
     # The watchdog ends the job, with one line, if this rank or a peer stops making progress.
     watch = watchdog.start(world, cfg, dist.allgather)
 

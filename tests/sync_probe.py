@@ -184,7 +184,8 @@ def exchanges(out, *flags):
     try:
         main(["train", *flags])
     finally:
-        torch.save(events, f"{out}.{hvd.rank()}")
+        import os
+        torch.save({"events": events, "cycle_ms": os.environ.get("HOROVOD_CYCLE_TIME")}, f"{out}.{hvd.rank()}")
 
 
 if __name__ == "__main__":
