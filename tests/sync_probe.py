@@ -166,9 +166,11 @@ def exchanges(out, *flags):
         def anchor():
             return None if strategy.anchor is None else strategy.anchor.clone()
 
-        def send(due):
-            exchange = real_send(due)
-            events.append({"send": now["step"], "due": due, "sent": exchange.sent.clone(), "anchor": anchor()})
+        def send(*args):
+            before = anchor()
+            exchange = real_send(*args)
+            events.append({"send": now["step"], "due": exchange.due, "sent": exchange.sent.clone(), "anchor": before,
+                           "slices": len(exchange.bounds)})
             return exchange
 
         def apply(exchange):

@@ -178,6 +178,10 @@ def measure(method: str, link: str, args, out_dir: Path) -> dict:
         steps = [r["step"] for r in train_rows(metrics, "train")]
         if steps and steps[-1] > seen:
             seen = steps[-1]
+            if seen == stop < args.steps and args.heal_cmd:
+                # Past its window: the checkpoint a stop writes (every rank's parameters and moments
+                # between syncs, gathered to rank 0) need not crawl over the slow link.
+                subprocess.run(args.heal_cmd, shell=True, capture_output=True)
             if window_start(method, args) <= seen < stop and seen % unit(method, args) == 0:
                 samples.append((seen, read_tx(args)))
         time.sleep(args.poll)
@@ -271,7 +275,6 @@ def run(args) -> list[dict]:
     rows = []
     try:
         for link in links:
-            set_link(link, args)
             for method in plan[link]:
                 run_dir = out / "runs" / f"{link}-{method}"
                 done, flags = run_dir / "row.json", run_flags(method, link, args)
@@ -282,6 +285,7 @@ def run(args) -> list[dict]:
                         rows.append(kept["row"])
                         continue
                 print(f"[{link}] {method} ...", flush=True)
+                set_link(link, args)  # again for each run: a stopped run's link was healed at its stop
                 run_dir.mkdir(parents=True, exist_ok=True)
                 (run_dir / "metrics.jsonl").unlink(missing_ok=True)
                 rows.append(measure(method, link, args, run_dir))

@@ -11,11 +11,11 @@ the result. With outer lr 1 and momentum 0 this is local SGD.
 
 ``--overlap_steps T`` (the overlap of Streaming DiLoCo, Douillard et al. 2025, arXiv 2501.18512,
 which mixes the local and synced parameters where this adds the local steps to the synced): the
-exchange starts at the sync and runs in Horovod's background thread while each rank takes T more
-inner steps; then the synced parameters (the average, or the outer step's result) are applied
-with those T steps of this rank's own progress added on top, and the next pseudo-gradient is
-measured from the synced parameters, so every inner step counts in exactly one exchange. A slow
-link then costs nothing while the exchange takes less than T steps' compute.
+exchange starts at the sync and runs in Horovod's background thread, one slice started per step,
+while each rank takes T more inner steps; then the synced parameters (the average, or the outer
+step's result) are applied with those T steps of this rank's own progress added on top, and the
+next pseudo-gradient is measured from the synced parameters, so every inner step counts in
+exactly one exchange. A slow link then costs nothing while a slice takes less than a step.
 
 The ranks also meet at the run's last step (``max_steps``), so the final model is one model.
 Between syncs each rank's parameters and optimizer moments are its own (``rank_state``); the
@@ -26,7 +26,6 @@ Gradients are clipped per rank: there is no averaged gradient.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import torch
 
@@ -34,12 +33,42 @@ from hvdlm import distributed as dist
 from hvdlm.sync.base import OwnCollectives, StepStats, flatten, ring_bytes, unflatten_into
 
 
-@dataclass
 class Exchange:
-    """A sync's exchange in flight: what this rank sent, and the step at which it is applied."""
-    average: dist.Average  # the mean over ranks: of the parameters (local_sgd) or the pseudo-gradient
-    sent: torch.Tensor      # this rank's parameters when it was sent
-    due: int
+    """One sync's exchange: the mean over ranks of ``payload``, and when it is applied.
+
+    Overlapped, it goes in ``parts`` slices, one started per step. Horovod's background thread runs
+    one collective at a time, so a step's own small collectives (the stop check, the logged loss,
+    an evaluation) queue behind whatever it is running: behind a whole 21 MB exchange they waited
+    the 18 s it took at 10 Mbit/s; behind one slice they wait at most that slice.
+    """
+
+    def __init__(self, payload: torch.Tensor, name: str, wire: str, sent: torch.Tensor, due: int, parts: int):
+        self.payload, self.name, self.wire, self.sent, self.due = payload, name, wire, sent, due
+        size = -(-payload.numel() // parts)
+        self.bounds = [(i, min(i + size, payload.numel())) for i in range(0, payload.numel(), size)] or [(0, 0)]
+        self.started: list[dist.Average] = []
+        self.advance()
+
+    def advance(self) -> None:
+        """Start the next slice (once a step) and let the started ones progress."""
+        for average in self.started:
+            average.poll()  # bf16: starts a slice's second half once its first has arrived
+        if len(self.started) < len(self.bounds):
+            a, b = self.bounds[len(self.started)]
+            self.started.append(dist.Average(self.payload[a:b], f"{self.name}.{len(self.started)}", self.wire))
+
+    def result(self) -> torch.Tensor:
+        while len(self.started) < len(self.bounds):
+            self.advance()
+        return torch.cat([average.result() for average in self.started])
+
+    @classmethod
+    def arrived(cls, average: torch.Tensor, sent: torch.Tensor, due: int) -> "Exchange":
+        """An exchange whose mean is already here (restored from a checkpoint)."""
+        done = cls.__new__(cls)
+        done.sent, done.due, done.bounds = sent, due, [(0, average.numel())]
+        done.started = [dist.Average.arrived(average)]
+        return done
 
 
 class Periodic(OwnCollectives):
@@ -50,6 +79,7 @@ class Periodic(OwnCollectives):
         self.outer_state: dict | None = None  # the outer optimizer's state, loaded before start()
         self.own: dict | None = None  # this rank's parameters and moments, from a checkpoint
         self.pending: Exchange | None = None  # --overlap_steps: the exchange running behind the inner steps
+        self.arrived: torch.Tensor | None = None  # its mean, from a checkpoint taken while it was in flight
 
     def describe(self) -> str:
         overlap = f", each exchange applied {self.overlap} steps later" if self.overlap else ""
@@ -65,9 +95,9 @@ class Periodic(OwnCollectives):
             with torch.no_grad():
                 unflatten_into(self.own["params"], self.params)
             self.optimizer.load_state_dict(self.own["optimizer"])
-            if "pending" in self.own:
+            if "pending" in self.own and self.arrived is not None:
                 p = self.own["pending"]
-                self.pending = Exchange(dist.Average.arrived(p["average"]), p["sent"], p["due"])
+                self.pending = Exchange.arrived(self.arrived, p["sent"], p["due"])
         if self.outer is not None:
             if self.anchor is None:
                 self.anchor = flatten([p.detach() for p in self.params]).clone()
@@ -88,26 +118,27 @@ class Periodic(OwnCollectives):
             if self.pending and (step == self.pending.due or last):
                 self.apply(self.pending)
             elif self.pending:
-                self.pending.average.poll()  # bf16: start its second half once the first has arrived
+                self.pending.advance()
             if sync or last:
-                self.pending = self.send(step + (0 if last else self.overlap))
+                self.pending = self.send(step, step if last else step + self.overlap)
                 if self.pending.due == step:
                     self.apply(self.pending)
         return time.perf_counter() - t0
 
-    def send(self, due: int) -> Exchange:
-        """Start this sync's exchange: the parameters (local_sgd), or where this rank's inner steps
-        went since the last sync, negated (diloco's pseudo-gradient)."""
+    def send(self, step: int, due: int) -> Exchange:
+        """Start this sync's exchange (in one slice per step until ``due``): the parameters
+        (local_sgd), or where this rank's inner steps went since the last sync, negated (diloco's
+        pseudo-gradient)."""
         now = flatten([p.detach() for p in self.params])
         name = "hvdlm.local_sgd" if self.outer is None else f"hvdlm.diloco.{self.wire}"
         payload = now if self.outer is None else self.anchor - now
         self.sent_bytes += ring_bytes(now.numel(), 4 if self.wire == "none" else 2)
-        return Exchange(dist.Average(payload, name, self.wire), now, due)
+        return Exchange(payload, name, self.wire, now, due, parts=max(1, due - step))
 
     def apply(self, exchange: Exchange) -> None:
         """The synced parameters (the average, or diloco's outer step from the last sync's), plus
         the inner steps this rank took since it sent (none when the exchange is not overlapped)."""
-        average = exchange.average.result()
+        average = exchange.result()
         if self.outer is None:
             synced = average
         else:
@@ -120,11 +151,15 @@ class Periodic(OwnCollectives):
         self.pending = None
 
     def state_dict(self) -> dict:
+        # An exchange in flight: its mean is the same on every rank (rank_state, which every rank
+        # calls first, has waited for it); what each rank sent is its own (rank_state).
+        pending = {"pending_average": self.pending.result()} if self.pending else {}
         if self.anchor is None:
-            return {}
-        return {"anchor": self.anchor.clone(), "outer": self.outer_opt.state_dict()}
+            return pending
+        return {"anchor": self.anchor.clone(), "outer": self.outer_opt.state_dict(), **pending}
 
     def load_state_dict(self, state: dict) -> None:
+        self.arrived = state.get("pending_average") if state else None
         if state and self.outer is not None and "anchor" in state:
             self.anchor, self.outer_state = state["anchor"].clone(), state["outer"]
 
@@ -132,7 +167,8 @@ class Periodic(OwnCollectives):
         own = {"params": flatten([p.detach() for p in self.params]).clone(), "optimizer": self.optimizer.state_dict()}
         if self.pending:  # every rank waits for it here, so a resumed run applies what this one would
             p = self.pending
-            own["pending"] = {"average": p.average.result(), "sent": p.sent, "due": p.due}
+            p.result()
+            own["pending"] = {"sent": p.sent, "due": p.due}
         return own
 
     def load_rank_states(self, states: list[dict] | None) -> str:
