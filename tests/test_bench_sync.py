@@ -50,6 +50,7 @@ def test_bench_sync_compares_methods_and_links(corpus, tmp_path):
     assert slow["same_as_free"] == slow16["same_as_free"] == "True"  # CSV text
     assert slow16["val_loss_compared"] == diloco16["val_loss"] and slow16["val_loss_compared_at"] == 24
     assert "MB/step (tx counters)" in run.stdout and (out / "sync.png").stat().st_size > 1000
+    assert not list((out / "runs").rglob("checkpoint*.pt"))  # the runs' checkpoints are not kept
     evals = json.loads((out / "sync.json").read_text())["rows"][0]["evals"]  # (step, seconds, val loss)
     assert [e[0] for e in evals] == [0, 8, 16, 24]
     # an interrupted benchmark keeps its finished runs (same flags): nothing is trained again

@@ -289,6 +289,8 @@ def run(args) -> list[dict]:
                 run_dir.mkdir(parents=True, exist_ok=True)
                 (run_dir / "metrics.jsonl").unlink(missing_ok=True)
                 rows.append(measure(method, link, args, run_dir))
+                for saved in run_dir.glob("checkpoint*.pt"):  # hundreds of MB each, and no figure needs them
+                    saved.unlink()
                 done.write_text(json.dumps({"flags": flags, "row": rows[-1]}))
     finally:
         if args.heal_cmd and links != ["free"]:
