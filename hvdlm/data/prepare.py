@@ -161,11 +161,28 @@ class _Job:
 _job: _Job | None = None
 
 
+def _libc():
+    try:
+        return ctypes.CDLL(None)
+    except OSError:
+        return None
+
+
 def _trim_heap() -> None:
     """Give freed heap back to the system: after a large document, glibc would keep the peak."""
     try:
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
+        _libc().malloc_trim(0)
+    except AttributeError:  # not glibc
+        pass
+
+
+def _one_malloc_arena() -> None:
+    """One heap for all of this process's threads. Left alone, glibc gives the threads that move
+    blocks and results (the pool's, and the main one) heaps of their own, each keeping its freed
+    blocks: a main process that creeps up by tens of MB over a long run."""
+    try:
+        _libc().mallopt(-8, 1)  # M_ARENA_MAX
+    except AttributeError:  # not glibc
         pass
 
 
@@ -178,7 +195,7 @@ def _init_worker(job: _Job) -> None:
 
 def _encode_task(task: Task):
     """-> (train ids, val ids, documents), or an error message."""
-    if len(task[3]) > 4 * BLOCK_BYTES:
+    if len(task[3]) > 2 * BLOCK_BYTES:
         try:
             return _encode_block(task)
         finally:
@@ -368,6 +385,7 @@ def prepare(
         raise HvdlmError(f"workers must be at least 1, got {workers}")
     if bpe_sample_bytes < 1 or shard_bytes < 4:
         raise HvdlmError("bpe_sample_bytes and shard_bytes must be positive")
+    _one_malloc_arena()  # before the pools start their threads
     files = collect_text_files(inputs) if inputs else default_corpus_files()
     sources = [Source.of(p) for p in files]
     out = Path(out_dir)
@@ -391,10 +409,12 @@ def prepare(
     n_docs = 0
     try:
         with _Workers(workers, _Job(seed, val_fraction, tok, dtype)) as w, bars.bar("tokenizing") as bar:
-            for train_ids, val_ids, docs in _checked(w.map(_encode_task, _tasks(sources, text_field, bar))):
+            for i, (train_ids, val_ids, docs) in enumerate(_checked(w.map(_encode_task, _tasks(sources, text_field, bar)))):
                 writers["train"].write(train_ids)
                 writers["val"].write(val_ids)
                 n_docs += docs
+                if i % 64 == 63:
+                    _trim_heap()
         n = writers["train"].tokens + writers["val"].tokens
         if n == 0:
             raise HvdlmError(f"corpus is empty: {len(files)} file(s) with {n_bytes} bytes in total; "
