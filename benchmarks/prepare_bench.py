@@ -9,7 +9,8 @@ are the same), then measures, on the same files and cores:
                the tokenizer hvdlm trained (the same `tokenizers` BPE), concatenated into a
                np.memmap in 1024 batches
 Each command runs under a sampler that sums the resident memory (RSS, and PSS, which counts
-pages shared between processes once) of its whole process tree every 0.2 s; its CPU seconds (the
+pages shared between processes once) of its whole process tree every 0.2 s (peak, and the median
+RSS: the steady state, without the brief rise while a multi-MB document passes); its CPU seconds (the
 whole tree, user + system) say whether it was bound by the cores or by something else (the disk).
 The disk's own speed (a 1 GiB fsynced write) is measured again before each corpus size.
 """
@@ -78,6 +79,7 @@ def measure(cmd: list[str], env: dict | None = None) -> dict:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     peak = {"rss": 0, "pss": 0}
+    samples: list[int] = []  # the tree's RSS at each sample
     done = threading.Event()
 
     def sample() -> None:
@@ -94,6 +96,7 @@ def measure(cmd: list[str], env: dict | None = None) -> dict:
             except psutil.NoSuchProcess:
                 break
             peak["rss"], peak["pss"] = max(peak["rss"], rss), max(peak["pss"], pss)
+            samples.append(rss)
             done.wait(0.2)
 
     t = threading.Thread(target=sample, daemon=True)
@@ -106,7 +109,8 @@ def measure(cmd: list[str], env: dict | None = None) -> dict:
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{output[-3000:]}")
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return {"seconds": seconds, "cpu_seconds": cpu, "peak_rss": peak["rss"], "peak_pss": peak["pss"],
+    median = sorted(samples)[len(samples) // 2] if samples else 0  # steady state, without brief spikes
+    return {"seconds": seconds, "cpu_seconds": cpu, "peak_rss": peak["rss"], "peak_pss": peak["pss"], "median_rss": median,
             "output": output.strip()[-2000:]}
 
 
@@ -225,7 +229,7 @@ def main() -> None:
 def report(what: str, r: dict, nbytes: int) -> None:
     print(f"{what}: {r['tokens'] / r['seconds']:,.0f} tokens/s, {nbytes / r['seconds'] / 1e6:.1f} MB/s read, "
           f"{r['written'] / r['seconds'] / 1e6:.0f} MB/s written, peak RSS {r['peak_rss'] / 2**20:.0f} MiB "
-          f"(PSS {r['peak_pss'] / 2**20:.0f}), {r['seconds']:.1f} s, CPU {r['cpu_seconds']:.1f} s "
+          f"(PSS {r['peak_pss'] / 2**20:.0f}; median RSS {r['median_rss'] / 2**20:.0f}), {r['seconds']:.1f} s, CPU {r['cpu_seconds']:.1f} s "
           f"({r['cpu_seconds'] / r['seconds'] / os.cpu_count():.0%} of the cores), load {os.getloadavg()[0]:.1f}",
           flush=True)
 
