@@ -110,8 +110,8 @@ def measure(cmd: list[str], env: dict | None = None) -> dict:
         raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{output[-3000:]}")
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     median = sorted(samples)[len(samples) // 2] if samples else 0  # steady state, without brief spikes
-    return {"seconds": seconds, "cpu_seconds": cpu, "peak_rss": peak["rss"], "peak_pss": peak["pss"], "median_rss": median,
-            "output": output.strip()[-2000:]}
+    return {"seconds": seconds, "cpu_seconds": cpu, "peak_rss": peak["rss"], "peak_pss": peak["pss"],
+            "median_rss": median, "output": output.strip()[-2000:]}
 
 
 def disk_write_speed(folder: Path, nbytes: int = 1 << 30) -> float:
@@ -229,7 +229,8 @@ def main() -> None:
 def report(what: str, r: dict, nbytes: int) -> None:
     print(f"{what}: {r['tokens'] / r['seconds']:,.0f} tokens/s, {nbytes / r['seconds'] / 1e6:.1f} MB/s read, "
           f"{r['written'] / r['seconds'] / 1e6:.0f} MB/s written, peak RSS {r['peak_rss'] / 2**20:.0f} MiB "
-          f"(PSS {r['peak_pss'] / 2**20:.0f}; median RSS {r['median_rss'] / 2**20:.0f}), {r['seconds']:.1f} s, CPU {r['cpu_seconds']:.1f} s "
+          f"(PSS {r['peak_pss'] / 2**20:.0f}; median RSS {r['median_rss'] / 2**20:.0f}), {r['seconds']:.1f} s, "
+          f"CPU {r['cpu_seconds']:.1f} s "
           f"({r['cpu_seconds'] / r['seconds'] / os.cpu_count():.0%} of the cores), load {os.getloadavg()[0]:.1f}",
           flush=True)
 

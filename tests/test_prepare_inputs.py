@@ -153,7 +153,8 @@ def test_bpe_learns_from_a_bounded_seeded_sample(tmp_path):
     assert plain1 == plain2  # the same sample, whatever the number of workers
     assert ((tmp_path / "d.jsonl-1" / "tokenizer.json").read_bytes()
             == (tmp_path / "d.jsonl-2" / "tokenizer.json").read_bytes())
-    assert (tmp_path / "d.jsonl-1" / "tokenizer.json").read_text() == prep.train_tokenizer("bpe", plain1, 300).tk.to_str()
+    learned = (tmp_path / "d.jsonl-1" / "tokenizer.json").read_text()
+    assert learned == prep.train_tokenizer("bpe", plain1, 300).tk.to_str()
     all_docs = [r["text"] + "\n\n" for r in records(2000)]
     # each document drawn with probability budget / file size: about a tenth of them, from across the file
     assert set(plain1) <= set(all_docs) and 100 < len(plain1) < 300 and sum(map(len, plain1)) <= budget

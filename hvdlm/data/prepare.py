@@ -10,7 +10,8 @@ Documents: a JSONL record, or a text file (a text file larger than a block is cu
 into documents of about a block). Each document is tokenized on its own, followed by DOC_SEP.
 Whether a document goes to validation depends only on (seed, its position in the input), never
 on the number of workers. The char tokenizer needs one pass to learn its alphabet; BPE learns
-from a seeded sample of about ``bpe_sample_bytes`` of documents (one pass, stopped when full).
+from a seeded sample of about ``bpe_sample_bytes`` of documents (one pass, stopped when full), in
+a child process that exits before the encoding starts.
 """
 from __future__ import annotations
 
@@ -113,6 +114,7 @@ def documents(task: Task) -> tuple[list[str], np.ndarray] | _Failed:
 # it also calls U+001C-U+001F space; the right side is four characters that are spaces to both.)
 _SAFE_CUT = re.compile(r"\S(?=[ \t\r\n])")
 BPE_PIECE_CHARS = 1 << 16  # an encoding holds tens of bytes per character while it is made
+
 
 def _bpe_pieces(docs: list[str]) -> Iterator[str]:
     for doc in docs:
@@ -409,7 +411,8 @@ def prepare(
     n_docs = 0
     try:
         with _Workers(workers, _Job(seed, val_fraction, tok, dtype)) as w, bars.bar("tokenizing") as bar:
-            for i, (train_ids, val_ids, docs) in enumerate(_checked(w.map(_encode_task, _tasks(sources, text_field, bar)))):
+            results = _checked(w.map(_encode_task, _tasks(sources, text_field, bar)))
+            for i, (train_ids, val_ids, docs) in enumerate(results):
                 writers["train"].write(train_ids)
                 writers["val"].write(val_ids)
                 n_docs += docs
