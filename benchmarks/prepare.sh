@@ -9,7 +9,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PY="$ROOT/.venv/bin/python"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"  # this checkout's hvdlm, whatever the venv has installed
-SIZES=${1:-0.6,2.4,6}
+SIZES=${1-0.6,2.4,6}  # "" for none
 BPE_SIZES=${2-$SIZES}  # "" for none
 WORK=${HVDLM_BENCH_WORK:-/tmp/hvdlm-prepare-bench}
 # the baseline's `datasets` (and what it pulls in) in a folder of its own, outside the venv
