@@ -10,7 +10,9 @@ setup(
     python_requires=">=3.10",
     # horovod is built by scripts/install.sh (0.28.1 needs a C++17 patch for torch >= 2.1),
     # so it is not listed here: pip would try the unpatched sdist and fail.
-    install_requires=["torch>=2.1", "numpy", "mpi4py", "tqdm", "tokenizers", "tensorboard", "matplotlib", "zstandard"],
+    # orjson: `hvdlm prepare` reads JSON Lines ~4x faster with it (the standard json is the fallback)
+    install_requires=["torch>=2.1", "numpy", "mpi4py", "tqdm", "tokenizers", "tensorboard", "matplotlib", "zstandard",
+                      "orjson"],
     # `hvdlm export --format hf` writes safetensors; transformers loads the result
     extras_require={"test": ["pytest"], "hf": ["transformers", "safetensors"]},
     entry_points={"console_scripts": ["hvdlm = hvdlm.cli:main"]},

@@ -9,13 +9,17 @@ are the same), then measures, on the same files and cores:
                the tokenizer hvdlm trained (the same `tokenizers` BPE), concatenated into a
                np.memmap in 1024 batches
 Each command runs under a sampler that sums the resident memory (RSS, and PSS, which counts
-pages shared between processes once) of its whole process tree every 0.2 s.
+pages shared between processes once) of its whole process tree every 0.2 s (peak, and the median
+RSS: the steady state, without the brief rise while a multi-MB document passes); its CPU seconds (the
+whole tree, user + system) say whether it was bound by the cores or by something else (the disk).
+The disk's own speed (a 1 GiB fsynced write) is measured again before each corpus size.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import sysconfig
@@ -72,8 +76,10 @@ def make_corpus(out: Path, size: int, texts: list[str]) -> None:
 def measure(cmd: list[str], env: dict | None = None) -> dict:
     """Run cmd; wall seconds and the peak over time of the summed RSS and PSS of its process tree."""
     start = time.perf_counter()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     peak = {"rss": 0, "pss": 0}
+    samples: list[int] = []  # the tree's RSS at each sample
     done = threading.Event()
 
     def sample() -> None:
@@ -90,6 +96,7 @@ def measure(cmd: list[str], env: dict | None = None) -> dict:
             except psutil.NoSuchProcess:
                 break
             peak["rss"], peak["pss"] = max(peak["rss"], rss), max(peak["pss"], pss)
+            samples.append(rss)
             done.wait(0.2)
 
     t = threading.Thread(target=sample, daemon=True)
@@ -98,9 +105,13 @@ def measure(cmd: list[str], env: dict | None = None) -> dict:
     done.set()
     t.join()
     seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # every descendant that was waited for
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{output[-3000:]}")
-    return {"seconds": seconds, "peak_rss": peak["rss"], "peak_pss": peak["pss"], "output": output.strip()[-2000:]}
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    median = sorted(samples)[len(samples) // 2] if samples else 0  # steady state, without brief spikes
+    return {"seconds": seconds, "cpu_seconds": cpu, "peak_rss": peak["rss"], "peak_pss": peak["pss"],
+            "median_rss": median, "output": output.strip()[-2000:]}
 
 
 def disk_write_speed(folder: Path, nbytes: int = 1 << 30) -> float:
@@ -170,8 +181,7 @@ def main() -> None:
                TOKENIZERS_PARALLELISM="false")
     cpu = next((line.split(":", 1)[1].strip() for line in subprocess.run(["lscpu"], capture_output=True, text=True)
                 .stdout.splitlines() if line.startswith("Model name")), "?")
-    print(f"CPU: {cpu}; {os.cpu_count()} cores; {args.workers} workers/processes each; "
-          f"disk write {disk_write_speed(work):.0f} MB/s (1 GiB, fsynced)", flush=True)
+    print(f"CPU: {cpu}; {os.cpu_count()} cores; {args.workers} workers/processes each", flush=True)
     texts = source_texts()
     print(f"source text: {len(texts)} documents, {sum(map(len, texts)) / 1e6:.0f} MB", flush=True)
     rows = []
@@ -181,22 +191,27 @@ def main() -> None:
         corpus = work / f"corpus-{size_gb}"
         make_corpus(corpus, int(size_gb * 1e9), texts)
         nbytes = sum(p.stat().st_size for p in corpus.iterdir())
-        row = {"size_gb": size_gb, "bytes": nbytes, "load": os.getloadavg()}
+        row = {"size_gb": size_gb, "bytes": nbytes, "load": os.getloadavg(), "disk_write_mb_s": disk_write_speed(work)}
+        print(f"{size_gb} GB: disk write {row['disk_write_mb_s']:.0f} MB/s (1 GiB, fsynced)", flush=True)
         for kind in ["byte"] * (size_gb in byte_sizes) + ["bpe"] * (size_gb in bpe_sizes):
             out = work / f"out-{kind}"
             r = measure([hvdlm, "prepare", str(corpus), "--out_dir", str(out), "--tokenizer", kind,
                          "--vocab_size", str(VOCAB), "--workers", str(args.workers)], env)
             meta = json.loads((out / "meta.json").read_text())
             r["tokens"] = meta["train_tokens"] + meta["val_tokens"]
+            r["written"] = r["tokens"] * (2 if meta["dtype"] == "uint16" else 4)
             row[f"hvdlm_{kind}"] = r
             report(f"{size_gb} GB hvdlm {kind}", r, nbytes)
             if kind == "byte":
                 subprocess.run(["rm", "-rf", str(out)], check=True)
         if size_gb in bpe_sizes and not args.skip_baseline:
+            site = os.environ.get("HVDLM_BENCH_SITE")  # where prepare.sh installed datasets
+            base_env = dict(env, PYTHONPATH=os.pathsep.join(filter(None, [site, env.get("PYTHONPATH")])))
             r = measure([sys.executable, __file__, "--workers", str(args.workers), "--baseline", str(corpus),
                          str(work / "out-bpe" / "tokenizer.json"), str(work / "baseline.bin"), str(work / "hf-cache")],
-                        env)
+                        base_env)
             r["tokens"] = json.loads(r["output"].splitlines()[-1])["tokens"]
+            r["written"] = r["tokens"] * 2
             row["datasets_bpe"] = r
             report(f"{size_gb} GB datasets bpe", r, nbytes)
             h = row["hvdlm_bpe"]
@@ -212,9 +227,12 @@ def main() -> None:
 
 
 def report(what: str, r: dict, nbytes: int) -> None:
-    print(f"{what}: {r['tokens'] / r['seconds']:,.0f} tokens/s, {nbytes / r['seconds'] / 1e6:.1f} MB/s, "
-          f"peak RSS {r['peak_rss'] / 2**20:.0f} MiB (PSS {r['peak_pss'] / 2**20:.0f}), {r['seconds']:.0f} s, "
-          f"load {os.getloadavg()[0]:.1f}", flush=True)
+    print(f"{what}: {r['tokens'] / r['seconds']:,.0f} tokens/s, {nbytes / r['seconds'] / 1e6:.1f} MB/s read, "
+          f"{r['written'] / r['seconds'] / 1e6:.0f} MB/s written, peak RSS {r['peak_rss'] / 2**20:.0f} MiB "
+          f"(PSS {r['peak_pss'] / 2**20:.0f}; median RSS {r['median_rss'] / 2**20:.0f}), {r['seconds']:.1f} s, "
+          f"CPU {r['cpu_seconds']:.1f} s "
+          f"({r['cpu_seconds'] / r['seconds'] / os.cpu_count():.0%} of the cores), load {os.getloadavg()[0]:.1f}",
+          flush=True)
 
 if __name__ == "__main__":
     main()

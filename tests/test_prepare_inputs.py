@@ -70,6 +70,19 @@ def test_stream_equals_direct_encoding(tmp_path, monkeypatch, kind):
         assert meta["vocab_size"] > 300  # merges learned from the sample
 
 
+def test_bpe_pieces_encode_to_the_documents_tokens(monkeypatch):
+    """Long documents are encoded in pieces cut between a non-space and a space, tab, CR or newline:
+    with every kind of character on either side of the cuts, the tokens are the whole document's."""
+    rng = random.Random(2)
+    alphabet = ["word", "Word", "12", "3.5", " ", "  ", "\t", "\n", "\r\n", " \n ", "\u00a0", "\u2028", "\x1c", "\x1f",
+                "\x0b", "\x0c", "\u3000", "'s", "'ll", "(x)", "==", "é", "日本", "🙂", "-", "_", "\\"]
+    docs = ["".join(rng.choice(alphabet) for _ in range(n)) for n in (3000, 5000, 40)]
+    tok = prep.train_tokenizer("bpe", docs, 400)
+    monkeypatch.setattr(prep, "BPE_PIECE_CHARS", 50)
+    assert len(list(prep._bpe_pieces(docs))) > 100
+    assert prep.encode_docs(tok, docs, np.dtype("<u2")).tolist() == [i for d in docs for i in tok.encode(d)]
+
+
 def test_a_worker_that_dies_ends_the_run_with_an_error():
     with prep._Workers(2, prep._Job(0, 0.1)) as w:
         with pytest.raises(HvdlmError, match="worker process died"):
@@ -87,6 +100,17 @@ def test_jsonl_text_field_and_blank_lines(tmp_path):
     assert '"id"' not in text and '"content"' not in text  # the JSON syntax is not tokenized
     with pytest.raises(HvdlmError, match=r"d.jsonl, line 2: the record has no 'text' field; name the text field"):
         prepare([path], tmp_path / "out2", workers=1)
+
+
+def test_jsonl_read_as_the_standard_json_reads_it(tmp_path):
+    """orjson, the fast path, refuses what json accepts (NaN, a BOM, huge integers): such lines
+    are read by json.loads, so the documents are the same with or without orjson."""
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(b'{"text": "nan beside", "x": NaN, "big": 123456789012345678901234567890}\n'
+                     b'\xef\xbb\xbf{"text": "after a BOM"}\n{"text": "plain \\u00e9\\ud83d\\ude42"}\n')
+    prepare([path], tmp_path / "out", workers=1, val_fraction=0.3)
+    text = "".join(load_tokenizer(tmp_path / "out").decode(open_tokens(tmp_path / "out", s)) for s in ("train", "val"))
+    assert sorted(text) == sorted("nan beside\n\nafter a BOM\n\nplain é🙂\n\n")
 
 
 @pytest.mark.parametrize("suffix", sorted(COMPRESS))
@@ -114,26 +138,23 @@ def test_zstd_multiple_frames(tmp_path):
     assert a["shards"] == b["shards"]
 
 
-def test_bpe_learns_from_a_bounded_seeded_sample(tmp_path, monkeypatch):
+def test_bpe_learns_from_a_bounded_seeded_sample(tmp_path):
     write_jsonl(tmp_path / "d.jsonl", records(2000))
     write_jsonl(tmp_path / "d.jsonl.gz", records(2000))
-    seen = []
-    real = prep.train_tokenizer
-
-    def spy(kind, texts, vocab_size=4096):
-        texts = list(texts)
-        seen.append(texts)
-        return real(kind, texts, vocab_size)
-
-    monkeypatch.setattr(prep, "train_tokenizer", spy)
     budget = (tmp_path / "d.jsonl").stat().st_size // 10
+    seen = []
     for name, workers in (("d.jsonl", 1), ("d.jsonl", 2), ("d.jsonl.gz", 1)):
         prepare([tmp_path / name], tmp_path / f"{name}-{workers}", tokenizer="bpe", vocab_size=300,
                 bpe_sample_bytes=budget, workers=workers)
+        # what the training process learned from (prepare draws it in a child process)
+        seen.append(prep._bpe_sample([prep.Source.of(tmp_path / name)], "text", workers, 1337, budget,
+                                     prep._Progress(False, 0)))
     plain1, plain2, packed = seen
     assert plain1 == plain2  # the same sample, whatever the number of workers
     assert ((tmp_path / "d.jsonl-1" / "tokenizer.json").read_bytes()
             == (tmp_path / "d.jsonl-2" / "tokenizer.json").read_bytes())
+    learned = (tmp_path / "d.jsonl-1" / "tokenizer.json").read_text()
+    assert learned == prep.train_tokenizer("bpe", plain1, 300).tk.to_str()
     all_docs = [r["text"] + "\n\n" for r in records(2000)]
     # each document drawn with probability budget / file size: about a tenth of them, from across the file
     assert set(plain1) <= set(all_docs) and 100 < len(plain1) < 300 and sum(map(len, plain1)) <= budget
@@ -153,6 +174,8 @@ BAD = {
     "no field": ("d.jsonl", lambda: b'{"text": "ok"}\n{"body": "no text"}\n', r"d.jsonl, line 2: the record has no 'text'"),
     "not a string": ("d.jsonl", lambda: b'{"text": ["a"]}\n', r"d.jsonl, line 1: the 'text' field is list, not a string"),
     "not an object": ("d.jsonl", lambda: b'"just a string"\n', r"d.jsonl, line 1: the record has no 'text' field"),
+    "huge integer": ("d.jsonl", lambda: b'{"text": 123456789012345678901234567890}\n',
+                     r"d.jsonl, line 1: the 'text' field is int, not a string"),  # orjson would say float
     **{f"truncated {s}": (f"d.jsonl{s}", lambda s=s: truncated(s, "".join(json.dumps(r) + "\n" for r in records(3000)).encode()),
                           rf"d.jsonl{s}: corrupt or truncated (gzip|bzip2|xz|zstd) data after line \d+")
        for s in COMPRESS},

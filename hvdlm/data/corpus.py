@@ -166,6 +166,7 @@ class Block:
     first_line: int  # 1-based number of the block's first line in its file
     last: bool  # the file's last block (a text document ends here)
     raw_bytes: int  # bytes of the file on disk consumed since the previous block
+    newlines: int = 0  # of data: counted once here, for the next block's first_line and the units
 
 
 def _cut(buf: bytes, jsonl: bool) -> int:
@@ -199,8 +200,9 @@ def read_blocks(source: Source, block_bytes: int) -> Iterator[Block]:
                 if data:
                     if pending:
                         yield pending
-                    pending, raw_seen = Block(data, line, False, pos - raw_seen), pos
-                    line += data.count(b"\n")
+                    newlines = data.count(b"\n")
+                    pending, raw_seen = Block(data, line, False, pos - raw_seen, newlines), pos
+                    line += newlines
                 if eof:
                     if pending:
                         pending.last, pending.raw_bytes = True, pending.raw_bytes + pos - raw_seen

@@ -80,7 +80,7 @@ class ShardWriter:
                 self._open_next()
             cur = self.shards[-1]
             part, tokens = tokens[: self.shard_tokens - cur["tokens"]], tokens[self.shard_tokens - cur["tokens"]:]
-            data = part.tobytes()
+            data = np.ascontiguousarray(part).data  # the array's own bytes, not a copy
             self._fh.write(data)
             cur["hash"].update(data)
             cur["tokens"] += len(part)
