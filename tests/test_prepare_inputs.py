@@ -174,6 +174,8 @@ BAD = {
     "no field": ("d.jsonl", lambda: b'{"text": "ok"}\n{"body": "no text"}\n', r"d.jsonl, line 2: the record has no 'text'"),
     "not a string": ("d.jsonl", lambda: b'{"text": ["a"]}\n', r"d.jsonl, line 1: the 'text' field is list, not a string"),
     "not an object": ("d.jsonl", lambda: b'"just a string"\n', r"d.jsonl, line 1: the record has no 'text' field"),
+    "lone surrogate": ("d.jsonl", lambda: b'{"text": "ok"}\n{"text": "a \\ud800 b"}\n',
+                       r"d.jsonl, line 2: not a valid JSON line .*surrogates not allowed"),
     "huge integer": ("d.jsonl", lambda: b'{"text": 123456789012345678901234567890}\n',
                      r"d.jsonl, line 1: the 'text' field is int, not a string"),  # orjson would say float
     **{f"truncated {s}": (f"d.jsonl{s}", lambda s=s: truncated(s, "".join(json.dumps(r) + "\n" for r in records(3000)).encode()),

@@ -78,7 +78,12 @@ def _record(line: bytes, field: str):
             return record
     except ValueError:
         pass
-    return json.loads(line)
+    record = json.loads(line)
+    if isinstance(record, dict) and isinstance(record.get(field), str):
+        # json.loads accepts a lone UTF-16 surrogate ("\ud800"), which no encoder can write:
+        # UnicodeEncodeError, a ValueError, becomes the caller's one line naming the file and line
+        record[field].encode("utf-8")
+    return record
 
 
 def documents(task: Task) -> tuple[list[str], np.ndarray] | _Failed:
