@@ -53,8 +53,7 @@ def periodic_parts(method: str) -> tuple[str, str, bool]:
     """'diloco-bf16-overlap' -> ('diloco', 'bf16', True)."""
     base, *rest = method.split("-")
     overlap = bool(rest) and rest[-1] == "overlap"
-    rest = rest[:-1] if overlap else rest
-    return base, rest[0] if len(rest) == 1 else "-".join(rest), overlap
+    return base, "-".join(rest[:-1] if overlap else rest), overlap
 
 
 def known(method: str) -> bool:

@@ -16,6 +16,7 @@ a child process that exits before the encoding starts.
 from __future__ import annotations
 
 import ctypes
+import functools
 import itertools
 import json
 import multiprocessing
@@ -168,7 +169,9 @@ class _Job:
 _job: _Job | None = None
 
 
+@functools.cache
 def _libc():
+    """This process's C library, or None where there is none to load."""
     try:
         return ctypes.CDLL(None)
     except OSError:
@@ -179,7 +182,7 @@ def _trim_heap() -> None:
     """Give freed heap back to the system: after a large document, glibc would keep the peak."""
     try:
         _libc().malloc_trim(0)
-    except AttributeError:  # not glibc
+    except AttributeError:  # no C library, or not glibc
         pass
 
 
@@ -189,7 +192,7 @@ def _one_malloc_arena() -> None:
     blocks: a main process that creeps up by tens of MB over a long run."""
     try:
         _libc().mallopt(-8, 1)  # M_ARENA_MAX
-    except AttributeError:  # not glibc
+    except AttributeError:  # no C library, or not glibc
         pass
 
 
