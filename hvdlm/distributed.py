@@ -82,6 +82,34 @@ def launched_size(env=os.environ) -> int:
     return 1
 
 
+# Variables a launcher (mpirun, srun, horovodrun, elastic) or the user sets to choose Horovod's engine.
+LAUNCHER_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "HOROVOD_GLOO_RENDEZVOUS_ADDR", "HOROVOD_ELASTIC",
+                 "HOROVOD_CONTROLLER", "HOROVOD_CPU_OPERATIONS")
+
+# A process no launcher started trains alone and exchanges nothing. Horovod's Gloo controller starts
+# in ~3 ms where MPI's singleton start takes ~0.35 s and leaves an orted daemon beside the run; and
+# Horovod's background thread, which wakes every cycle, took 3-10% of a tiny model's step at the
+# default 1 ms cycle (benchmarks/RESULTS.md). hvdlm's collectives return at once alone (``alone``).
+SOLO = {"HOROVOD_CONTROLLER": "gloo", "HOROVOD_CPU_OPERATIONS": "gloo", "HOROVOD_CYCLE_TIME": "50"}
+
+
+_solo = False  # set by init(): no launcher started this process, so its world is 1 rank for good
+
+
+def launched_alone(env=os.environ) -> bool:
+    """No launcher started this process (nor chose Horovod's engine): it trains alone for good."""
+    return not any(v in env for v in LAUNCHER_VARS) and launched_size(env) <= 1
+
+
+def solo_engine(env=os.environ) -> dict:
+    """Set SOLO (where unset) for a process no launcher started; returns what was set."""
+    if not launched_alone(env):
+        return {}
+    applied = {k: v for k, v in SOLO.items() if k not in env}
+    env.update(applied)
+    return applied
+
+
 def apply_cpu_defaults(env=os.environ) -> dict:
     """Set CPU_DEFAULTS_MPI where unset (not under Gloo or on GPUs, not for a single process);
     returns what was set."""
@@ -108,8 +136,13 @@ def init(threads: int = 0, periodic: bool = False) -> World:
     ``periodic``: the ranks exchange once in many steps (local_sgd, diloco): a slower cycle."""
     if periodic:
         os.environ.setdefault("HOROVOD_CYCLE_TIME", PERIODIC_CYCLE_MS)  # a setting of the user's wins
+    global _solo
+    _solo = launched_alone()
+    applied = solo_engine() if _solo else {}
     apply_cpu_defaults()  # before hvd.init(): MPI and Horovod read them there
     hvd.init()
+    for name in applied:  # read: a launcher this process starts (a benchmark, a test) must not inherit them
+        os.environ.pop(name)
     if torch.cuda.is_available():
         torch.cuda.set_device(hvd.local_rank() % torch.cuda.device_count())
         device = torch.device("cuda", torch.cuda.current_device())
@@ -156,7 +189,8 @@ def wrap_optimizer(optimizer: torch.optim.Optimizer, model: torch.nn.Module, com
 
 def broadcast_parameters(model: torch.nn.Module) -> None:
     """Step 4a: every rank starts from rank 0's weights."""
-    hvd.broadcast_parameters(model.state_dict(), root_rank=0)
+    if not alone():
+        hvd.broadcast_parameters(model.state_dict(), root_rank=0)
 
 
 def broadcast_object(obj: T, name: str = "hvdlm.broadcast_object") -> T:
@@ -168,7 +202,7 @@ def broadcast_object(obj: T, name: str = "hvdlm.broadcast_object") -> T:
     The name is fixed: Horovod's default is the object's type name, which differs between rank 0
     (the object) and the others (None), and mismatched names wait for each other forever.
     """
-    return hvd.broadcast_object(obj, root_rank=0, name=name)
+    return obj if alone() else hvd.broadcast_object(obj, root_rank=0, name=name)
 
 
 def optimizer_step(optimizer, model: torch.nn.Module, grad_clip: float) -> tuple[float, float]:
@@ -202,6 +236,13 @@ def optimizer_step(optimizer, model: torch.nn.Module, grad_clip: float) -> tuple
 
 def rank() -> int:
     return hvd.rank()
+
+
+def alone() -> bool:
+    """One rank: the collectives below return at once instead of waiting for Horovod's next cycle
+    (long when this process trains alone: SOLO). hvd.size() costs ~0.1 ms a call; a process no
+    launcher started needs no call (elastic worlds change size, so they ask)."""
+    return _solo or hvd.size() == 1
 
 
 def size() -> int:
@@ -287,25 +328,27 @@ class Average:
 
 def gather_objects(obj: T, name: str) -> list[T]:
     """Every rank's picklable ``obj`` on every rank, in rank order."""
-    return hvd.allgather_object(obj, name=name)
+    return [obj] if alone() else hvd.allgather_object(obj, name=name)
 
 
 def average(values: list[float], name: str) -> list[float]:
     """The mean of each value over all ranks."""
-    if hvd.size() == 1:
+    if alone():
         return list(values)
     t = torch.tensor(values, dtype=torch.float64)
     return hvd.allreduce(t, op=hvd.Average, name=name).tolist()
 
 
 def sum_all(values: list[float], name: str) -> list[float]:
+    if alone():
+        return list(values)
     t = torch.tensor(values, dtype=torch.float64)
     return hvd.allreduce(t, op=hvd.Sum, name=name).tolist()
 
 
 def allgather(obj: T) -> list[T]:
     """Every rank's picklable ``obj``, in rank order (the watchdog's address exchange)."""
-    return hvd.allgather_object(obj, name="hvdlm.allgather")
+    return gather_objects(obj, name="hvdlm.allgather")
 
 
 def agree(fn: Callable[[], T]) -> T:
@@ -318,7 +361,7 @@ def agree(fn: Callable[[], T]) -> T:
         result, error = fn(), None
     except HvdlmError as e:
         result, error = None, str(e)
-    errors = hvd.allgather_object(error, name="hvdlm.agree")
+    errors = gather_objects(error, name="hvdlm.agree")
     for rank, err in enumerate(errors):
         if err is not None:
             failed = [r for r, e in enumerate(errors) if e is not None]
@@ -335,7 +378,7 @@ def on_root(fn: Callable[[], T]) -> T:
             payload = ("ok", fn())
         except HvdlmError as e:
             payload = ("error", str(e))
-    status, value = hvd.broadcast_object(payload, root_rank=0, name="hvdlm.on_root")
+    status, value = broadcast_object(payload, name="hvdlm.on_root")
     if status == "error":
         raise HvdlmError(value, everywhere=True)
     return value
@@ -372,7 +415,7 @@ class StopSignals:
 
     def begin_step(self) -> None:
         self._handle = None
-        if hvd.size() > 1:  # alone, the rank's own record is the answer: no collective to pay for
+        if not alone():  # alone, the rank's own record is the answer: no collective to pay for
             self._handle = hvd.allreduce_async(torch.tensor([stop_signals.received()]), op=hvd.Max, name="hvdlm.stop")
 
     def end_step(self) -> str | None:
@@ -386,7 +429,8 @@ class StopSignals:
 
 def barrier(name: str) -> None:
     """Every rank waits here for the others (e.g. for rank 0 to finish writing a checkpoint)."""
-    hvd.allreduce(torch.zeros(1), name=name)
+    if not alone():
+        hvd.allreduce(torch.zeros(1), name=name)
 
 
 # --- Elastic training (elastic.py): ranks leave and join while the job runs ----------------------

@@ -14,7 +14,7 @@ def test_bench_train_compares_horovod_with_ddp_and_one_rank(corpus, tmp_path):
     out = tmp_path / "bench"
     run = check(launch("single", [HVDLM, "bench", "train", "--data_dir", str(corpus), "--preset", "tiny",
                                   "--block_size", "32", "--global_batch", "4", "--steps", "4", "--warmup", "2",
-                                  "--repeats", "1", "--runs", "single,single-1,bare,horovod-gloo,ddp",
+                                  "--repeats", "1", "--runs", "single,single-1,side-by-side,bare,horovod-gloo,ddp",
                                   "--out_dir", str(out)], timeout=400))
     # the rows, named for what ran on this machine: all the cores this process may use, and 2 ranks
     # each with half of them
@@ -22,9 +22,10 @@ def test_bench_train_compares_horovod_with_ddp_and_one_rank(corpus, tmp_path):
     half = max(1, cores // 2)
     all_cores, one_slice = f"1 rank x {cores} threads", f"1 rank x {half} thread(s)"
     hvd_name, ddp_name, bare_name = f"Horovod Gloo 2 x {half}", f"DDP gloo 2 x {half}", f"bare PyTorch 1 x {cores}"
+    beside = f"2 x (1 rank x {half}) side by side"
     table = read_csv(out / "train.csv")
     rows = {r["run"]: r for r in table}
-    assert [r["run"] for r in table] == [all_cores, one_slice, bare_name, hvd_name, ddp_name], run.output
+    assert [r["run"] for r in table] == [all_cores, one_slice, beside, bare_name, hvd_name, ddp_name], run.output
     for r in table:
         assert r["global_batch"] == 4, r
         for figure in ("tokens_per_s", "tokens_per_s_per_rank", "step_ms", "compute_ms"):
@@ -36,6 +37,12 @@ def test_bench_train_compares_horovod_with_ddp_and_one_rank(corpus, tmp_path):
         assert r["scaling_efficiency"] == pytest.approx(
             r["tokens_per_s"] / (r["ranks"] * rows[one_slice]["tokens_per_s"]), rel=1e-6), r
     hvd, ddp = rows[hvd_name], rows[ddp_name]
+    # the ceiling of 2 ranks: two one-rank runs at once, each with half the batch, summed
+    two = rows[beside]
+    assert (two["ranks"], two["micro_batch"], two["threads_per_rank"]) == (2, 2, half), two
+    for r in (hvd, ddp, two):
+        assert r["vs_side_by_side"] == pytest.approx(r["tokens_per_s"] / two["tokens_per_s"], rel=1e-6), r
+    assert math.isnan(rows[one_slice]["vs_side_by_side"])  # 1 rank is not compared with 2
     assert (hvd["ranks"], hvd["micro_batch"], ddp["ranks"], ddp["micro_batch"]) == (2, 2, 2, 2)
     assert (rows[all_cores]["threads_per_rank"], rows[one_slice]["threads_per_rank"], hvd["threads_per_rank"]) == \
         (cores, half, half)

@@ -5,10 +5,12 @@ under torchrun, or of the bare PyTorch loop, ``hvdlm.bench.bare``) with the same
 global batch, precision and cores; the runs are interleaved ``--repeats`` times because these
 machines are noisy. Per run: tokens/s (total and per rank) over the steps after ``--warmup``,
 the step time split into compute and the wait for the allreduce, the whole process's wall time
-(start-up included), and three ratios: against one rank using all the cores (what data
+(start-up included), and these ratios: against one rank using all the cores (what data
 parallelism should not lose on one host), the scaling efficiency N-rank / (N x one rank of 1/N
-of the cores), and, for one rank, the bare loop's wall time over this run's (what hvdlm's own
-machinery costs end to end; 1.00 = nothing).
+of the cores), N ranks against N one-rank runs side by side (the same per-rank work at the same
+time, so sharing the host's memory bandwidth as the ranks do: what the exchange itself costs),
+and, for one rank, the bare loop's wall time over this run's (what hvdlm's own machinery costs end
+to end; 1.00 = nothing).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class RunSpec:
     ranks: int
     threads: int
     module: str = "hvdlm"  # "hvdlm" (hvdlm train), "ddp" or "bare"
+    copies: int = 1  # independent runs side by side, each with 1/copies of the global batch
 
 
 def specs(ranks: int, cores: int, which: list[str]) -> list[RunSpec]:
@@ -45,6 +48,10 @@ def specs(ranks: int, cores: int, which: list[str]) -> list[RunSpec]:
     all_specs = {
         "single": RunSpec(f"1 rank x {cores} threads", [], 1, cores),
         "single-1": RunSpec(f"1 rank x {per_rank} thread(s)", [], 1, per_rank),
+        # What N ranks can reach on this host with no communication at all: N one-rank runs, each
+        # with one rank's share of the batch and cores, at the same time (they share the memory
+        # bandwidth and caches as the ranks do). The ceiling for a scaling efficiency.
+        "side-by-side": RunSpec(f"{ranks} x (1 rank x {per_rank}) side by side", [], 1, per_rank, copies=ranks),
         "bare": RunSpec(f"bare PyTorch 1 x {cores}", [], 1, cores, "bare"),
         "bare-1": RunSpec(f"bare PyTorch 1 x {per_rank}", [], 1, per_rank, "bare"),
         "horovod-mpi": RunSpec(f"Horovod MPI {ranks} x {per_rank}", [hvdrun, "-np", str(ranks), "--mpi"], ranks, per_rank),
@@ -72,12 +79,44 @@ def measure(spec: RunSpec, flags: list[str], out_dir: Path, warmup: int, timeout
     if os.geteuid() == 0:  # OpenMPI refuses root unless told (containers, CI)
         env.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
         env.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+    if spec.copies > 1:
+        return side_by_side(spec, flags, out_dir, warmup, timeout)
     started, cpu_before = time.perf_counter(), _children_cpu()
     p = subprocess.run(command(spec, flags, out_dir), capture_output=True, text=True, env=env, timeout=timeout)
     wall, cpu = time.perf_counter() - started, _children_cpu() - cpu_before
     if p.returncode != 0:
         tail = "\n".join((p.stdout + p.stderr).strip().splitlines()[-5:])
         raise HvdlmError(f"{spec.name} failed (exit {p.returncode}):\n{tail}")
+    return figures(spec, out_dir, warmup, wall, cpu)
+
+
+def side_by_side(spec: RunSpec, flags: list[str], out_dir: Path, warmup: int, timeout: float) -> dict:
+    """``spec.copies`` one-rank runs started together, each with its share of the global batch
+    and cores: tokens/s summed."""
+    batch = int(flags[flags.index("--global_batch_size") + 1])
+    if batch % spec.copies:
+        raise HvdlmError(f"{spec.name}: --global_batch {batch} does not split into {spec.copies} equal runs")
+    share = str(batch // spec.copies)
+    mine = [share if i and flags[i - 1] in ("--global_batch_size", "--batch_size") else f for i, f in enumerate(flags)]
+    started, cpu_before = time.perf_counter(), _children_cpu()
+    procs = [subprocess.Popen(command(spec, mine, out_dir / f"copy-{i}"),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for i in range(spec.copies)]
+    outputs = [p.communicate(timeout=timeout)[0] for p in procs]
+    wall, cpu = time.perf_counter() - started, _children_cpu() - cpu_before
+    for p, out in zip(procs, outputs):
+        if p.returncode != 0:
+            tail = "\n".join(out.strip().splitlines()[-5:])
+            raise HvdlmError(f"{spec.name} failed (exit {p.returncode}):\n{tail}")
+    each = [figures(spec, out_dir / f"copy-{i}", warmup, wall, cpu) for i in range(spec.copies)]
+    tps = sum(r["tokens_per_s"] for r in each)
+    step_ms = statistics.fmean(r["step_ms"] for r in each)
+    return dict(each[0], global_batch=batch, tokens_per_s=tps, tokens_per_s_per_rank=tps / spec.copies,
+                step_ms=step_ms, compute_ms=step_ms, ranks=spec.copies)
+
+
+def figures(spec: RunSpec, out_dir: Path, warmup: int, wall: float, cpu: float) -> dict:
+    """One run's row, from its metrics.jsonl."""
     rows = [json.loads(line) for line in open(out_dir / "metrics.jsonl")]
     steps = [r for r in rows if r["kind"] == "train" and r["step"] > warmup]
     summary = [r for r in rows if r["kind"] == "summary"][-1]
@@ -133,10 +172,13 @@ def run(args) -> list[dict]:
     hvdlm_1 = [r for r in table if r["ranks"] == 1 and not r["run"].startswith("bare")]  # ratios are against hvdlm
     by_cores = next((r for r in hvdlm_1 if r["threads_per_rank"] == cores), None)
     one_slice = next((r for r in hvdlm_1 if r["threads_per_rank"] == max(1, cores // args.ranks)), None)
+    beside = next((r for r in table if r["run"].endswith("side by side")), None)
     for r in table:
         r["vs_1_rank_all_cores"] = r["tokens_per_s"] / by_cores["tokens_per_s"] if by_cores else float("nan")
         r["scaling_efficiency"] = (r["tokens_per_s"] / (r["ranks"] * one_slice["tokens_per_s"])
                                    if one_slice else float("nan"))
+        r["vs_side_by_side"] = (r["tokens_per_s"] / beside["tokens_per_s"]
+                                if beside and r["ranks"] == beside["ranks"] else float("nan"))
         same = bare.get(r["threads_per_rank"]) if r["ranks"] == 1 else None
         r["bare_step_ratio"] = same["step_ms"] / r["step_ms"] if same else float("nan")
         r["bare_wall_ratio"] = same["wall_s"] / r["wall_s"] if same else float("nan")
@@ -148,11 +190,12 @@ def run(args) -> list[dict]:
 def report(table: list[dict], rows: list[dict], args, cores: int) -> None:
     fmt = lambda v, f: "-" if v != v else f.format(v)  # noqa: E731 (nan -> "-")
     header = ["run", "tokens/s", "per rank", "step ms", "compute ms", "wait ms", "wall s", "cpu s",
-              "vs 1 rank all cores", "scaling eff.", "bare/this step", "bare/this wall", "bare/this cpu"]
+              "vs 1 rank all cores", "scaling eff.", "vs side by side", "bare/this step", "bare/this wall", "bare/this cpu"]
     body = [[r["run"], fmt(r["tokens_per_s"], "{:.0f}"), fmt(r["tokens_per_s_per_rank"], "{:.0f}"),
              fmt(r["step_ms"], "{:.1f}"), fmt(r["compute_ms"], "{:.1f}"), fmt(r["allreduce_wait_ms"], "{:.2f}"),
              fmt(r["wall_s"], "{:.2f}"), fmt(r["cpu_s"], "{:.2f}"), fmt(r["vs_1_rank_all_cores"], "{:.2f}x"),
-             fmt(r["scaling_efficiency"], "{:.2f}"), fmt(r["bare_step_ratio"], "{:.3f}"),
+             fmt(r["scaling_efficiency"], "{:.2f}"), fmt(r["vs_side_by_side"], "{:.3f}"),
+             fmt(r["bare_step_ratio"], "{:.3f}"),
              fmt(r["bare_wall_ratio"], "{:.3f}"), fmt(r["bare_cpu_ratio"], "{:.3f}")] for r in table]
     print(f"\nhvdlm bench train: preset {args.preset}, global batch {args.global_batch} sequences, {args.precision}, "
           f"{cores} cores, best of {args.repeats} interleaved repeat(s), {args.steps - args.warmup} timed steps each")
@@ -197,8 +240,9 @@ def add_train_parser(sub) -> None:
     t.add_argument("--global_batch", type=int, default=12, help="sequences per step over all ranks (default: 12)")
     t.add_argument("--ranks", type=int, default=2, help="ranks of the data-parallel runs (default: 2)")
     t.add_argument("--cores", type=int, default=0, help="cores to use (default: those this process may use)")
-    t.add_argument("--runs", default="single,single-1,bare,bare-1,horovod-mpi,horovod-gloo,ddp",
-                   help="comma list of single, single-1, bare, bare-1 (the bare PyTorch loop, all cores or one "
+    t.add_argument("--runs", default="single,single-1,side-by-side,bare,bare-1,horovod-mpi,horovod-gloo,ddp",
+                   help="comma list of single, single-1, side-by-side (--ranks one-rank runs at once, each with "
+                        "its share of the batch and cores), bare, bare-1 (the bare PyTorch loop, all cores or one "
                         "rank's share), horovod-mpi, horovod-gloo, ddp (default: all)")
     t.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     t.add_argument("--compression", default="none", choices=["none", "fp16", "bf16", "powersgd"],
