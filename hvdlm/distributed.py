@@ -137,8 +137,8 @@ def init(threads: int = 0, periodic: bool = False) -> World:
     if periodic:
         os.environ.setdefault("HOROVOD_CYCLE_TIME", PERIODIC_CYCLE_MS)  # a setting of the user's wins
     global _solo
-    _solo = launched_alone()
-    applied = solo_engine() if _solo else {}
+    _solo = launched_alone()  # before solo_engine() sets Horovod's engine variables
+    applied = solo_engine()
     apply_cpu_defaults()  # before hvd.init(): MPI and Horovod read them there
     hvd.init()
     for name in applied:  # read: a launcher this process starts (a benchmark, a test) must not inherit them

@@ -75,40 +75,38 @@ def command(spec: RunSpec, flags: list[str], out_dir: Path) -> list[str]:
 
 
 def measure(spec: RunSpec, flags: list[str], out_dir: Path, warmup: int, timeout: float) -> dict:
+    """Run ``spec`` (its ``copies`` side by side, each with its share of the global batch) and read
+    its row: tokens/s summed over the copies, their mean step time."""
     env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
     if os.geteuid() == 0:  # OpenMPI refuses root unless told (containers, CI)
         env.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
         env.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
-    if spec.copies > 1:
-        return side_by_side(spec, flags, out_dir, warmup, timeout)
-    started, cpu_before = time.perf_counter(), _children_cpu()
-    p = subprocess.run(command(spec, flags, out_dir), capture_output=True, text=True, env=env, timeout=timeout)
-    wall, cpu = time.perf_counter() - started, _children_cpu() - cpu_before
-    if p.returncode != 0:
-        tail = "\n".join((p.stdout + p.stderr).strip().splitlines()[-5:])
-        raise HvdlmError(f"{spec.name} failed (exit {p.returncode}):\n{tail}")
-    return figures(spec, out_dir, warmup, wall, cpu)
-
-
-def side_by_side(spec: RunSpec, flags: list[str], out_dir: Path, warmup: int, timeout: float) -> dict:
-    """``spec.copies`` one-rank runs started together, each with its share of the global batch
-    and cores: tokens/s summed."""
     batch = int(flags[flags.index("--global_batch_size") + 1])
     if batch % spec.copies:
         raise HvdlmError(f"{spec.name}: --global_batch {batch} does not split into {spec.copies} equal runs")
     share = str(batch // spec.copies)
     mine = [share if i and flags[i - 1] in ("--global_batch_size", "--batch_size") else f for i, f in enumerate(flags)]
+    dirs = [out_dir] if spec.copies == 1 else [out_dir / f"copy-{i}" for i in range(spec.copies)]
     started, cpu_before = time.perf_counter(), _children_cpu()
-    procs = [subprocess.Popen(command(spec, mine, out_dir / f"copy-{i}"),
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for i in range(spec.copies)]
-    outputs = [p.communicate(timeout=timeout)[0] for p in procs]
+    procs = [subprocess.Popen(command(spec, mine, d), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env=env) for d in dirs]
+    try:
+        outputs = [p.communicate(timeout=timeout)[0] for p in procs]
+    except subprocess.TimeoutExpired:
+        raise HvdlmError(f"{spec.name} ran past --timeout {timeout:g} s") from None
+    finally:
+        for p in procs:  # a copy that failed or ran out of time takes the others with it
+            if p.poll() is None:
+                p.kill()
+                p.wait()
     wall, cpu = time.perf_counter() - started, _children_cpu() - cpu_before
     for p, out in zip(procs, outputs):
         if p.returncode != 0:
             tail = "\n".join(out.strip().splitlines()[-5:])
             raise HvdlmError(f"{spec.name} failed (exit {p.returncode}):\n{tail}")
-    each = [figures(spec, out_dir / f"copy-{i}", warmup, wall, cpu) for i in range(spec.copies)]
+    each = [figures(spec, d, warmup, wall, cpu) for d in dirs]
+    if spec.copies == 1:
+        return each[0]
     tps = sum(r["tokens_per_s"] for r in each)
     step_ms = statistics.fmean(r["step_ms"] for r in each)
     return dict(each[0], global_batch=batch, tokens_per_s=tps, tokens_per_s_per_rank=tps / spec.copies,
