@@ -8,7 +8,8 @@ the step time split into compute and the wait for the allreduce, the whole proce
 (start-up included), and these ratios: against one rank using all the cores (what data
 parallelism should not lose on one host), the scaling efficiency N-rank / (N x one rank of 1/N
 of the cores), N ranks against N one-rank runs side by side (the same per-rank work at the same
-time, so sharing the host's memory bandwidth as the ranks do: what the exchange itself costs),
+time, so sharing the host's memory bandwidth as the ranks do: what the exchange itself costs;
+the median over repeats of the ratio within each repeat),
 and, for one rank, the bare loop's wall time over this run's (what hvdlm's own machinery costs end
 to end; 1.00 = nothing).
 """
@@ -175,7 +176,7 @@ def run(args) -> list[dict]:
         r["vs_1_rank_all_cores"] = r["tokens_per_s"] / by_cores["tokens_per_s"] if by_cores else float("nan")
         r["scaling_efficiency"] = (r["tokens_per_s"] / (r["ranks"] * one_slice["tokens_per_s"])
                                    if one_slice else float("nan"))
-        r["vs_side_by_side"] = (r["tokens_per_s"] / beside["tokens_per_s"]
+        r["vs_side_by_side"] = (paired_median(rows, r["run"], beside["run"])
                                 if beside and r["ranks"] == beside["ranks"] else float("nan"))
         same = bare.get(r["threads_per_rank"]) if r["ranks"] == 1 else None
         r["bare_step_ratio"] = same["step_ms"] / r["step_ms"] if same else float("nan")
@@ -183,6 +184,13 @@ def run(args) -> list[dict]:
         r["bare_cpu_ratio"] = same["cpu_s"] / r["cpu_s"] if same else float("nan")
     report(table, rows, args, cores)
     return table
+
+
+def paired_median(rows: list[dict], run: str, baseline: str) -> float:
+    """The median over repeats of ``run``'s tokens/s over ``baseline``'s in the same repeat: runs of
+    one round see the same moment of a shared machine, best-of-N of each row need not."""
+    base = {r["repeat"]: r["tokens_per_s"] for r in rows if r["run"] == baseline}
+    return statistics.median(r["tokens_per_s"] / base[r["repeat"]] for r in rows if r["run"] == run)
 
 
 def report(table: list[dict], rows: list[dict], args, cores: int) -> None:
