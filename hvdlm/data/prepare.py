@@ -400,7 +400,7 @@ class _WriteBehind:
 
 def _in_process(kind: str, workers: int) -> bool:
     """Byte tokens with two workers or fewer are made in this process: their only work is parsing
-    (~350 MB/s a core), and sending each block to a worker and its ids back costs this process
+    (~300 MB/s on a core of the benchmark's machine), and sending each block to a worker and its ids back costs this process
     about as much as the parse it would give away, on cores the workers would share with it and
     the writer thread (benchmarks/RESULTS.md, run 4)."""
     return kind == "byte" and workers <= 2
