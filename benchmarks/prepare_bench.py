@@ -10,9 +10,12 @@ are the same), then measures, on the same files and cores:
                np.memmap in 1024 batches
 Each command runs under a sampler that sums the resident memory (RSS, and PSS, which counts
 pages shared between processes once) of its whole process tree every 0.2 s (peak, and the median
-RSS: the steady state, without the brief rise while a multi-MB document passes); its CPU seconds (the
-whole tree, user + system) say whether it was bound by the cores or by something else (the disk).
-The disk's own speed (a 1 GiB fsynced write) is measured again before each corpus size.
+RSS: the steady state, without the brief rise while a multi-MB document passes), and reads each
+process's own high-water mark (VmHWM, kept by the kernel: no rise is missed between samples; their
+sum bounds the tree's peak from above); its CPU seconds (the whole tree, user + system) say whether
+it was bound by the cores or by something else (the disk). Each corpus is flushed to the disk
+(sync) once written, so its writeback does not share the disk with what is measured; the disk's
+own speed (a 1 GiB fsynced write) is measured then, before each corpus size.
 """
 from __future__ import annotations
 
@@ -80,6 +83,7 @@ def measure(cmd: list[str], env: dict | None = None) -> dict:
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     peak = {"rss": 0, "pss": 0}
     samples: list[int] = []  # the tree's RSS at each sample
+    hwm: dict[int, int] = {}  # pid -> its VmHWM, bytes
     done = threading.Event()
 
     def sample() -> None:
@@ -91,7 +95,8 @@ def measure(cmd: list[str], env: dict | None = None) -> dict:
                     try:
                         m = p.memory_full_info()
                         rss, pss = rss + m.rss, pss + m.pss
-                    except (psutil.NoSuchProcess, psutil.AccessDenied):
+                        hwm[p.pid] = max(hwm.get(p.pid, 0), vm_hwm(p.pid))
+                    except (psutil.NoSuchProcess, psutil.AccessDenied, OSError):
                         pass
             except psutil.NoSuchProcess:
                 break
@@ -111,7 +116,13 @@ def measure(cmd: list[str], env: dict | None = None) -> dict:
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     median = sorted(samples)[len(samples) // 2] if samples else 0  # steady state, without brief spikes
     return {"seconds": seconds, "cpu_seconds": cpu, "peak_rss": peak["rss"], "peak_pss": peak["pss"],
-            "median_rss": median, "output": output.strip()[-2000:]}
+            "median_rss": median, "peak_hwm": sum(hwm.values()), "output": output.strip()[-2000:]}
+
+
+def vm_hwm(pid: int) -> int:
+    """The process's peak resident memory so far, bytes (Linux's VmHWM)."""
+    with open(f"/proc/{pid}/status") as fh:
+        return next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmHWM:"))
 
 
 def disk_write_speed(folder: Path, nbytes: int = 1 << 30) -> float:
@@ -190,6 +201,7 @@ def main() -> None:
     for size_gb in sorted(set(byte_sizes) | set(bpe_sizes)):
         corpus = work / f"corpus-{size_gb}"
         make_corpus(corpus, int(size_gb * 1e9), texts)
+        os.sync()  # the corpus on the disk now, not written back while hvdlm writes
         nbytes = sum(p.stat().st_size for p in corpus.iterdir())
         row = {"size_gb": size_gb, "bytes": nbytes, "load": os.getloadavg(), "disk_write_mb_s": disk_write_speed(work)}
         print(f"{size_gb} GB: disk write {row['disk_write_mb_s']:.0f} MB/s (1 GiB, fsynced)", flush=True)
@@ -229,7 +241,8 @@ def main() -> None:
 def report(what: str, r: dict, nbytes: int) -> None:
     print(f"{what}: {r['tokens'] / r['seconds']:,.0f} tokens/s, {nbytes / r['seconds'] / 1e6:.1f} MB/s read, "
           f"{r['written'] / r['seconds'] / 1e6:.0f} MB/s written, peak RSS {r['peak_rss'] / 2**20:.0f} MiB "
-          f"(PSS {r['peak_pss'] / 2**20:.0f}; median RSS {r['median_rss'] / 2**20:.0f}), {r['seconds']:.1f} s, "
+          f"(PSS {r['peak_pss'] / 2**20:.0f}; median RSS {r['median_rss'] / 2**20:.0f}; summed VmHWM "
+          f"{r['peak_hwm'] / 2**20:.0f}), {r['seconds']:.1f} s, "
           f"CPU {r['cpu_seconds']:.1f} s "
           f"({r['cpu_seconds'] / r['seconds'] / os.cpu_count():.0%} of the cores), load {os.getloadavg()[0]:.1f}",
           flush=True)

@@ -201,6 +201,36 @@ def test_crash_while_writing_leaves_no_meta(tmp_path, monkeypatch):
     assert list(out.iterdir()) == []
 
 
+def test_a_failed_write_in_the_writer_thread_ends_the_run(tmp_path, monkeypatch):
+    """A write that fails in the writer thread (a full disk) is raised by prepare, also while the
+    main thread waits for room in a full queue, and no shard is left."""
+    make_corpus(tmp_path / "src", n_files=30)
+    monkeypatch.setattr(prep, "WRITER_PIECES", 1)
+    monkeypatch.setattr(prep, "PIECE_CHARS", 50)  # many pieces per block
+
+    real_write, calls = prep.ShardWriter.write, []
+
+    def full_disk(self, tokens):
+        calls.append(len(tokens))
+        if len(calls) > 3:  # after some shard data is written
+            raise OSError(28, "No space left on device")
+        real_write(self, tokens)
+
+    monkeypatch.setattr(prep.ShardWriter, "write", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        prepare([tmp_path / "src"], tmp_path / "out", workers=1)
+    assert len(calls) == 4 and list((tmp_path / "out").iterdir()) == []
+
+
+def test_byte_tokens_with_two_workers_start_no_pool(tmp_path, monkeypatch):
+    make_corpus(tmp_path / "src", n_files=5)
+    started = []
+    real = prep._Workers.__init__
+    monkeypatch.setattr(prep._Workers, "__init__", lambda self, n, job: started.append(n) or real(self, n, job))
+    prepare([tmp_path / "src"], tmp_path / "out", workers=2)
+    assert started == [1]
+
+
 def test_write_atomic_cleans_up_temp_file(tmp_path):
     class Boom(Exception):
         pass

@@ -80,7 +80,33 @@ def test_bpe_pieces_encode_to_the_documents_tokens(monkeypatch):
     tok = prep.train_tokenizer("bpe", docs, 400)
     monkeypatch.setattr(prep, "BPE_PIECE_CHARS", 50)
     assert len(list(prep._bpe_pieces(docs))) > 100
-    assert prep.encode_docs(tok, docs, np.dtype("<u2")).tolist() == [i for d in docs for i in tok.encode(d)]
+    ids = np.concatenate(prep.encode_docs(tok, docs, np.dtype("<u2"), sep=""))
+    assert ids.tolist() == [i for d in docs for i in tok.encode(d)]
+
+
+def test_a_long_document_goes_to_the_writer_in_bounded_pieces(tmp_path, monkeypatch):
+    """Byte tokens: a document of many pieces (multi-byte characters on every side of the cuts)
+    gives exactly the bytes of a direct encoding, and never more than a piece is widened and
+    written at once."""
+    rng = random.Random(3)
+    long = "".join(rng.choice(["a", "é", "日本", "🙂", "\n", " "]) for _ in range(20_000))
+    recs = records(30)
+    recs[10]["text"] = long
+    write_jsonl(tmp_path / "d.jsonl", recs)
+    monkeypatch.setattr(prep, "PIECE_CHARS", 1000)
+    pieces = list(prep._byte_pieces([r["text"] for r in recs], "\n\n"))
+    assert "".join(pieces) == "".join(r["text"] + "\n\n" for r in recs)
+    assert len(pieces) > 20 and max(map(len, pieces)) < 2000
+    written = []
+    real = prep.ShardWriter.write
+    monkeypatch.setattr(prep.ShardWriter, "write", lambda self, ids: written.append(len(ids)) or real(self, ids))
+    meta = prepare([tmp_path / "d.jsonl"], tmp_path / "out", workers=2, val_fraction=0.2)
+    val = prep._uniform(np.arange(30), meta["seed"]) < 0.2
+    assert not val[10]  # the long document is in train
+    tok = load_tokenizer(tmp_path / "out")
+    assert tokens(tmp_path / "out", "train") == direct(tok, [r["text"] for r, v in zip(recs, val) if not v])
+    assert tokens(tmp_path / "out", "val") == direct(tok, [r["text"] for r, v in zip(recs, val) if v])
+    assert max(written) < 4 * 2000 and sum(written) == meta["train_tokens"] + meta["val_tokens"]
 
 
 def test_a_worker_that_dies_ends_the_run_with_an_error():

@@ -1,4 +1,5 @@
 """Token shards: a split in several files reads as one stream; old single-file data dirs still read."""
+import hashlib
 import json
 import shutil
 
@@ -8,6 +9,7 @@ import torch
 
 from hvdlm.data import load_meta, open_tokens, prepare, verify_checksums
 from hvdlm.data.sampler import get_batch, num_sequences
+from hvdlm.data import shards
 from hvdlm.data.shards import TokenStream
 from hvdlm.errors import HvdlmError
 
@@ -42,6 +44,41 @@ def test_many_shards_hold_the_same_tokens(one_and_many):
         assert np.array_equal(stream[:], flat)
         assert np.array_equal(stream[9_990:20_010], flat[9_990:20_010])  # across two shard boundaries
         assert stream[10_000] == flat[10_000] and stream[-1] == flat[-1]
+
+
+def test_shards_go_to_the_disk_in_ranges_while_written(tmp_path, monkeypatch):
+    """Each WRITEBACK_BYTES of a shard is sent to the disk as it is written, and the range before
+    it waited for: contiguous ranges per shard, the waits one range behind; the shards hold
+    what was written, with its sha256."""
+    monkeypatch.setattr(shards, "WRITEBACK_BYTES", 3000)
+    ids = np.arange(25_000, dtype=np.uint16)
+    w = shards.ShardWriter(tmp_path, "train", np.dtype("<u2"), shard_tokens=10_000)
+    for part in np.array_split(ids, 37):  # the real sync_file_range, on a real file
+        w.write(part)
+    entries = w.finish()
+    assert [e["tokens"] for e in entries] == [10_000, 10_000, 5_000]
+    assert np.array_equal(np.concatenate([np.fromfile(tmp_path / e["file"], np.uint16) for e in entries]), ids)
+    assert [e["sha256"] for e in entries] == [hashlib.sha256(ids[i:i + 10_000].tobytes()).hexdigest()
+                                              for i in (0, 10_000, 20_000)]
+    calls = []
+    monkeypatch.setattr(shards, "sync_range", lambda fd, offset, n, wait: calls.append((offset, n, wait)))
+    w = shards.ShardWriter(tmp_path, "val", np.dtype("<u2"), shard_tokens=10_000)
+    for part in np.array_split(ids[:12_000], 37):  # 20,000 bytes in the first shard, 4,000 in the second
+        w.write(part)
+    w.finish()
+    per_shard = []  # [(sent range, range waited for then)]
+    for (offset, n, wait), (w_offset, w_n, w_wait) in zip(calls[::2], calls[1::2]):
+        assert not wait and w_wait
+        if offset == 0:
+            per_shard.append([])
+        per_shard[-1].append(((offset, n), (w_offset, w_n)))
+    assert len(per_shard) == 2
+    for ranges in per_shard:
+        sent = [r for r, _ in ranges]
+        assert all(n >= 3000 for _, n in sent)
+        assert all(a + n == b for (a, n), (b, _) in zip(sent, sent[1:]))  # contiguous
+        assert [w for _, w in ranges] == [(0, 0)] + sent[:-1]  # each send waits for the range before
+    assert 20_000 - 3000 - 700 < sum(n for (_, n), _ in per_shard[0]) <= 20_000
 
 
 def test_token_stream_indexing_matches_an_array():

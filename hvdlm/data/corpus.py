@@ -162,7 +162,7 @@ def collect_text_files(inputs: list[str | Path]) -> list[Path]:
 @dataclass
 class Block:
     """Whole lines (JSONL) or a piece of a text file ending at a line end where there is one."""
-    data: bytes
+    data: bytearray
     first_line: int  # 1-based number of the block's first line in its file
     last: bool  # the file's last block (a text document ends here)
     raw_bytes: int  # bytes of the file on disk consumed since the previous block
@@ -184,8 +184,11 @@ def _cut(buf: bytes, jsonl: bool) -> int:
 
 
 def read_blocks(source: Source, block_bytes: int) -> Iterator[Block]:
-    """The file's content in blocks of about ``block_bytes``, read (and decompressed) as they go."""
-    line, buf, raw_seen = 1, b"", 0
+    """The file's content in blocks of about ``block_bytes``, read (and decompressed) as they go.
+
+    The buffer grows in place and becomes the block, so a line of many blocks is neither copied
+    at each read nor held twice (bytes would be: memory and time would grow with its square)."""
+    line, buf, raw_seen = 1, bytearray(), 0
     pending: Block | None = None  # held back one read, to know whether it is the file's last
     try:
         with open(source.path, "rb") as raw:
@@ -196,7 +199,8 @@ def read_blocks(source: Source, block_bytes: int) -> Iterator[Block]:
                 pos = raw.tell()
                 buf += chunk
                 end = len(buf) if eof else _cut(buf, source.jsonl)
-                data, buf = buf[:end], buf[end:]
+                data, buf = buf, buf[end:]
+                del data[end:]
                 if data:
                     if pending:
                         yield pending

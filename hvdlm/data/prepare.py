@@ -3,8 +3,10 @@
 The main process reads the inputs a block (about 1 MB, whole lines) at a time and hands the
 blocks to worker processes, at most two per worker in flight; each worker decodes its block into
 documents, tokenizes them and returns the token ids of the block's train and validation
-documents, which the main process appends, in input order, to the shards (hashed as written).
-Nothing holds more than a few blocks, so the peak memory does not grow with the corpus.
+documents in pieces, which a writer thread of the main process appends, in input order, to the
+shards (hashed as written) while the next blocks are read. Byte tokens need no worker processes
+on two cores or fewer (see _in_process). Nothing holds more than a few blocks and a long
+document's text, so the peak memory does not grow with the corpus.
 
 Documents: a JSONL record, or a text file (a text file larger than a block is cut at line ends
 into documents of about a block). Each document is tokenized on its own, followed by DOC_SEP.
@@ -15,13 +17,13 @@ a child process that exits before the encoding starts.
 """
 from __future__ import annotations
 
-import ctypes
-import functools
 import itertools
 import json
 import multiprocessing
 import os
+import queue
 import re
+import threading
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -34,6 +36,7 @@ from tqdm import tqdm
 
 from hvdlm.atomic import write_atomic
 from hvdlm.data.corpus import Source, collect_text_files, default_corpus_files, read_blocks
+from hvdlm.data.glibc import one_malloc_arena, trim_heap
 from hvdlm.data.shards import DTYPES, FORMAT, SPLITS, ShardWriter, clear_old_shards, token_dtype
 from hvdlm.data.tokenizers import KINDS, AnyTokenizer, BPETokenizer, save_tokenizer, train_tokenizer
 from hvdlm.errors import HvdlmError
@@ -41,10 +44,13 @@ from hvdlm.errors import HvdlmError
 try:  # ~4x the standard library's speed on long strings; json.loads stays the reference (see _record)
     from orjson import loads as _fast_loads
 except ImportError:  # pragma: no cover - orjson is a dependency, but prepare works without it
-    _fast_loads = json.loads
+    def _fast_loads(line: memoryview):
+        return json.loads(bytes(line))
 
 DOC_SEP = "\n\n"
 BLOCK_BYTES = 1 << 20  # a task for a worker; also the size of a text file's documents
+PIECE_CHARS = 1 << 18  # byte tokens go to the writer in pieces of about this many characters
+WRITER_PIECES = 8  # pieces waiting for the writer thread, at most
 BPE_SAMPLE_BYTES = 16 << 20  # the trainer holds ~9x this (every distinct word); see benchmarks/RESULTS.md
 SHARD_BYTES = 1 << 30
 _COMPRESSED_TEXT_RATIO = 4  # a guess of text bytes per compressed byte, to spread the BPE sample
@@ -69,7 +75,7 @@ def _uniform(units: np.ndarray, seed: int, salt: int = 0) -> np.ndarray:
     return (z >> np.uint64(11)).astype(np.float64) / 2.0 ** 53
 
 
-def _record(line: bytes, field: str):
+def _record(line: memoryview, field: str):
     """The line's JSON value. orjson is faster but stricter (NaN, lone surrogates, a BOM) and reads
     huge integers as floats: unless it finds a record with a string in ``field``, the line is
     parsed again by json.loads, whose results and messages are the reference."""
@@ -79,7 +85,7 @@ def _record(line: bytes, field: str):
             return record
     except ValueError:
         pass
-    record = json.loads(line)
+    record = json.loads(bytes(line))
     if isinstance(record, dict) and isinstance(record.get(field), str):
         # json.loads accepts a lone UTF-16 surrogate ("\ud800"), which no encoder can write:
         # UnicodeEncodeError, a ValueError, becomes the caller's one line naming the file and line
@@ -87,29 +93,37 @@ def _record(line: bytes, field: str):
     return record
 
 
-def documents(task: Task) -> tuple[list[str], np.ndarray] | _Failed:
-    """The task's documents (each ending in DOC_SEP) and their unit numbers, or an error message."""
+_BLANK = re.compile(rb"[ \t\n\r\x0b\x0c]*")  # what bytes.strip() removes
+
+
+def documents(task: Task) -> tuple[list[str], np.ndarray, str] | _Failed:
+    """The task's documents, their unit numbers and what follows each of them (DOC_SEP; nothing
+    after a block of a text file that is not its last), or an error message."""
     path, jsonl, field, data, first_line, first_unit, last = task
     if not jsonl:
-        text = data.decode("utf-8", errors="replace")
-        return [text + DOC_SEP if last else text], np.array([first_unit])
+        return [data.decode("utf-8", errors="replace")], np.array([first_unit]), DOC_SEP if last else ""
     docs, units = [], []
-    for i, line in enumerate(data.split(b"\n")):
-        if not line.strip():
-            continue  # blank lines (a trailing newline, padding) are not records
-        try:
-            record = _record(line, field)
-        except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
-            return _Failed(f"{path}, line {first_line + i}: not a valid JSON line ({e}); fix or remove that line")
-        if not isinstance(record, dict) or field not in record:
-            return _Failed(f"{path}, line {first_line + i}: the record has no {field!r} field; "
-                           "name the text field with --text_field")
-        text = record[field]
-        if not isinstance(text, str):
-            return _Failed(f"{path}, line {first_line + i}: the {field!r} field is {type(text).__name__}, not a string")
-        docs.append(text + DOC_SEP)
-        units.append(first_unit + i)
-    return docs, np.array(units, dtype=np.int64)
+    view = memoryview(data)  # lines are parsed from views: a block's lines are not copied
+    start, i = 0, 0
+    while start < len(data):
+        end = data.find(b"\n", start)
+        end = len(data) if end < 0 else end
+        if not _BLANK.fullmatch(data, start, end):  # blank lines (a trailing newline, padding) are not records
+            try:
+                record = _record(view[start:end], field)
+            except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
+                return _Failed(f"{path}, line {first_line + i}: not a valid JSON line ({e}); fix or remove that line")
+            if not isinstance(record, dict) or field not in record:
+                return _Failed(f"{path}, line {first_line + i}: the record has no {field!r} field; "
+                               "name the text field with --text_field")
+            text = record[field]
+            if not isinstance(text, str):
+                return _Failed(f"{path}, line {first_line + i}: the {field!r} field is {type(text).__name__}, "
+                               "not a string")
+            docs.append(text)
+            units.append(first_unit + i)
+        start, i = end + 1, i + 1
+    return docs, np.array(units, dtype=np.int64), DOC_SEP
 
 
 # Where a long document may be cut for BPE without changing its tokens: between a non-space
@@ -122,7 +136,7 @@ _SAFE_CUT = re.compile(r"\S(?=[ \t\r\n])")
 BPE_PIECE_CHARS = 1 << 16  # an encoding holds tens of bytes per character while it is made
 
 
-def _bpe_pieces(docs: list[str]) -> Iterator[str]:
+def _bpe_pieces(docs: Iterable[str]) -> Iterator[str]:
     for doc in docs:
         start = 0
         while len(doc) - start > 2 * BPE_PIECE_CHARS:
@@ -134,15 +148,35 @@ def _bpe_pieces(docs: list[str]) -> Iterator[str]:
         yield doc[start:]
 
 
-def encode_docs(tok: AnyTokenizer, docs: list[str], dtype: np.dtype) -> np.ndarray:
-    """The concatenated token ids of ``docs``, each encoded on its own (byte ids: always uint8,
-    half the bytes to send back; the shard writer widens them to ``dtype``)."""
+def _byte_pieces(docs: list[str], sep: str) -> Iterator[str]:
+    """The documents, each followed by ``sep``, as strings of PIECE_CHARS to 2 * PIECE_CHARS
+    characters (the last one shorter): short documents joined, long ones sliced. A slice of a
+    str falls between two characters and UTF-8 encodes each character on its own, so the
+    pieces' bytes are the documents' bytes, and the memory for a document of many MB is bounded."""
+    batch, size = [], 0
+    for doc in docs:
+        slices = (doc[i:i + PIECE_CHARS] for i in range(0, len(doc), PIECE_CHARS))  # a short document: itself
+        for part in itertools.chain(slices, [sep]):
+            batch.append(part)
+            size += len(part)
+            if size >= PIECE_CHARS:
+                yield "".join(batch)
+                batch, size = [], 0
+    if size:
+        yield "".join(batch)
+
+
+def encode_docs(tok: AnyTokenizer, docs: list[str], dtype: np.dtype, sep: str = DOC_SEP) -> list[np.ndarray]:
+    """The token ids of ``docs``, each followed by ``sep`` and encoded on its own, in pieces
+    that concatenate to them (byte ids: always uint8, half the bytes to send back; the shard
+    writer widens them to ``dtype``)."""
     if tok.kind == "byte":  # bytes are the ids: no Python loop
-        return np.frombuffer("".join(docs).encode("utf-8"), dtype=np.uint8)
+        return [np.frombuffer(piece.encode("utf-8"), dtype=np.uint8) for piece in _byte_pieces(docs, sep)]
     if not docs:
-        return np.zeros(0, dtype=dtype)
+        return []
+    docs = [d + sep for d in docs]
     if tok.kind == "char":
-        return np.fromiter(itertools.chain.from_iterable(tok.encode(d) for d in docs), dtype=dtype)
+        return [np.fromiter(itertools.chain.from_iterable(tok.encode(d) for d in docs), dtype=dtype)]
     # encode_batch_fast (tokenizers >= 0.20) skips the character offsets: ~1.5x faster, less memory
     encode = getattr(tok.tk, "encode_batch_fast", tok.tk.encode_batch)
     parts, batch, size = [], [], 0
@@ -153,7 +187,7 @@ def encode_docs(tok: AnyTokenizer, docs: list[str], dtype: np.dtype) -> np.ndarr
         if piece is not None:
             batch.append(piece)
             size += len(piece)
-    return np.concatenate(parts)
+    return parts
 
 
 # --- the worker side: module-level, so spawned processes can import it ------------------------------
@@ -169,33 +203,6 @@ class _Job:
 _job: _Job | None = None
 
 
-@functools.cache
-def _libc():
-    """This process's C library, or None where there is none to load."""
-    try:
-        return ctypes.CDLL(None)
-    except OSError:
-        return None
-
-
-def _trim_heap() -> None:
-    """Give freed heap back to the system: after a large document, glibc would keep the peak."""
-    try:
-        _libc().malloc_trim(0)
-    except AttributeError:  # no C library, or not glibc
-        pass
-
-
-def _one_malloc_arena() -> None:
-    """One heap for all of this process's threads. Left alone, glibc gives the threads that move
-    blocks and results (the pool's, and the main one) heaps of their own, each keeping its freed
-    blocks: a main process that creeps up by tens of MB over a long run."""
-    try:
-        _libc().mallopt(-8, 1)  # M_ARENA_MAX
-    except AttributeError:  # no C library, or not glibc
-        pass
-
-
 def _init_worker(job: _Job) -> None:
     global _job
     # each worker is one process on one core; the tokenizers library's own threads would compete
@@ -204,12 +211,12 @@ def _init_worker(job: _Job) -> None:
 
 
 def _encode_task(task: Task):
-    """-> (train ids, val ids, documents), or an error message."""
+    """-> (train ids, val ids: lists of pieces, documents), or an error message."""
     if len(task[3]) > 2 * BLOCK_BYTES:
         try:
             return _encode_block(task)
         finally:
-            _trim_heap()
+            trim_heap()
     return _encode_block(task)
 
 
@@ -217,11 +224,11 @@ def _encode_block(task: Task):
     found = documents(task)
     if isinstance(found, _Failed):
         return found
-    docs, units = found
+    docs, units, sep = found
     val = _uniform(units, _job.seed) < _job.val_fraction
     try:
-        return (encode_docs(_job.tok, [d for d, v in zip(docs, val) if not v], _job.dtype),
-                encode_docs(_job.tok, [d for d, v in zip(docs, val) if v], _job.dtype),
+        return (encode_docs(_job.tok, [d for d, v in zip(docs, val) if not v], _job.dtype, sep),
+                encode_docs(_job.tok, [d for d, v in zip(docs, val) if v], _job.dtype, sep),
                 len(docs) if task[1] else int(task[6]))  # a text file is one document, however many blocks
     except HvdlmError as e:
         return _Failed(e)
@@ -230,7 +237,7 @@ def _encode_block(task: Task):
 def _chars_task(task: Task):
     """-> the characters of the task's documents (a string), or an error message."""
     found = documents(task)
-    return found if isinstance(found, _Failed) else "".join(set().union(*found[0]))
+    return found if isinstance(found, _Failed) else "".join(set().union(*found[0], found[2]))
 
 
 def _sample_task(task: Task):
@@ -238,9 +245,9 @@ def _sample_task(task: Task):
     found = documents(task)
     if isinstance(found, _Failed):
         return found
-    docs, units = found
+    docs, units, sep = found
     take = _uniform(units, _job.seed, _SAMPLE_SALT) < _job.sample_p
-    return [d for d, t in zip(docs, take) if t]
+    return [d + sep for d, t in zip(docs, take) if t]
 
 
 # --- the main side ---------------------------------------------------------------------------------
@@ -355,6 +362,50 @@ def _learn_tokenizer(kind: str, vocab_size: int, sources: list[Source], text_fie
     return BPETokenizer(Tokenizer.from_str(learned))
 
 
+class _WriteBehind:
+    """Widens, hashes and writes the pieces in a thread of its own, in order, while this thread
+    reads and encodes the next blocks: sha256, file writes and waiting for the disk release the
+    GIL. At most WRITER_PIECES pieces wait in between. An error in the thread (a full disk) is
+    raised here, at the next put or at the end."""
+
+    def __init__(self, writers: dict[str, ShardWriter]):
+        self.writers, self.error = writers, None
+        self.queue: queue.Queue = queue.Queue(WRITER_PIECES)
+        self.thread = threading.Thread(target=self._run, name="hvdlm-shard-writer", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while (item := self.queue.get()) is not None:
+            if self.error is None:  # after an error, only drain: a put must never wait forever
+                try:
+                    self.writers[item[0]].write(item[1])
+                except BaseException as e:  # noqa: BLE001 - raised again in the main thread
+                    self.error = e
+
+    def put(self, split: str, pieces: list[np.ndarray]) -> None:
+        for piece in pieces:
+            if self.error is not None:
+                raise self.error
+            self.queue.put((split, piece))
+
+    def __enter__(self) -> "_WriteBehind":
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        self.queue.put(None)
+        self.thread.join()
+        if exc_type is None and self.error is not None:
+            raise self.error
+
+
+def _in_process(kind: str, workers: int) -> bool:
+    """Byte tokens with two workers or fewer are made in this process: their only work is parsing
+    (~300 MB/s on a core of the benchmark's machine), and sending each block to a worker and its ids back costs this process
+    about as much as the parse it would give away, on cores the workers would share with it and
+    the writer thread (benchmarks/RESULTS.md, run 4)."""
+    return kind == "byte" and workers <= 2
+
+
 def _give_val_a_tail(writers: dict[str, ShardWriter], val_fraction: float) -> None:
     """A corpus of few documents may put them all in one split: then validation takes the last
     ``val_fraction`` of the tokens (at least one) and training the rest."""
@@ -395,7 +446,7 @@ def prepare(
         raise HvdlmError(f"workers must be at least 1, got {workers}")
     if bpe_sample_bytes < 1 or shard_bytes < 4:
         raise HvdlmError("bpe_sample_bytes and shard_bytes must be positive")
-    _one_malloc_arena()  # before the pools start their threads
+    one_malloc_arena()  # before the pools and the writer start their threads
     files = collect_text_files(inputs) if inputs else default_corpus_files()
     sources = [Source.of(p) for p in files]
     out = Path(out_dir)
@@ -418,14 +469,15 @@ def prepare(
     writers = {s: ShardWriter(out, s, dtype, max(shard_bytes // dtype.itemsize, 1)) for s in SPLITS}
     n_docs = 0
     try:
-        with _Workers(workers, _Job(seed, val_fraction, tok, dtype)) as w, bars.bar("tokenizing") as bar:
+        with (_Workers(1 if _in_process(tok.kind, workers) else workers, _Job(seed, val_fraction, tok, dtype)) as w,
+              bars.bar("tokenizing") as bar, _WriteBehind(writers) as writer):
             results = _checked(w.map(_encode_task, _tasks(sources, text_field, bar)))
             for i, (train_ids, val_ids, docs) in enumerate(results):
-                writers["train"].write(train_ids)
-                writers["val"].write(val_ids)
+                writer.put("train", train_ids)
+                writer.put("val", val_ids)
                 n_docs += docs
                 if i % 64 == 63:
-                    _trim_heap()
+                    trim_heap()
         n = writers["train"].tokens + writers["val"].tokens
         if n == 0:
             raise HvdlmError(f"corpus is empty: {len(files)} file(s) with {n_bytes} bytes in total; "

@@ -21,12 +21,14 @@ from pathlib import Path
 import numpy as np
 
 from hvdlm.atomic import fsync_dir
+from hvdlm.data.glibc import sync_range
 from hvdlm.errors import HvdlmError
 
 FORMAT = 2
 SPLITS = ("train", "val")
 DTYPES = {"uint16": np.dtype("<u2"), "uint32": np.dtype("<u4")}
 SHARD_NAME = re.compile(r"^(train|val)(-\d{5})?\.bin$")
+WRITEBACK_BYTES = 32 << 20  # a shard goes to the disk in ranges of this size while it is written
 
 
 def token_dtype(vocab_size: int) -> str:
@@ -48,13 +50,18 @@ class ShardWriter:
     """Appends one split's tokens to shards of at most ``shard_tokens`` tokens, hashing as it writes.
 
     Shards are hidden temp files until ``finish`` renames them all (fsynced), so an interrupted
-    run never leaves a shard that looks complete; ``abort`` removes them.
+    run never leaves a shard that looks complete; ``abort`` removes them. Each WRITEBACK_BYTES
+    written, the new range is sent to the disk and the one before it waited for: the disk writes
+    while tokens are made, at most two ranges are waiting in memory, and a disk slower than the
+    tokenizer slows the writer down (without this the page cache takes gigabytes, the disk idles,
+    and the fsync at the shard's end writes them all while nothing else moves).
     """
 
     def __init__(self, out: Path, split: str, dtype: np.dtype, shard_tokens: int):
         self.out, self.split, self.dtype, self.shard_tokens = out, split, dtype, shard_tokens
         self.shards: list[dict] = []  # {"tmp": Path, "tokens": int, "hash": sha256 object}
         self._fh = None
+        self._sent = self._done = 0  # bytes of the open shard sent to the disk, and known written
 
     @property
     def tokens(self) -> int:
@@ -64,6 +71,7 @@ class ShardWriter:
         self._close()
         tmp = self.out / f".{self.split}-{len(self.shards):05d}.bin.tmp"
         self._fh = open(tmp, "wb")
+        self._sent = self._done = 0
         self.shards.append({"tmp": tmp, "tokens": 0, "hash": hashlib.sha256()})
 
     def _close(self) -> None:
@@ -84,6 +92,15 @@ class ShardWriter:
             self._fh.write(data)
             cur["hash"].update(data)
             cur["tokens"] += len(part)
+            self._write_behind(cur["tokens"] * self.dtype.itemsize)
+
+    def _write_behind(self, written: int) -> None:
+        if written - self._sent < WRITEBACK_BYTES:
+            return
+        self._fh.flush()
+        sync_range(self._fh.fileno(), self._sent, written - self._sent, wait=False)
+        sync_range(self._fh.fileno(), self._done, self._sent - self._done, wait=True)
+        self._done, self._sent = self._sent, written
 
     def take_tail(self, n: int) -> np.ndarray | None:
         """Remove and return the last ``n`` tokens if the last shard holds them (else None)."""
