@@ -88,7 +88,7 @@ LAUNCHER_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "HOROVOD_GLOO_
 
 # A process no launcher started trains alone and exchanges nothing. Horovod's Gloo controller starts
 # in ~3 ms where MPI's singleton start takes ~0.35 s and leaves an orted daemon beside the run; and
-# Horovod's background thread, which wakes every cycle, took 3-10% of a tiny model's step at the
+# Horovod's background thread, which wakes every cycle, took 6-13% of a tiny model's step at the
 # default 1 ms cycle (benchmarks/RESULTS.md). hvdlm's collectives return at once alone (``alone``).
 SOLO = {"HOROVOD_CONTROLLER": "gloo", "HOROVOD_CPU_OPERATIONS": "gloo", "HOROVOD_CYCLE_TIME": "50"}
 
