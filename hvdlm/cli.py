@@ -137,7 +137,8 @@ def build_parser(prepare_only: bool = False) -> argparse.ArgumentParser:
     p.add_argument("--vocab_size", type=int, default=4096, help="BPE vocabulary size (default: 4096)")
     p.add_argument("--val_fraction", type=float, default=0.05,
                    help="share of documents drawn for validation (default: 0.05)")
-    p.add_argument("--workers", type=int, default=None, help="tokenizer processes (default: cores, at most 8; byte tokens use none up to 2)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="tokenizer processes (default: cores, at most 8; byte tokens use none up to 2)")
     p.add_argument("--seed", type=int, default=1337,
                    help="seed of the train/val split by document and of the BPE sample (default: 1337)")
     p.add_argument("--text_field", default="text", help="the JSONL field that holds the text (default: text)")

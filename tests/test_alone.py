@@ -47,7 +47,8 @@ def test_a_process_no_launcher_started_runs_horovod_over_gloo_and_its_collective
     assert "answers 3 4 ['h'] [1.5] [2.5] 5 [6] None" in run.stdout, run.stdout
     mine = subprocess.run([sys.executable, "-c", SOLO_PROBE], capture_output=True, text=True, timeout=120,
                           env=dict(env, HOROVOD_CYCLE_TIME="7"))
-    assert mine.returncode == 0 and "left ['HOROVOD_CYCLE_TIME'] 7" in mine.stdout, mine.stdout + mine.stderr[-2000:]  # the user's wins
+    # the user's cycle wins
+    assert mine.returncode == 0 and "left ['HOROVOD_CYCLE_TIME'] 7" in mine.stdout, mine.stdout + mine.stderr[-2000:]
 
 
 def test_the_solo_engine_is_only_for_processes_no_launcher_started():

@@ -9,9 +9,8 @@ the step time split into compute and the wait for the allreduce, the whole proce
 parallelism should not lose on one host), the scaling efficiency N-rank / (N x one rank of 1/N
 of the cores), N ranks against N one-rank runs side by side (the same per-rank work at the same
 time, so sharing the host's memory bandwidth as the ranks do: what the exchange itself costs;
-the median over repeats of the ratio within each repeat),
-and, for one rank, the bare loop's wall time over this run's (what hvdlm's own machinery costs end
-to end; 1.00 = nothing).
+the median over repeats of the ratio within each repeat), and, for one rank, the bare loop's wall
+time over this run's (what hvdlm's own machinery costs end to end; 1.00 = nothing).
 """
 
 from __future__ import annotations
@@ -196,7 +195,8 @@ def paired_median(rows: list[dict], run: str, baseline: str) -> float:
 def report(table: list[dict], rows: list[dict], args, cores: int) -> None:
     fmt = lambda v, f: "-" if v != v else f.format(v)  # noqa: E731 (nan -> "-")
     header = ["run", "tokens/s", "per rank", "step ms", "compute ms", "wait ms", "wall s", "cpu s",
-              "vs 1 rank all cores", "scaling eff.", "vs side by side", "bare/this step", "bare/this wall", "bare/this cpu"]
+              "vs 1 rank all cores", "scaling eff.", "vs side by side", "bare/this step", "bare/this wall",
+              "bare/this cpu"]
     body = [[r["run"], fmt(r["tokens_per_s"], "{:.0f}"), fmt(r["tokens_per_s_per_rank"], "{:.0f}"),
              fmt(r["step_ms"], "{:.1f}"), fmt(r["compute_ms"], "{:.1f}"), fmt(r["allreduce_wait_ms"], "{:.2f}"),
              fmt(r["wall_s"], "{:.2f}"), fmt(r["cpu_s"], "{:.2f}"), fmt(r["vs_1_rank_all_cores"], "{:.2f}x"),

@@ -400,9 +400,9 @@ class _WriteBehind:
 
 def _in_process(kind: str, workers: int) -> bool:
     """Byte tokens with two workers or fewer are made in this process: their only work is parsing
-    (~300 MB/s on a core of the benchmark's machine), and sending each block to a worker and its ids back costs this process
-    about as much as the parse it would give away, on cores the workers would share with it and
-    the writer thread (benchmarks/RESULTS.md, run 4)."""
+    (~300 MB/s on a core of the benchmark's machine), and sending each block to a worker and its
+    ids back costs this process about as much as the parse it would give away, on cores the
+    workers would share with it and the writer thread (benchmarks/RESULTS.md, run 4)."""
     return kind == "byte" and workers <= 2
 
 
@@ -468,8 +468,9 @@ def prepare(
     clear_old_shards(out)
     writers = {s: ShardWriter(out, s, dtype, max(shard_bytes // dtype.itemsize, 1)) for s in SPLITS}
     n_docs = 0
+    encoders = 1 if _in_process(tok.kind, workers) else workers  # 1: in this process
     try:
-        with (_Workers(1 if _in_process(tok.kind, workers) else workers, _Job(seed, val_fraction, tok, dtype)) as w,
+        with (_Workers(encoders, _Job(seed, val_fraction, tok, dtype)) as w,
               bars.bar("tokenizing") as bar, _WriteBehind(writers) as writer):
             results = _checked(w.map(_encode_task, _tasks(sources, text_field, bar)))
             for i, (train_ids, val_ids, docs) in enumerate(results):
