@@ -3,6 +3,9 @@
 Run through benchmarks/prepare.sh. For each size it writes a corpus of JSON Lines files (24 files,
 the text of this machine's Python sources and docs, each copy of a document marked so that no two
 are the same), then measures, on the same files and cores:
+  I/O alone    the reads and writes of a byte preparation without tokenizing (every file read,
+               each block written twice into 1 GiB fsynced files), just before and just after:
+               what the disk and the page cache allow for that volume at that moment
   hvdlm byte   `hvdlm prepare --tokenizer byte`
   hvdlm bpe    `hvdlm prepare --tokenizer bpe` (sample, train, encode: everything)
   datasets bpe nanoGPT's data/openwebtext/prepare.py: `datasets` load_dataset + map(num_proc) with
@@ -140,6 +143,28 @@ def disk_write_speed(folder: Path, nbytes: int = 1 << 30) -> float:
     return nbytes / seconds / 1e6
 
 
+def io_only(corpus: str, out: str, shard_bytes: int = 1 << 30, block: int = 8 << 20) -> None:
+    """The same reads and writes as a byte preparation, without tokenizing: every file of the
+    corpus read in order and each block written twice (uint16 byte tokens are 2 bytes a byte) into
+    1 GiB files, each fsynced as it is closed. What the disk (and page cache) allow for this
+    volume, measured in the same state as the run beside it; not a 1 GiB test on an idle disk."""
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fh, n, written = None, 0, 0
+    for path in sorted(Path(corpus).iterdir()):
+        with open(path, "rb", buffering=0) as src:
+            while data := src.read(block):
+                for _ in range(2):
+                    if fh is None or written >= shard_bytes:
+                        if fh is not None:
+                            fh.flush(), os.fsync(fh.fileno()), fh.close()
+                        fh, written, n = open(out_dir / f"io-{n:05d}.bin", "wb", buffering=0), 0, n + 1
+                    fh.write(data)
+                    written += len(data)
+    if fh is not None:
+        fh.flush(), os.fsync(fh.fileno()), fh.close()
+
+
 # --- the baseline: nanoGPT's data/openwebtext/prepare.py, with our tokenizer --------------------
 
 def baseline(files: list[str], tokenizer_json: str, out: str, num_proc: int, cache: str) -> None:
@@ -178,8 +203,12 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=os.cpu_count())
     ap.add_argument("--skip_baseline", action="store_true", help="hvdlm bpe alone, without the datasets run")
     ap.add_argument("--json", default=None, help="also write the figures here")
+    ap.add_argument("--io_only", nargs=2, metavar=("CORPUS", "OUT"), help=argparse.SUPPRESS)
     ap.add_argument("--baseline", nargs=4, metavar=("FILES_DIR", "TOKENIZER", "OUT", "CACHE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.io_only:
+        io_only(*args.io_only)
+        return
     if args.baseline:
         files_dir, tokenizer_json, out, cache = args.baseline
         baseline(sorted(str(p) for p in Path(files_dir).glob("*.jsonl")), tokenizer_json, out, args.workers, cache)
@@ -206,6 +235,8 @@ def main() -> None:
         row = {"size_gb": size_gb, "bytes": nbytes, "load": os.getloadavg(), "disk_write_mb_s": disk_write_speed(work)}
         print(f"{size_gb} GB: disk write {row['disk_write_mb_s']:.0f} MB/s (1 GiB, fsynced)", flush=True)
         for kind in ["byte"] * (size_gb in byte_sizes) + ["bpe"] * (size_gb in bpe_sizes):
+            if kind == "byte":  # the same reads and writes without tokenizing, just before
+                row["io_only"] = io_row(work, corpus, nbytes, size_gb, "before")
             out = work / f"out-{kind}"
             r = measure([hvdlm, "prepare", str(corpus), "--out_dir", str(out), "--tokenizer", kind,
                          "--vocab_size", str(VOCAB), "--workers", str(args.workers)], env)
@@ -216,6 +247,10 @@ def main() -> None:
             report(f"{size_gb} GB hvdlm {kind}", r, nbytes)
             if kind == "byte":
                 subprocess.run(["rm", "-rf", str(out)], check=True)
+                row["io_only_after"] = io_row(work, corpus, nbytes, size_gb, "after")
+                io_s = (row["io_only"]["seconds"] + row["io_only_after"]["seconds"]) / 2
+                print(f"{size_gb} GB hvdlm byte took {r['seconds'] / io_s:.2f}x the time of the same I/O alone "
+                      f"(mean of before and after: {io_s:.1f} s)", flush=True)
         if size_gb in bpe_sizes and not args.skip_baseline:
             site = os.environ.get("HVDLM_BENCH_SITE")  # where prepare.sh installed datasets
             base_env = dict(env, PYTHONPATH=os.pathsep.join(filter(None, [site, env.get("PYTHONPATH")])))
@@ -236,6 +271,15 @@ def main() -> None:
         rows.append(row)
         if args.json:
             Path(args.json).write_text(json.dumps({"cpu": cpu, "rows": rows}, indent=1) + "\n")
+
+
+def io_row(work: Path, corpus: Path, nbytes: int, size_gb: float, when: str) -> dict:
+    out = work / "out-io"
+    r = measure([sys.executable, __file__, "--io_only", str(corpus), str(out)])
+    subprocess.run(["rm", "-rf", str(out)], check=True)
+    r["tokens"], r["written"] = nbytes, 2 * nbytes
+    report(f"{size_gb} GB I/O alone ({when})", r, nbytes)
+    return r
 
 
 def report(what: str, r: dict, nbytes: int) -> None:

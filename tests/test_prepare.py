@@ -2,7 +2,9 @@ import hashlib
 import importlib
 import json
 import random
+import sys
 import sysconfig
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -217,9 +219,23 @@ def test_a_failed_write_in_the_writer_thread_ends_the_run(tmp_path, monkeypatch)
         real_write(self, tokens)
 
     monkeypatch.setattr(prep.ShardWriter, "write", full_disk)
+    interval = sys.getswitchinterval()
     with pytest.raises(OSError, match="No space left"):
         prepare([tmp_path / "src"], tmp_path / "out", workers=1)
     assert len(calls) == 4 and list((tmp_path / "out").iterdir()) == []
+    assert sys.getswitchinterval() == interval  # the writer's shorter interval ends with it, even on an error
+
+
+def test_the_writer_runs_with_a_short_switch_interval_and_restores_it(tmp_path, monkeypatch):
+    make_corpus(tmp_path / "src", n_files=3)
+    seen, real_write = [], prep.ShardWriter.write
+    monkeypatch.setattr(prep.ShardWriter, "write", lambda self, t: seen.append(
+        (threading.current_thread().name, sys.getswitchinterval())) or real_write(self, t))
+    interval = sys.getswitchinterval()
+    prepare([tmp_path / "src"], tmp_path / "out", workers=1)
+    in_writer = [i for name, i in seen if name == "hvdlm-shard-writer"]
+    assert in_writer and all(i == pytest.approx(prep.WRITER_SWITCH_INTERVAL) for i in in_writer)
+    assert sys.getswitchinterval() == interval
 
 
 def test_byte_tokens_with_two_workers_start_no_pool(tmp_path, monkeypatch):

@@ -23,6 +23,7 @@ import multiprocessing
 import os
 import queue
 import re
+import sys
 import threading
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
@@ -51,6 +52,7 @@ DOC_SEP = "\n\n"
 BLOCK_BYTES = 1 << 20  # a task for a worker; also the size of a text file's documents
 PIECE_CHARS = 1 << 18  # byte tokens go to the writer in pieces of about this many characters
 WRITER_PIECES = 8  # pieces waiting for the writer thread, at most
+WRITER_SWITCH_INTERVAL = 2e-4  # seconds: how long the writer thread may wait for the GIL (see _WriteBehind)
 BPE_SAMPLE_BYTES = 16 << 20  # the trainer holds ~9x this (every distinct word); see benchmarks/RESULTS.md
 SHARD_BYTES = 1 << 30
 _COMPRESSED_TEXT_RATIO = 4  # a guess of text bytes per compressed byte, to spread the BPE sample
@@ -366,10 +368,17 @@ class _WriteBehind:
     """Widens, hashes and writes the pieces in a thread of its own, in order, while this thread
     reads and encodes the next blocks: sha256, file writes and waiting for the disk release the
     GIL. At most WRITER_PIECES pieces wait in between. An error in the thread (a full disk) is
-    raised here, at the next put or at the end."""
+    raised here, at the next put or at the end.
+
+    Each of those calls gives the GIL up, and the writer then waits to get it back until this
+    thread, parsing, reaches the interpreter's switch interval (5 ms by default): the writer was
+    busy for the whole run, and off the CPU for ~40% of it. While it runs, the interval is
+    WRITER_SWITCH_INTERVAL: 1.2-1.3x the speed in interleaved runs (benchmarks/RESULTS.md, run 5)."""
 
     def __init__(self, writers: dict[str, ShardWriter]):
         self.writers, self.error = writers, None
+        self.interval = sys.getswitchinterval()
+        sys.setswitchinterval(min(self.interval, WRITER_SWITCH_INTERVAL))
         self.queue: queue.Queue = queue.Queue(WRITER_PIECES)
         self.thread = threading.Thread(target=self._run, name="hvdlm-shard-writer", daemon=True)
         self.thread.start()
@@ -394,6 +403,7 @@ class _WriteBehind:
     def __exit__(self, exc_type, *exc) -> None:
         self.queue.put(None)
         self.thread.join()
+        sys.setswitchinterval(self.interval)
         if exc_type is None and self.error is not None:
             raise self.error
 
