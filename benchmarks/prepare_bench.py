@@ -124,8 +124,8 @@ def measure(cmd: list[str], env: dict | None = None) -> dict:
 
 def vm_hwm(pid: int) -> int:
     """The process's peak resident memory so far, bytes (Linux's VmHWM)."""
-    with open(f"/proc/{pid}/status") as fh:
-        return next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmHWM:"))
+    with open(f"/proc/{pid}/status") as fh:  # a process that has exited, not yet reaped, has none: 0
+        return next((int(line.split()[1]) * 1024 for line in fh if line.startswith("VmHWM:")), 0)
 
 
 def disk_write_speed(folder: Path, nbytes: int = 1 << 30) -> float:
