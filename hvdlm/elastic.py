@@ -172,7 +172,7 @@ class ElasticSession(loop.Session):
 
     def enter(self, job, state, world, metrics):
         job.watch.moved(world.rank, world.size)
-        split = state.describe(world.size)
+        split = loop.describe_batch(state, world, job)
         if self.size is None:
             metrics.info(f"hvdlm: elastic, {world.size} rank(s) (range {self.sizes[0]}..{self.sizes[-1]}), "
                          f"{job.model.num_params() / 1e6:.2f}M parameters, {job.precision}, {split}, "

@@ -88,6 +88,3 @@ class TrainState:
         self.last_step = state.get("last_step", self.last_step)
         if self.sampler is not None and self.position is not None:
             self.sampler.load_state_dict(self.position)
-
-    def describe(self, size: int) -> str:
-        return f"global batch {self.plan.global_batch} = {size} x {self.micro} x {self.accum} micro-steps"
