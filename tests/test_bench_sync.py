@@ -34,7 +34,7 @@ def test_bench_sync_compares_methods_and_links(corpus, tmp_path):
     diloco, diloco16 = rows["free", "diloco"], rows["free", "diloco-bf16"]
     # the ranks' own count over whole sync periods: PowerSGD's factors after its plain start (steps
     # 2-23), DiLoCo's one exchange in 4 steps, in 16 bits half of that
-    assert psgd["window"] == "2-23" and diloco["window"] == "4-20"
+    assert in_window(psgd, 2, 1, 23) and in_window(diloco, 4, 4, 23)
     assert psgd["bytes_per_step_computed"] < none["bytes_per_step_computed"] / 2
     assert diloco["bytes_per_step_computed"] == pytest.approx(none["bytes_per_step_computed"] / 4, rel=1e-6)
     assert diloco16["bytes_per_step_computed"] == pytest.approx(diloco["bytes_per_step_computed"] / 2, rel=1e-6)
@@ -46,7 +46,8 @@ def test_bench_sync_compares_methods_and_links(corpus, tmp_path):
     assert rows["100mbit", "diloco-bf16-overlap"]["same_as_free"] == "True"
     # shaped runs: stopped after window start + 8 steps in whole periods + 1, same losses as free
     slow, slow16 = rows["100mbit", "none"], rows["100mbit", "diloco-bf16"]
-    assert (slow["steps"], slow["window"]) == (11, "2-10") and (slow16["steps"], slow16["window"]) == (13, "4-12")
+    assert slow["steps"] == 11 and slow16["steps"] == 13
+    assert in_window(slow, 2, 1, 10) and in_window(slow16, 4, 4, 12)
     assert slow["same_as_free"] == slow16["same_as_free"] == "True"  # CSV text
     assert slow16["val_loss_compared"] == diloco16["val_loss"] and slow16["val_loss_compared_at"] == 24
     assert "MB/step (tx counters)" in run.stdout and (out / "sync.png").stat().st_size > 1000
@@ -58,6 +59,15 @@ def test_bench_sync_compares_methods_and_links(corpus, tmp_path):
     again = check(launch("single", [*cmd, "--reuse"], timeout=600))
     assert again.stdout.count("kept from") == 7 and "[100mbit] none ..." in again.stdout, again.output
     assert len(read_csv(out / "sync.csv")) == 8
+
+
+def in_window(row: dict, start: int, every: int, last: int) -> bool:
+    """The byte window spans the syncs at which the poller read the counters. Which ones it catches
+    depends on the machine's speed (two train records may land between two looks), so only its
+    bounds are fixed: from a sync at or after ``start`` to a later one at or before ``last``."""
+    a, b = map(int, row["window"].split("-"))
+    assert start <= a < b <= last and a % every == b % every == 0, row["window"]
+    return True
 
 
 def test_bench_sync_without_slow_cmd_says_so_and_refuses_shaped_only(corpus, tmp_path):
