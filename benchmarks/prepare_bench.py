@@ -156,13 +156,17 @@ def io_only(corpus: str, out: str, shard_bytes: int = 1 << 30, block: int = 8 <<
             while data := src.read(block):
                 for _ in range(2):
                     if fh is None or written >= shard_bytes:
-                        if fh is not None:
-                            fh.flush(), os.fsync(fh.fileno()), fh.close()
+                        _close_synced(fh)
                         fh, written, n = open(out_dir / f"io-{n:05d}.bin", "wb", buffering=0), 0, n + 1
                     fh.write(data)
                     written += len(data)
-    if fh is not None:
-        fh.flush(), os.fsync(fh.fileno()), fh.close()
+    _close_synced(fh)
+
+
+def _close_synced(fh) -> None:
+    if fh is not None:  # unbuffered: nothing to flush
+        os.fsync(fh.fileno())
+        fh.close()
 
 
 # --- the baseline: nanoGPT's data/openwebtext/prepare.py, with our tokenizer --------------------

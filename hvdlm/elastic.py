@@ -172,14 +172,14 @@ class ElasticSession(loop.Session):
 
     def enter(self, job, state, world, metrics):
         job.watch.moved(world.rank, world.size)
-        split = loop.describe_batch(state, world, job)
+        batch = loop.describe_batch(state, world, job)
         if self.size is None:
             metrics.info(f"hvdlm: elastic, {world.size} rank(s) (range {self.sizes[0]}..{self.sizes[-1]}), "
-                         f"{job.model.num_params() / 1e6:.2f}M parameters, {job.precision}, {split}, "
+                         f"{job.model.num_params() / 1e6:.2f}M parameters, {job.precision}, {batch}, "
                          f"lr {state.plan.peak_lr:g}" + (f", resuming at step {state.step}" if state.step else ""))
         else:
             metrics.info(f"hvdlm: elastic: {world.size} rank(s) now (were {self.size}), going on from step "
-                         f"{state.step} (the last commit); {split}, same lr schedule")
+                         f"{state.step} (the last commit); {batch}, same lr schedule")
         self.size = world.size
 
     def commit(self, job, state):
