@@ -9,6 +9,7 @@ import ast
 import os
 import re
 import shlex
+import signal
 import socket
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from support.cluster import CLUSTER, STATE, cluster, env, in_host, snapshot, sh
+from support.cluster import CLUSTER, STATE, TestCluster, cluster, env, in_host, ns_pids, running_hosts, snapshot, sh
 
 PY = sys.executable
 # One line per rank: rank, size, cross_size (number of hosts), and the host it ran on.
@@ -180,6 +181,33 @@ def test_cut_makes_a_host_unreachable_and_heal_brings_it_back(slurm_cluster):
         assert time.monotonic() < end, "hvdnode2 still unreachable after heal"
     out = sh(["srun", "-w", "hvdnode1,hvdnode2", "hostname"], timeout=60).stdout  # and SLURM still reaches it
     assert sorted(out.split()) == ["hvdnode1", "hvdnode2"]
+
+
+def test_a_dead_clusters_namespaces_are_cleared_and_a_cluster_started(slurm_cluster):
+    """What a killed cluster leaves (namespaces, /etc/hosts lines, its state directory, nothing alive
+    in them; a machine restored from a snapshot of a running cluster looks the same) is not taken for
+    a running cluster: the session clears it and starts its own (a CI run once used such leftovers
+    and every cluster test failed on a controller that was not there)."""
+    if not slurm_cluster.ours:  # someone else's cluster: not ours to kill
+        pytest.skip("the running test cluster was not started by this session: not ours to kill")
+    names = ["hvdctl", *slurm_cluster.hosts]
+    end = time.monotonic() + 30
+    while pids := [p for h in names for p in ns_pids(h)]:
+        assert time.monotonic() < end, f"still alive in the hosts: {pids}"
+        for p in pids:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.05)
+    assert sh(["sinfo", "-h"], check=False).returncode != 0  # dead indeed
+    assert running_hosts() == slurm_cluster.hosts  # yet its namespaces remain
+    c = TestCluster().open()
+    assert c.ours and c.hosts == slurm_cluster.hosts
+    nodes = sh(["sinfo", "-h", "-N", "-o", "%N %t"]).stdout.split("\n")
+    assert sorted(n.split() for n in nodes if n) == [[h, "idle"] for h in slurm_cluster.hosts]
+    assert_one_rank_per_host(in_host("hvdnode1", "mpirun", "-np", "2", "-H", "hvdnode1,hvdnode2",
+                                     "--bind-to", "none", PY, "-c", PROBE, timeout=120).stdout)
 
 
 def test_stop_leaves_nothing_behind(slurm_cluster):

@@ -1,7 +1,9 @@
 """The local SLURM test cluster (slurm/cluster.sh): one per machine, shared by every test that
 needs it (tests/test_cluster.py, test_faults_cluster.py, test_slurm.py) through one session
 fixture. It starts a cluster only when none is running and stops only a cluster it started: a
-cluster someone else brought up is used as it is and left up."""
+cluster someone else brought up is used as it is and left up. Namespaces with nothing alive in them
+are not a cluster but what a killed one left (a machine restored from a snapshot of a running one
+has them): they are cleared and a cluster of ours is started."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from .launch import launch_env
-from .procs import daemons
+from .procs import alive, daemons
 
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER = ROOT / "slurm" / "cluster.sh"
@@ -64,6 +66,12 @@ def links() -> set[str]:
     return {line.split(": ")[1].split("@")[0] for line in out.splitlines()}
 
 
+def ns_pids(name: str) -> list[int]:
+    """The live processes in network namespace ``name``."""
+    out = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split() if alive(int(p))]
+
+
 def running_hosts() -> list[str]:
     """The compute hosts of a cluster that is up (whoever started it), in order."""
     return sorted((n for n in netns() if n.startswith("hvdnode")), key=lambda n: int(n[len("hvdnode"):]))
@@ -90,6 +98,11 @@ class TestCluster:
 
     def open(self) -> "TestCluster":
         found = running_hosts()
+        if found and self.dead(found):
+            print(f"a dead test cluster's namespaces ({', '.join(found)}): nothing runs in them; "
+                  "clearing them and starting ours")
+            cluster("stop", timeout=90)
+            found = running_hosts()
         if found:  # someone's (a developer's, an aborted session's): use it, never stop it
             if len(found) < SIZE:
                 pytest.fail(f"a test cluster with {len(found)} host(s) is running; the tests need {SIZE}: "
@@ -98,6 +111,17 @@ class TestCluster:
             return self
         self.start()
         return self
+
+    @staticmethod
+    def dead(hosts: list[str]) -> bool:
+        """Nothing alive in the controller's namespace nor any host's, twice over a few seconds (a
+        cluster being started has namespaces for a moment before its daemons)."""
+        for attempt in range(3):
+            if any(ns_pids(h) for h in ["hvdctl", *hosts]):
+                return False
+            if attempt < 2:
+                time.sleep(2)
+        return True
 
     def start(self) -> None:
         self.before = snapshot()
