@@ -9,7 +9,6 @@ import ast
 import os
 import re
 import shlex
-import signal
 import socket
 import subprocess
 import sys
@@ -18,7 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from support.cluster import CLUSTER, STATE, TestCluster, cluster, env, in_host, ns_pids, running_hosts, snapshot, sh
+from support.cluster import (CLUSTER, STATE, TestCluster, cluster, env, in_host, ns_pids, running_hosts,
+                             snapshot, sh)
+from support.procs import kill_until_gone
 
 PY = sys.executable
 # One line per rank: rank, size, cross_size (number of hosts), and the host it ran on.
@@ -191,15 +192,8 @@ def test_a_dead_clusters_namespaces_are_cleared_and_a_cluster_started(slurm_clus
     if not slurm_cluster.ours:  # someone else's cluster: not ours to kill
         pytest.skip("the running test cluster was not started by this session: not ours to kill")
     names = ["hvdctl", *slurm_cluster.hosts]
-    end = time.monotonic() + 30
-    while pids := [p for h in names for p in ns_pids(h)]:
-        assert time.monotonic() < end, f"still alive in the hosts: {pids}"
-        for p in pids:
-            try:
-                os.kill(p, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.05)
+    left = kill_until_gone(lambda: [p for h in names for p in ns_pids(h)])
+    assert not left, f"still alive in the hosts: {left}"
     assert sh(["sinfo", "-h"], check=False).returncode != 0  # dead indeed
     assert running_hosts() == slurm_cluster.hosts  # yet its namespaces remain
     c = TestCluster().open()

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .procs import cmdline, environ, in_netns, is_python, ppid_and_state, tagged_pids
+from .procs import cmdline, environ, in_netns, is_python, kill_until_gone, ppid_and_state, tagged_pids
 from .progress import STALL, files_state, wait_for
 
 RANK_VARS = ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID")
@@ -161,16 +161,7 @@ class Job:
                 os.killpg(self.proc.pid, signal.SIGKILL)
             except OSError:
                 pass
-        for _ in range(50):
-            pids = tagged_pids(self.tag, self.marker)
-            if not pids:
-                break
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except OSError:
-                    pass
-            time.sleep(0.1)
+        kill_until_gone(lambda: tagged_pids(self.tag, self.marker))
         if self.proc:
             try:
                 self.proc.wait(timeout=10)

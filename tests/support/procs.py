@@ -1,10 +1,14 @@
 """Reading /proc: a process's environment, parent, state and command line; processes found by a
-tag in their environment or a marker on their command line; network namespaces; live daemons."""
+tag in their environment or a marker on their command line; network namespaces; live daemons; and
+killing a group of processes until none is left."""
 
 from __future__ import annotations
 
 import os
+import signal
+import time
 from pathlib import Path
+from typing import Callable
 
 
 def environ(pid: int) -> dict[str, str]:
@@ -84,3 +88,19 @@ def in_netns(pid: int, name: str) -> bool:
 def daemons(names: set[str]) -> set[int]:
     """Live processes whose command name is one of ``names``."""
     return {pid for pid in pids() if comm(pid) in names and alive(pid)}
+
+
+def kill_until_gone(find: Callable[[], list[int]], rounds: int = 50, pause: float = 0.1) -> list[int]:
+    """SIGKILL what ``find`` returns, again until it returns nothing (a process may fork as it
+    dies); what is still alive after ``rounds``."""
+    for _ in range(rounds):
+        found = find()
+        if not found:
+            return []
+        for pid in found:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        time.sleep(pause)
+    return find()
