@@ -79,9 +79,11 @@ def test_bpe_pieces_encode_to_the_documents_tokens(monkeypatch):
     docs = ["".join(rng.choice(alphabet) for _ in range(n)) for n in (3000, 5000, 40)]
     tok = prep.train_tokenizer("bpe", docs, 400)
     monkeypatch.setattr(prep, "BPE_PIECE_CHARS", 50)
-    assert len(list(prep._bpe_pieces(docs))) > 100
-    ids = np.concatenate(prep.encode_docs(tok, docs, np.dtype("<u2"), sep=""))
-    assert ids.tolist() == [i for d in docs for i in tok.encode(d)]
+    for sep in ("", prep.DOC_SEP):  # the separator joins each document's last piece, not a copy of it all
+        pieces = list(prep._bpe_pieces(docs, sep))
+        assert len(pieces) > 100 and max(map(len, pieces)) < 1000 and "".join(pieces) == sep.join(docs) + sep
+        ids = np.concatenate(prep.encode_docs(tok, docs, np.dtype("<u2"), sep=sep))
+        assert ids.tolist() == [i for d in docs for i in tok.encode(d + sep)]
 
 
 def test_a_long_document_goes_to_the_writer_in_bounded_pieces(tmp_path, monkeypatch):

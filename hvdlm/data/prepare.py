@@ -138,7 +138,10 @@ _SAFE_CUT = re.compile(r"\S(?=[ \t\r\n])")
 BPE_PIECE_CHARS = 1 << 16  # an encoding holds tens of bytes per character while it is made
 
 
-def _bpe_pieces(docs: Iterable[str]) -> Iterator[str]:
+def _bpe_pieces(docs: Iterable[str], sep: str) -> Iterator[str]:
+    """Each document followed by ``sep``, a long one in pieces of BPE_PIECE_CHARS or more cut where
+    its tokens do not change. Only a document's last piece is copied to add ``sep``: a document of
+    8 M characters is not held twice (as UCS-4, 32 MiB each)."""
     for doc in docs:
         start = 0
         while len(doc) - start > 2 * BPE_PIECE_CHARS:
@@ -147,7 +150,7 @@ def _bpe_pieces(docs: Iterable[str]) -> Iterator[str]:
                 break  # no safe place left: the rest in one piece
             yield doc[start:cut.end()]
             start = cut.end()
-        yield doc[start:]
+        yield doc[start:] + sep
 
 
 def _byte_pieces(docs: list[str], sep: str) -> Iterator[str]:
@@ -176,13 +179,13 @@ def encode_docs(tok: AnyTokenizer, docs: list[str], dtype: np.dtype, sep: str = 
         return [np.frombuffer(piece.encode("utf-8"), dtype=np.uint8) for piece in _byte_pieces(docs, sep)]
     if not docs:
         return []
-    docs = [d + sep for d in docs]
     if tok.kind == "char":
-        return [np.fromiter(itertools.chain.from_iterable(tok.encode(d) for d in docs), dtype=dtype)]
+        ids = (tok.encode(part) for d in docs for part in (d, sep))  # per character: no copy of d + sep
+        return [np.fromiter(itertools.chain.from_iterable(ids), dtype=dtype)]
     # encode_batch_fast (tokenizers >= 0.20) skips the character offsets: ~1.5x faster, less memory
     encode = getattr(tok.tk, "encode_batch_fast", tok.tk.encode_batch)
     parts, batch, size = [], [], 0
-    for piece in itertools.chain(_bpe_pieces(docs), [None]):
+    for piece in itertools.chain(_bpe_pieces(docs, sep), [None]):
         if piece is None or size >= BPE_PIECE_CHARS:  # encode a batch of about one piece
             parts.append(np.fromiter(itertools.chain.from_iterable(e.ids for e in encode(batch)), dtype=dtype))
             batch, size = [], 0
