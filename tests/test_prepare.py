@@ -1,10 +1,12 @@
 import hashlib
 import importlib
 import json
+import os
 import random
 import sys
 import sysconfig
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -245,6 +247,35 @@ def test_byte_tokens_with_two_workers_start_no_pool(tmp_path, monkeypatch):
     monkeypatch.setattr(prep._Workers, "__init__", lambda self, n, job: started.append(n) or real(self, n, job))
     prepare([tmp_path / "src"], tmp_path / "out", workers=2)
     assert started == [1]
+
+
+def _timed(task):
+    """A worker task that takes a while: (its input bytes, its worker, when it started and ended)."""
+    start = time.monotonic()
+    time.sleep(0.5 if len(task[3]) > 4096 else 0.2)
+    return len(task[3]), os.getpid(), start, time.monotonic()
+
+
+def test_a_task_larger_than_the_bytes_in_flight_runs_alone(monkeypatch):
+    """A long document's task (a JSON line of many MB) is never in a worker beside another task:
+    the peak memory does not grow with how many such documents a corpus has (two workers each
+    holding one). Small tasks still keep both workers busy."""
+    monkeypatch.setattr(prep, "TASK_BYTES_IN_FLIGHT", 1024)  # 4 KiB in flight for 2 workers
+    sizes = [100] * 6 + [5000] + [100] * 6 + [5000, 5000] + [100] * 4
+    tasks = [("f.jsonl", True, "text", b"x" * n, 1, i, False) for i, n in enumerate(sizes)]
+    with prep._Workers(2, prep._Job(0, 0.0)) as w:
+        pids: set[int] = set()
+        while len(pids) < 2:  # both workers started (a spawned worker takes a while to import)
+            pids |= {pid for _, pid, _, _ in w.map(_timed, tasks[:4])}
+        done = list(w.map(_timed, tasks))
+    assert [n for n, *_ in done] == sizes  # in order
+    for n, _, start, end in done:
+        if n == 5000:
+            beside = [o for o in done if o[2] < end and start < o[3] and o[2:] != (start, end)]
+            assert not beside, (start, end, done)
+    assert {pid for _, pid, _, _ in done} == pids
+    smalls = [(s, e) for n, _, s, e in done if n == 100]
+    assert any(s2 < e1 for (_, e1), (s2, _) in zip(smalls, smalls[1:])), f"small tasks never overlapped: {done}"
 
 
 def test_write_atomic_cleans_up_temp_file(tmp_path):

@@ -111,10 +111,14 @@ def test_a_long_document_goes_to_the_writer_in_bounded_pieces(tmp_path, monkeypa
     assert max(written) < 4 * 2000 and sum(written) == meta["train_tokens"] + meta["val_tokens"]
 
 
+def _die(task):
+    os._exit(3)
+
+
 def test_a_worker_that_dies_ends_the_run_with_an_error():
     with prep._Workers(2, prep._Job(0, 0.1)) as w:
         with pytest.raises(HvdlmError, match="worker process died"):
-            list(w.map(os._exit, [3, 3, 3]))
+            list(w.map(_die, [("f.jsonl", True, "text", b"{}", 1, i, False) for i in range(3)]))
 
 
 def test_jsonl_text_field_and_blank_lines(tmp_path):

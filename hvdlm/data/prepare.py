@@ -50,6 +50,7 @@ except ImportError:  # pragma: no cover - orjson is a dependency, but prepare wo
 
 DOC_SEP = "\n\n"
 BLOCK_BYTES = 1 << 20  # a task for a worker; also the size of a text file's documents
+TASK_BYTES_IN_FLIGHT = 2 * BLOCK_BYTES  # per task in flight (2 per worker), on average at most; see _Workers.map
 PIECE_CHARS = 1 << 18  # byte tokens go to the writer in pieces of about this many characters
 WRITER_PIECES = 8  # pieces waiting for the writer thread, at most
 WRITER_SWITCH_INTERVAL = 2e-4  # seconds: how long the writer thread may wait for the GIL (see _WriteBehind)
@@ -258,7 +259,9 @@ def _sample_task(task: Task):
 # --- the main side ---------------------------------------------------------------------------------
 
 class _Workers:
-    """Runs a task function over a stream of tasks, results in order, a bounded number in flight.
+    """Runs a task function over a stream of tasks, results in order, a bounded number in flight:
+    two per worker, and no more input bytes than TASK_BYTES_IN_FLIGHT per such place (a task of
+    more than that, a JSON line of many MB, runs alone).
 
     One worker runs in this process; more are spawned (not forked: a fork would copy this
     process's memory and the tokenizers library's threads). A worker that dies (killed, out of
@@ -278,14 +281,22 @@ class _Workers:
         if self.pool is None:
             yield from map(fn, tasks)
             return
-        pending: deque = deque()
+        pending: deque = deque()  # (future, its task's input bytes), oldest first
+        budget, in_flight = 2 * self.n * TASK_BYTES_IN_FLIGHT, 0
         try:
             for task in tasks:
-                pending.append(self.pool.submit(fn, task))
-                if len(pending) >= 2 * self.n:
-                    yield pending.popleft().result()
+                size = len(task[3])
+                # a long document's task (a JSON line of many MB) waits for the room its bytes need:
+                # one larger than the budget runs alone, so two workers never hold one each at once
+                # and the peak memory does not grow with the number of such documents a corpus has
+                while pending and (len(pending) >= 2 * self.n or in_flight + size > budget):
+                    future, done = pending.popleft()
+                    in_flight -= done
+                    yield future.result()
+                pending.append((self.pool.submit(fn, task), size))
+                in_flight += size
             while pending:
-                yield pending.popleft().result()
+                yield pending.popleft()[0].result()
         except BrokenProcessPool:
             raise HvdlmError("a tokenizer worker process died (killed, or out of memory?); "
                              "run again, with fewer --workers if memory is short") from None
