@@ -22,7 +22,7 @@ print("left", sorted(k for k in d.SOLO if k in os.environ), os.environ.get("HORO
 def engine(*args, **kwargs):
     raise AssertionError("a Horovod collective was called by a process alone")
 
-for name in ("allreduce", "allreduce_async", "allgather_object", "broadcast_object", "broadcast_parameters"):
+for name in ("allreduce", "allreduce_async", "allgather", "allgather_object", "broadcast_object", "broadcast_parameters"):
     setattr(hvd, name, engine)
 d.barrier("hvdlm.test")
 d.broadcast_parameters(torch.nn.Linear(2, 2))
