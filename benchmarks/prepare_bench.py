@@ -87,6 +87,7 @@ def measure(cmd: list[str], env: dict | None = None) -> dict:
     peak = {"rss": 0, "pss": 0}
     samples: list[int] = []  # the tree's RSS at each sample
     hwm: dict[int, int] = {}  # pid -> its VmHWM, bytes
+    roles: dict[int, str] = {}  # pid -> what it is: main, spawned (a worker or the BPE trainer), ...
     done = threading.Event()
 
     def sample() -> None:
@@ -99,6 +100,7 @@ def measure(cmd: list[str], env: dict | None = None) -> dict:
                         m = p.memory_full_info()
                         rss, pss = rss + m.rss, pss + m.pss
                         hwm[p.pid] = max(hwm.get(p.pid, 0), vm_hwm(p.pid))
+                        roles.setdefault(p.pid, role(p, root))
                     except (psutil.NoSuchProcess, psutil.AccessDenied, OSError):
                         pass
             except psutil.NoSuchProcess:
@@ -119,7 +121,15 @@ def measure(cmd: list[str], env: dict | None = None) -> dict:
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     median = sorted(samples)[len(samples) // 2] if samples else 0  # steady state, without brief spikes
     return {"seconds": seconds, "cpu_seconds": cpu, "peak_rss": peak["rss"], "peak_pss": peak["pss"],
-            "median_rss": median, "peak_hwm": sum(hwm.values()), "output": output.strip()[-2000:]}
+            "median_rss": median, "peak_hwm": sum(hwm.values()), "output": output.strip()[-2000:],
+            "processes": [(roles.get(pid, "?"), h) for pid, h in sorted(hwm.items())]}
+
+
+def role(p: psutil.Process, root: psutil.Process) -> str:
+    if p.pid == root.pid:
+        return "main"
+    cmd = " ".join(p.cmdline())
+    return "tracker" if "resource_tracker" in cmd else "spawned" if "multiprocessing" in cmd else p.name()
 
 
 def vm_hwm(pid: int) -> int:
@@ -294,6 +304,9 @@ def report(what: str, r: dict, nbytes: int) -> None:
           f"CPU {r['cpu_seconds']:.1f} s "
           f"({r['cpu_seconds'] / r['seconds'] / os.cpu_count():.0%} of the cores), load {os.getloadavg()[0]:.1f}",
           flush=True)
+    if len(r.get("processes", ())) > 1:  # in start order: spawned BPE trainer, its workers, the encoders
+        print("  each process's VmHWM, MiB: " + ", ".join(f"{name} {h / 2**20:.0f}" for name, h in r["processes"]),
+              flush=True)
 
 if __name__ == "__main__":
     main()
