@@ -69,10 +69,11 @@ CPU_DEFAULTS_MPI = {
     # Open MPI busy-polls while a rank waits; on a host whose cores all compute, the polling steals
     # them from the ranks' matmuls. Yielding kept large-message busbw and made runs steady.
     "OMPI_MCA_mpi_yield_when_idle": "1",
-    # Horovod's background thread runs one cycle per this many ms: every allreduce waits for the
-    # next cycle. 0.1 ms cut small-message latency from 1.07 ms to 0.17 ms (with the yield above;
-    # without it 0.1 ms was unstable). Over Gloo 0.1 ms was worse, so it is set only for MPI.
-    "HOROVOD_CYCLE_TIME": "0.1",
+    # Horovod's background thread runs one cycle per this many ms. 0.1 ms cut a lone small
+    # allreduce's latency from 1.07 to 0.17 ms, but in training the thread then wakes 10,000 times
+    # a second on the cores the ranks compute on: 2 ranks x 1 thread, 10 interleaved rounds, went
+    # from a median 0.976 of DDP's tokens/s at 0.1 ms to 1.011 at 1 ms (benchmarks/RESULTS.md).
+    "HOROVOD_CYCLE_TIME": "1",
 }
 
 
@@ -118,8 +119,8 @@ def apply_cpu_defaults(env=os.environ) -> dict:
     if torch.cuda.is_available() or env.get("HOROVOD_GLOO_RENDEZVOUS_ADDR") or env.get("HOROVOD_CONTROLLER") == "gloo":
         return {}
     if launched_size(env) <= 1:
-        # Alone there is nothing to exchange, and a 0.1 ms cycle keeps Horovod's background thread
-        # polling beside the compute threads: a tiny model's step took 44-49 ms instead of 36-39 ms.
+        # Alone there is nothing to exchange (SOLO's slow cycle applies): with the 0.1 ms cycle this
+        # once set, a tiny model's step took 44-49 ms instead of 36-39 ms.
         return {}
     applied = {k: v for k, v in CPU_DEFAULTS_MPI.items() if k not in env}
     env.update(applied)
