@@ -114,7 +114,7 @@ class TestCluster:
 
     @staticmethod
     def dead(hosts: list[str]) -> bool:
-        """Nothing alive in the controller's namespace nor any host's, twice over a few seconds (a
+        """Nothing alive in the controller's namespace nor any host's, three times 2 s apart (a
         cluster being started has namespaces for a moment before its daemons)."""
         for attempt in range(3):
             if any(ns_pids(h) for h in ["hvdctl", *hosts]):
