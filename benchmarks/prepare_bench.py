@@ -100,7 +100,8 @@ def measure(cmd: list[str], env: dict | None = None) -> dict:
                         m = p.memory_full_info()
                         rss, pss = rss + m.rss, pss + m.pss
                         hwm[p.pid] = max(hwm.get(p.pid, 0), vm_hwm(p.pid))
-                        roles.setdefault(p.pid, role(p, root))
+                        if p.pid not in roles:  # its command line, read once
+                            roles[p.pid] = role(p, root)
                     except (psutil.NoSuchProcess, psutil.AccessDenied, OSError):
                         pass
             except psutil.NoSuchProcess:

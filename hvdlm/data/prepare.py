@@ -282,19 +282,16 @@ class _Workers:
             yield from map(fn, tasks)
             return
         pending: deque = deque()  # (future, its task's input bytes), oldest first
-        budget, in_flight = 2 * self.n * TASK_BYTES_IN_FLIGHT, 0
+        budget = 2 * self.n * TASK_BYTES_IN_FLIGHT
         try:
             for task in tasks:
                 size = len(task[3])
                 # a long document's task (a JSON line of many MB) waits for the room its bytes need:
                 # one larger than the budget runs alone, so two workers never hold one each at once
                 # and the peak memory does not grow with the number of such documents a corpus has
-                while pending and (len(pending) >= 2 * self.n or in_flight + size > budget):
-                    future, done = pending.popleft()
-                    in_flight -= done
-                    yield future.result()
+                while pending and (len(pending) >= 2 * self.n or sum(n for _, n in pending) + size > budget):
+                    yield pending.popleft()[0].result()
                 pending.append((self.pool.submit(fn, task), size))
-                in_flight += size
             while pending:
                 yield pending.popleft()[0].result()
         except BrokenProcessPool:
