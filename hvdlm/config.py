@@ -62,7 +62,8 @@ class DistributedConfig:
     compression: str = opt("none", "what ranks send: fp32 (none); fp16 or bf16 (half the bytes; bf16 keeps fp32's "
                                    "range); powersgd (a low-rank approximation of each large matrix gradient, with "
                                    "error feedback). Under --sync diloco: the outer allreduce's wire type (none, fp16, "
-                                   "bf16)", ["none", "fp16", "bf16", "powersgd"])
+                                   "bf16, or int8: a quarter of fp32's bytes, diloco only)",
+                           ["none", "fp16", "bf16", "powersgd", "int8"])
     powersgd_rank: int = opt(4, "powersgd: the rank of each matrix's approximation")
     powersgd_start: int = opt(0, "powersgd: plain allreduce for the first this many steps (at least warmup_steps; "
                                  "0 = warmup_steps)")
@@ -296,6 +297,9 @@ def validate_sync(dist: DistributedConfig, o: OptimConfig, need) -> None:
     need(dist.compression != "powersgd" or dist.sync == "every_step",
          f"compression powersgd compresses gradients every step; --sync {dist.sync} exchanges parameters "
          "(use --compression none, or bf16/fp16 with diloco)")
+    need(dist.compression != "int8" or dist.sync == "diloco",
+         f"compression int8 rounds diloco's outer exchange (a change of the parameters over H steps); --sync "
+         f"{dist.sync} would round every step's gradients with nothing to carry the rounding error (use fp16 or bf16)")
     need(dist.sync != "local_sgd" or dist.compression == "none",
          f"sync local_sgd averages the parameters themselves, in fp32: --compression {dist.compression} would round "
          "them (use --sync diloco, whose outer allreduce of parameter changes takes fp16 or bf16)")

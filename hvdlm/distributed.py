@@ -267,28 +267,35 @@ def bf16_average(flat: torch.Tensor, name: str) -> torch.Tensor:
 
 class Average:
     """The mean over ranks of a flat fp32 tensor, started now and computed by Horovod's background
-    thread while this one goes on (``result()`` waits for it). ``wire``: none (fp32), fp16 or bf16.
+    thread while this one goes on (``result()`` waits for it). ``wire``: none (fp32), fp16, bf16
+    or int8.
 
     Horovod 0.28.1 cannot sum bf16 over MPI or Gloo, but it moves int16 payloads: a reduce-scatter
     through ``alltoall`` (rank r receives every rank's r-th chunk), an fp32 sum of the chunks here,
     the mean rounded to bf16, and an ``allgather`` of the chunks back. Each rank sends (n-1)/n of
     the buffer in each half: 2(n-1)/n x 2 bytes per element, what an fp16 ring-allreduce sends.
     The second half starts from ``poll()`` (or ``result()``) once the first has arrived here.
+    int8 takes the same route with ``Int8`` payloads (bytes): half of bf16's.
     """
 
     def __init__(self, flat: torch.Tensor, name: str, wire: str = "none"):
         self.name, self.wire, self._value = name, wire, None
         n = hvd.size()
-        if wire == "bf16":
+        if wire in ("bf16", "int8"):
+            self._codec = Int8 if wire == "int8" else Bf16
             if n == 1:
-                self._value = flat.to(torch.bfloat16).float()
+                self._value = self._codec.decode(self._codec.encode(flat), flat.numel())
                 return
             count = flat.numel()
-            chunk = -(-count // n)  # ceil: every rank owns one chunk; the last ones may be short or empty
+            # ceil, in whole int8 blocks: every rank owns one chunk; the last ones may be short or empty
+            chunk = -(-count // n)
+            if wire == "int8":
+                chunk = -(-chunk // Int8.BLOCK) * Int8.BLOCK
             self._sizes = [max(0, min(chunk, count - r * chunk)) for r in range(n)]
             self._empty = flat[:0]
-            self._handle = hvd.alltoall_async(flat.to(torch.bfloat16).view(torch.int16),
-                                              splits=torch.tensor(self._sizes, dtype=torch.int32),
+            parts = [self._codec.encode(piece) for piece in flat.split(self._sizes)]
+            self._handle = hvd.alltoall_async(torch.cat(parts),
+                                              splits=torch.tensor([p.numel() for p in parts], dtype=torch.int32),
                                               name=name + ".scatter")
             self._gathering = False
         else:
@@ -308,17 +315,21 @@ class Average:
 
     def _gather(self) -> None:
         received, _ = hvd.synchronize(self._handle)
-        n = hvd.size()
-        mine = received.view(torch.bfloat16).float().view(n, -1).sum(0) / n if self._sizes[hvd.rank()] else self._empty
-        self._handle = hvd.allgather_async(mine.to(torch.bfloat16).view(torch.int16), name=self.name + ".gather")
+        n, count, codec = hvd.size(), self._sizes[hvd.rank()], self._codec
+        # every rank's copy of this rank's chunk, summed in fp32 in rank order, then rounded once more
+        mine = sum(codec.decode(p, count) for p in received.chunk(n)) / n if count else self._empty
+        self._handle = hvd.allgather_async(codec.encode(mine), name=self.name + ".gather")
         self._gathering = True
 
     def result(self) -> torch.Tensor:
         if self._value is None:
-            if self.wire == "bf16" and not self._gathering:
+            if self.wire in ("bf16", "int8") and not self._gathering:
                 self._gather()
             out = hvd.synchronize(self._handle)
-            self._value = out.view(torch.bfloat16).float() if self.wire == "bf16" else out.float()
+            if self.wire in ("bf16", "int8"):  # every rank decodes the same bytes: the same bits
+                lengths = [self._codec.encoded_numel(c) for c in self._sizes]
+                out = torch.cat([self._codec.decode(p, c) for p, c in zip(out.split(lengths), self._sizes)])
+            self._value = out.float()
         return self._value
 
     @classmethod
@@ -327,6 +338,51 @@ class Average:
         done = cls.__new__(cls)
         done._value = value
         return done
+
+
+class Bf16:
+    """bf16 values as int16 (Horovod moves them without summing)."""
+
+    @staticmethod
+    def encode(x: torch.Tensor) -> torch.Tensor:
+        return x.to(torch.bfloat16).view(torch.int16)
+
+    @staticmethod
+    def encoded_numel(count: int) -> int:
+        return count
+
+    @staticmethod
+    def decode(payload: torch.Tensor, count: int) -> torch.Tensor:
+        return payload.view(torch.bfloat16).float()
+
+
+class Int8:
+    """Blocks of 256 values as one fp32 scale (the block's largest magnitude / 127) and 256 int8
+    steps of it, round to nearest: 1.016 bytes per value, an error of at most 1/254 of the block's
+    largest value. Each block is 1028 bytes (a scale's 4 bytes, then the 256 steps)."""
+
+    BLOCK = 256
+
+    @classmethod
+    def encoded_numel(cls, count: int) -> int:
+        return -(-count // cls.BLOCK) * (cls.BLOCK + 4)
+
+    @classmethod
+    def encode(cls, x: torch.Tensor) -> torch.Tensor:
+        if not x.numel():  # a rank that owns no chunk (more ranks than blocks)
+            return torch.zeros(0, dtype=torch.uint8)
+        blocks = torch.nn.functional.pad(x.float(), (0, -x.numel() % cls.BLOCK)).view(-1, cls.BLOCK)
+        scale = blocks.abs().amax(1, keepdim=True) / 127
+        steps = torch.round(blocks / scale.clamp_min(torch.finfo(torch.float32).tiny)).clamp_(-127, 127)
+        return torch.cat([scale.view(torch.uint8), steps.to(torch.int8).view(torch.uint8)], 1).view(-1)
+
+    @classmethod
+    def decode(cls, payload: torch.Tensor, count: int) -> torch.Tensor:
+        if not count:
+            return torch.zeros(0)
+        rows = payload.view(-1, cls.BLOCK + 4)
+        scale = rows[:, :4].contiguous().view(torch.float32)
+        return (rows[:, 4:].contiguous().view(torch.int8).float() * scale).view(-1)[:count]
 
 
 def gather_objects(obj: T, name: str) -> list[T]:

@@ -103,10 +103,27 @@ def bf16():
             "sha256": hashlib.sha256(got.numpy().tobytes()).hexdigest(), "numel": got.numel()}
 
 
+def int8():
+    """int8 on the wire (blocks of 256 with one scale each, rounded twice: each rank's value, then the
+    mean): within 2/254 of the block's largest input magnitude, the same bits on every rank."""
+    from hvdlm import distributed as dist
+
+    count, block = 1001, dist.Int8.BLOCK  # 4 blocks, the last one short
+    scale = 10 ** torch.randint(-3, 4, (count,), generator=torch.Generator().manual_seed(0)).float()
+    x = torch.randn(count, generator=torch.Generator().manual_seed(hvd.rank())) * scale
+    exact = dist.allreduce_average(x.double().float(), "probe.exact8")
+    got = dist.Average(x, "probe.int8", "int8").result()
+    padded = torch.nn.functional.pad(x.abs(), (0, -count % block)).view(-1, block).amax(1)
+    largest = hvd.allgather(padded.unsqueeze(0), name="probe.largest").amax(0)  # over the ranks, per block
+    bound = torch.repeat_interleave(largest, block)[:count] * 2 / 254
+    return {"worst_of_bound": float(((got - exact).abs() / bound).max()), "numel": got.numel(),
+            "sha256": hashlib.sha256(got.numpy().tobytes()).hexdigest()}
+
+
 def math(out):
     hvd.init()
     result = {"rank": hvd.rank(), "powersgd_exact": powersgd_exact(), "error_feedback": powersgd_error_feedback(),
-              "bf16": bf16()}
+              "bf16": bf16(), "int8": int8()}
     everyone = hvd.allgather_object(result)
     if hvd.rank() == 0:
         json.dump(everyone, open(out, "w"))

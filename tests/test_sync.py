@@ -41,7 +41,7 @@ def losses(out_dir):
 
 
 @pytest.mark.parametrize("launcher", ["horovodrun-gloo", "horovodrun-mpi"])
-def test_powersgd_and_bf16_compute_what_they_promise(launcher, tmp_path):
+def test_powersgd_bf16_and_int8_compute_what_they_promise(launcher, tmp_path):
     out = tmp_path / "math.json"
     check(launch(launcher, [sys.executable, SYNC_PROBE, "math", str(out)]))
     ranks = json.loads(out.read_text())
@@ -55,7 +55,10 @@ def test_powersgd_and_bf16_compute_what_they_promise(launcher, tmp_path):
         assert fb["compressed"] == 3 and fb["tracked_error"] < 1e-5 and fb["untracked_error"] > 1e-2, fb
         # bf16: the fp32 mean to bf16 rounding (unit roundoff 2^-8 in, 2^-8 out), values beyond fp16's range too
         assert r["bf16"]["numel"] == 1001 and r["bf16"]["max_rel_error"] <= 2 ** -7, r["bf16"]
+        # int8: within its bound (two roundings to 1/254 of a block's largest value), and not exact
+        assert r["int8"]["numel"] == 1001 and 0 < r["int8"]["worst_of_bound"] <= 1, r["int8"]
     assert ranks[0]["bf16"]["sha256"] == ranks[1]["bf16"]["sha256"]  # bitwise the same on both ranks
+    assert ranks[0]["int8"]["sha256"] == ranks[1]["int8"]["sha256"]
 
 
 def test_local_sgd_every_step_with_sgd_equals_synchronous_training(corpus, tmp_path):
@@ -118,6 +121,7 @@ def test_an_overlapped_exchange_is_applied_later_with_the_steps_taken_meanwhile(
 @pytest.mark.parametrize("launcher, extra, sync_steps", [
     ("horovodrun-gloo", ["--sync", "local_sgd", "--sync_every", "3"], [3, 6, 8]),
     ("horovodrun-mpi", ["--sync", "diloco", "--sync_every", "3", "--compression", "bf16"], [3, 6, 8]),
+    ("horovodrun-gloo", ["--sync", "diloco", "--sync_every", "3", "--compression", "int8"], [3, 6, 8]),
     ("horovodrun-gloo", ["--compression", "powersgd", "--powersgd_rank", "2", "--grad_accum", "2"], range(1, 9)),
     ("horovodrun-mpi", ["--compression", "bf16"], range(1, 9)),
     ("horovodrun-gloo", ["--sync", "local_sgd", "--sync_every", "3", "--overlap_steps", "1"], [8]),
@@ -140,6 +144,7 @@ def test_parameters_are_identical_on_all_ranks_right_after_each_sync(launcher, e
     ("horovodrun-mpi", ["--sync", "local_sgd", "--sync_every", "3"]),
     ("horovodrun-gloo", ["--sync", "diloco", "--sync_every", "3", "--compression", "fp16"]),
     ("horovodrun-mpi", ["--sync", "diloco", "--sync_every", "3", "--overlap_steps", "3", "--compression", "bf16"]),
+    ("horovodrun-gloo", ["--sync", "diloco", "--sync_every", "3", "--overlap_steps", "3", "--compression", "int8"]),
 ])
 def test_resume_reproduces_an_unbroken_run(launcher, extra, corpus, tmp_path):
     """Stopped at step 5 (inside a window of 3 steps; after PowerSGD's warmup of 2), resumed to 8:
@@ -184,6 +189,8 @@ def test_resume_reproduces_an_unbroken_run(launcher, extra, corpus, tmp_path):
     ({"compression": "powersgd", "sync": "local_sgd"}, "compression powersgd compresses gradients every step"),
     ({"compression": "powersgd", "sync": "diloco"}, "compression powersgd compresses gradients every step"),
     ({"compression": "bf16", "sync": "local_sgd"}, "sync local_sgd averages the parameters themselves"),
+    ({"compression": "int8"}, "compression int8 rounds diloco's outer exchange"),
+    ({"compression": "int8", "sync": "local_sgd"}, "compression int8 rounds diloco's outer exchange"),
     ({"compression": "powersgd", "powersgd_start": 3, "warmup_steps": 10}, "must be at least warmup_steps"),
     ({"sync": "diloco", "outer_lr": 0.0}, "outer_lr must be positive"),
     ({"sync": "diloco", "outer_momentum": 1.0}, "outer_momentum must be in"),

@@ -6,8 +6,9 @@ equal steps are equal tokens), launched with horovodrun on ``--hosts`` (or on th
   none, fp16, bf16     every step, the averaged gradient (fp32, fp16 or bf16 on the wire)
   powersgd             every step, a rank-``--powersgd_rank`` approximation, error feedback
   local_sgd, diloco    every ``--sync_every`` steps, averaged parameters / an outer Nesterov step
-                       (``diloco-bf16``, ``diloco-fp16``: the outer exchange in 16 bits; ``-overlap``
-                       after either: the exchange runs behind ``--overlap_steps`` inner steps)
+                       (``diloco-bf16``, ``diloco-fp16``, ``diloco-int8``: the outer exchange in 16 or
+                       8 bits; ``-overlap`` after any: the exchange runs behind ``--overlap_steps``
+                       inner steps)
 
 for each link setting in ``--links`` (``free``, or a tc rate such as ``100mbit`` applied with
 ``--slow_cmd`` and undone with ``--heal_cmd``; ``10mbit:diloco+diloco-bf16`` runs only those
@@ -46,7 +47,7 @@ from hvdlm.errors import HvdlmError
 BIN = Path(sys.executable).parent
 METHODS = ["none", "fp16", "bf16", "powersgd", "local_sgd", "diloco"]
 EVERY_STEP = ("none", "fp16", "bf16", "powersgd")
-OUTER_WIRES = ("bf16", "fp16")  # diloco-bf16, diloco-fp16: the outer exchange's wire type
+OUTER_WIRES = ("bf16", "fp16", "int8")  # diloco-bf16, diloco-fp16, diloco-int8: the outer exchange's wire type
 
 
 def periodic_parts(method: str) -> tuple[str, str, bool]:
@@ -260,7 +261,7 @@ def run(args) -> list[dict]:
     unknown = [m for ms in plan.values() for m in ms if not known(m)]
     if unknown:
         raise HvdlmError(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)} "
-                         f"(or diloco-bf16, diloco-fp16; and -overlap after local_sgd or a diloco method)")
+                         f"(or diloco-bf16, diloco-fp16, diloco-int8; and -overlap after local_sgd or a diloco method)")
     if any(x != "free" for x in plan) and not args.slow_cmd:
         print(f"hvdlm: no --slow_cmd: measuring the free link only (not {', '.join(x for x in plan if x != 'free')})")
         plan = {"free": plan["free"]} if "free" in plan else {}

@@ -84,7 +84,7 @@ class Sync:
         return ""
 
 
-def ring_bytes(numel: int, bytes_per_element: int) -> float:
+def ring_bytes(numel: int, bytes_per_element: float) -> float:
     """What one rank sends in a ring allreduce of ``numel`` elements (0 on one rank)."""
     n = dist.size()
     return 2 * (n - 1) / n * numel * bytes_per_element

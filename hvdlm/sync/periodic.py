@@ -5,7 +5,7 @@ parameter averaging of classic local SGD). With H = 1 and SGD this is synchronou
 
 ``diloco`` (Douillard et al. 2023, arXiv 2311.08105): the H steps are the inner AdamW steps; at a
 sync the pseudo-gradient (the parameters at the last sync minus now) is averaged across ranks (fp32,
-fp16 or bf16 on the wire) and an outer SGD with Nesterov momentum (``--outer_lr``,
+fp16, bf16 or int8 on the wire) and an outer SGD with Nesterov momentum (``--outer_lr``,
 ``--outer_momentum``) applies it to the parameters at the last sync; every rank continues from
 the result. With outer lr 1 and momentum 0 this is local SGD.
 
@@ -31,6 +31,10 @@ import torch
 
 from hvdlm import distributed as dist
 from hvdlm.sync.base import OwnCollectives, StepStats, flatten, ring_bytes, unflatten_into
+
+
+# bytes per value on the wire: int8 carries one fp32 scale per block of 256 (distributed.Int8)
+WIRE_BYTES = {"none": 4, "fp16": 2, "bf16": 2, "int8": 1 + 4 / dist.Int8.BLOCK}
 
 
 class Exchange:
@@ -132,7 +136,7 @@ class Periodic(OwnCollectives):
         now = flatten([p.detach() for p in self.params])
         name = "hvdlm.local_sgd" if self.outer is None else f"hvdlm.diloco.{self.wire}"
         payload = now if self.outer is None else self.anchor - now
-        self.sent_bytes += ring_bytes(now.numel(), 4 if self.wire == "none" else 2)
+        self.sent_bytes += ring_bytes(now.numel(), WIRE_BYTES[self.wire])
         return Exchange(payload, name, self.wire, now, due, parts=max(1, due - step))
 
     def apply(self, exchange: Exchange) -> None:
