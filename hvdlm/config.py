@@ -298,8 +298,8 @@ def validate_sync(dist: DistributedConfig, o: OptimConfig, need) -> None:
          f"compression powersgd compresses gradients every step; --sync {dist.sync} exchanges parameters "
          "(use --compression none, or bf16/fp16 with diloco)")
     need(dist.compression != "int8" or dist.sync == "diloco",
-         f"compression int8 rounds diloco's outer exchange (a change of the parameters over H steps); --sync "
-         f"{dist.sync} would round every step's gradients with nothing to carry the rounding error (use fp16 or bf16)")
+         f"compression int8 rounds diloco's outer exchange only (the parameters' change over H steps), not what "
+         f"--sync {dist.sync} exchanges: use --sync diloco, or fp16/bf16 for every step's gradients")
     need(dist.sync != "local_sgd" or dist.compression == "none",
          f"sync local_sgd averages the parameters themselves, in fp32: --compression {dist.compression} would round "
          "them (use --sync diloco, whose outer allreduce of parameter changes takes fp16 or bf16)")

@@ -359,7 +359,7 @@ class Bf16:
 class Int8:
     """Blocks of 256 values as one fp32 scale (the block's largest magnitude / 127) and 256 int8
     steps of it, round to nearest: 1.016 bytes per value, an error of at most 1/254 of the block's
-    largest value. Each block is 1028 bytes (a scale's 4 bytes, then the 256 steps)."""
+    largest value. Each block is 260 bytes: its scale's 4, then its 256 steps."""
 
     BLOCK = 256
 
