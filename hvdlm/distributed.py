@@ -28,6 +28,7 @@ import torch
 
 from hvdlm import stop_signals
 from hvdlm.errors import HvdlmError
+from hvdlm.wire import Bf16, Int8
 
 T = TypeVar("T")
 
@@ -275,7 +276,7 @@ class Average:
     the mean rounded to bf16, and an ``allgather`` of the chunks back. Each rank sends (n-1)/n of
     the buffer in each half: 2(n-1)/n x 2 bytes per element, what an fp16 ring-allreduce sends.
     The second half starts from ``poll()`` (or ``result()``) once the first has arrived here.
-    int8 takes the same route with ``Int8`` payloads (bytes): half of bf16's.
+    int8 takes the same route with ``wire.Int8`` payloads (bytes): half of bf16's.
     """
 
     def __init__(self, flat: torch.Tensor, name: str, wire: str = "none"):
@@ -338,51 +339,6 @@ class Average:
         done = cls.__new__(cls)
         done._value = value
         return done
-
-
-class Bf16:
-    """bf16 values as int16 (Horovod moves them without summing)."""
-
-    @staticmethod
-    def encode(x: torch.Tensor) -> torch.Tensor:
-        return x.to(torch.bfloat16).view(torch.int16)
-
-    @staticmethod
-    def encoded_numel(count: int) -> int:
-        return count
-
-    @staticmethod
-    def decode(payload: torch.Tensor, count: int) -> torch.Tensor:
-        return payload.view(torch.bfloat16).float()
-
-
-class Int8:
-    """Blocks of 256 values as one fp32 scale (the block's largest magnitude / 127) and 256 int8
-    steps of it, round to nearest: 1.016 bytes per value, an error of at most 1/254 of the block's
-    largest value. Each block is 260 bytes: its scale's 4, then its 256 steps."""
-
-    BLOCK = 256
-
-    @classmethod
-    def encoded_numel(cls, count: int) -> int:
-        return -(-count // cls.BLOCK) * (cls.BLOCK + 4)
-
-    @classmethod
-    def encode(cls, x: torch.Tensor) -> torch.Tensor:
-        if not x.numel():  # a rank that owns no chunk (more ranks than blocks)
-            return torch.zeros(0, dtype=torch.uint8)
-        blocks = torch.nn.functional.pad(x.float(), (0, -x.numel() % cls.BLOCK)).view(-1, cls.BLOCK)
-        scale = blocks.abs().amax(1, keepdim=True) / 127
-        steps = torch.round(blocks / scale.clamp_min(torch.finfo(torch.float32).tiny)).clamp_(-127, 127)
-        return torch.cat([scale.view(torch.uint8), steps.to(torch.int8).view(torch.uint8)], 1).view(-1)
-
-    @classmethod
-    def decode(cls, payload: torch.Tensor, count: int) -> torch.Tensor:
-        if not count:
-            return torch.zeros(0)
-        rows = payload.view(-1, cls.BLOCK + 4)
-        scale = rows[:, :4].contiguous().view(torch.float32)
-        return (rows[:, 4:].contiguous().view(torch.int8).float() * scale).view(-1)[:count]
 
 
 def gather_objects(obj: T, name: str) -> list[T]:

@@ -107,8 +107,9 @@ def int8():
     """int8 on the wire (blocks of 256 with one scale each, rounded twice: each rank's value, then the
     mean): within 2/254 of the block's largest input magnitude, the same bits on every rank."""
     from hvdlm import distributed as dist
+    from hvdlm.wire import Int8
 
-    count, block = 1001, dist.Int8.BLOCK  # 4 blocks, the last one short
+    count, block = 1001, Int8.BLOCK  # 4 blocks, the last one short
     scale = 10 ** torch.randint(-3, 4, (count,), generator=torch.Generator().manual_seed(0)).float()
     x = torch.randn(count, generator=torch.Generator().manual_seed(hvd.rank())) * scale
     exact = dist.allreduce_average(x.double().float(), "probe.exact8")

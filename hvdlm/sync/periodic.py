@@ -31,10 +31,11 @@ import torch
 
 from hvdlm import distributed as dist
 from hvdlm.sync.base import OwnCollectives, StepStats, flatten, ring_bytes, unflatten_into
+from hvdlm.wire import Int8
 
 
-# bytes per value on the wire: int8 carries one fp32 scale per block of 256 (distributed.Int8)
-WIRE_BYTES = {"none": 4, "fp16": 2, "bf16": 2, "int8": 1 + 4 / dist.Int8.BLOCK}
+# bytes per value on the wire: int8 carries one fp32 scale per block of 256 (wire.Int8)
+WIRE_BYTES = {"none": 4, "fp16": 2, "bf16": 2, "int8": 1 + 4 / Int8.BLOCK}
 
 
 class Exchange:
