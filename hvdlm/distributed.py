@@ -28,7 +28,7 @@ import torch
 
 from hvdlm import stop_signals
 from hvdlm.errors import HvdlmError
-from hvdlm.wire import Bf16, Int8
+from hvdlm.wire import CODECS
 
 T = TypeVar("T")
 
@@ -282,16 +282,15 @@ class Average:
     def __init__(self, flat: torch.Tensor, name: str, wire: str = "none"):
         self.name, self.wire, self._value = name, wire, None
         n = hvd.size()
-        if wire in ("bf16", "int8"):
-            self._codec = Int8 if wire == "int8" else Bf16
+        self._codec = CODECS.get(wire)
+        if self._codec:
             if n == 1:
                 self._value = self._codec.decode(self._codec.encode(flat), flat.numel())
                 return
             count = flat.numel()
-            # ceil, in whole int8 blocks: every rank owns one chunk; the last ones may be short or empty
+            # ceil, in whole blocks: every rank owns one chunk; the last ones may be short or empty
             chunk = -(-count // n)
-            if wire == "int8":
-                chunk = -(-chunk // Int8.BLOCK) * Int8.BLOCK
+            chunk = -(-chunk // self._codec.BLOCK) * self._codec.BLOCK
             self._sizes = [max(0, min(chunk, count - r * chunk)) for r in range(n)]
             self._empty = flat[:0]
             parts = [self._codec.encode(piece) for piece in flat.split(self._sizes)]
@@ -304,12 +303,12 @@ class Average:
             self._handle = hvd.allreduce_async(payload, op=hvd.Average, name=name)
 
     def poll(self) -> bool:
-        """True once the result is here (bf16: starts the second half when the first has arrived)."""
+        """True once the result is here (bf16, int8: starts the second half when the first has arrived)."""
         if self._value is not None:
             return True
         if not hvd.poll(self._handle):
             return False
-        if self.wire == "bf16" and not self._gathering:
+        if self._codec and not self._gathering:
             self._gather()
             return False
         return True
@@ -324,10 +323,10 @@ class Average:
 
     def result(self) -> torch.Tensor:
         if self._value is None:
-            if self.wire in ("bf16", "int8") and not self._gathering:
+            if self._codec and not self._gathering:
                 self._gather()
             out = hvd.synchronize(self._handle)
-            if self.wire in ("bf16", "int8"):  # every rank decodes the same bytes: the same bits
+            if self._codec:  # every rank decodes the same bytes: the same bits
                 lengths = [self._codec.encoded_numel(c) for c in self._sizes]
                 out = torch.cat([self._codec.decode(p, c) for p, c in zip(out.split(lengths), self._sizes)])
             self._value = out.float()

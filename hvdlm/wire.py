@@ -10,6 +10,8 @@ import torch
 class Bf16:
     """bf16 values as int16 (Horovod moves them without summing)."""
 
+    BLOCK = 1  # a rank's chunk may start anywhere
+
     @staticmethod
     def encode(x: torch.Tensor) -> torch.Tensor:
         return x.to(torch.bfloat16).view(torch.int16)
@@ -50,3 +52,6 @@ class Int8:
         rows = payload.view(-1, cls.BLOCK + 4)
         scale = rows[:, :4].contiguous().view(torch.float32)
         return (rows[:, 4:].contiguous().view(torch.int8).float() * scale).view(-1)[:count]
+
+
+CODECS = {"bf16": Bf16, "int8": Int8}  # the wire types distributed.Average sends through these
