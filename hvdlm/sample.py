@@ -12,6 +12,7 @@ from hvdlm.model import GPT, GPTConfig
 
 def generate_text(model: GPT, tokenizer, prompt: str, max_new_tokens: int, device, seed: int,
                   temperature: float = 0.8, top_k: int | None = 200) -> str:
+    """``device``: where the model is; the prompt and the sampling generator are made there too."""
     ids = tokenizer.encode(prompt) if prompt else [0]
     idx = torch.tensor([ids], dtype=torch.long, device=device)
     gen = torch.Generator(device=device).manual_seed(seed)
@@ -42,6 +43,8 @@ def sample_from_checkpoint(out_dir: str, prompt: str, max_new_tokens: int, num_s
     if load_meta(data_dir)["tokenizer"] != state["tokenizer"]:
         raise HvdlmError(f"{data_dir} holds another tokenizer than the one {out_dir} was trained with")
     model = GPT(GPTConfig(**state["model_shape"]))
-    model.load_state_dict(state["model"])
-    return [generate_text(model, tokenizer, prompt, max_new_tokens, torch.device("cpu"), seed + i,
+    model.load_state_dict(state["model"])  # the checkpoint is read onto the CPU; the model then moves
+    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    model.to(device)
+    return [generate_text(model, tokenizer, prompt, max_new_tokens, device, seed + i,
                           temperature, top_k or None) for i in range(num_samples)]

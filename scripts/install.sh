@@ -1,15 +1,21 @@
 #!/usr/bin/env bash
 # Installs everything hvdlm needs into a virtual environment; safe to rerun (seconds once done).
 #
-#   bash scripts/install.sh            # venv in ./.venv (HVDLM_VENV=... to change)
+#   bash scripts/install.sh                  # venv in ./.venv (HVDLM_VENV=... to change)
+#   bash scripts/install.sh --nccl-decision  # only print whether Horovod would get NCCL, and why
 #
 # Steps: an MPI (Debian's OpenMPI when no mpicc is found and apt-get is usable; on a cluster,
 # load your MPI module first), a venv, torch (the cluster's own if the base python has one),
 # numpy/mpi4py/pytest/tqdm/tokenizers/zstandard/orjson/tensorboard (and transformers/safetensors, hvdlm's [hf]
 # extra, for the tests), then Horovod 0.28.1 built from its sdist with the C++17 fix, with PyTorch + MPI
-# + Gloo always and NCCL when torch has CUDA. The built wheel is cached
-# in $HVDLM_CACHE (default ~/.cache/hvdlm) keyed by python/torch/CUDA, so a rerun only installs it.
-# Ends with `horovodrun --check-build` and fails if PyTorch, MPI or Gloo is missing from it.
+# + Gloo always, and NCCL when this machine can build and use it: torch with CUDA AND a CUDA toolkit
+# (nvcc on PATH, in $CUDA_HOME/bin or /usr/local/cuda/bin) AND a GPU (`nvidia-smi -L` lists one, or
+# /dev/nvidia0 exists). The default torch wheel on Linux is a CUDA build, so torch alone does not
+# decide: a CPU-only workstation gets no NCCL. HVDLM_NCCL=1 forces an NCCL build, HVDLM_NCCL=0
+# forbids it; one `[install] NCCL: yes|no (...)` line says which was taken and why. The built wheel
+# is cached in $HVDLM_CACHE (default ~/.cache/hvdlm) keyed by python/torch/CUDA and nccl|nonccl,
+# so a rerun only installs it.
+# Ends with `horovodrun --check-build` and fails if PyTorch, MPI or Gloo (or NCCL when decided) is missing.
 # SLURM is not installed here: the local test cluster's packages come from `bash slurm/cluster.sh install`.
 set -euo pipefail
 
@@ -22,6 +28,59 @@ PYTHON=${PYTHON:-python3}
 
 say() { echo "[install] $*"; }
 die() { echo "[install] ERROR: $*" >&2; exit 1; }
+
+# Whether Horovod gets NCCL: sets NCCL (yes|no) and NCCL_WHY. $1: torch's CUDA version, "cpu" for
+# a CPU build, "unknown" when torch is not installed yet.
+nccl_decision() {
+  local torch_cuda=$1 nvcc="" gpus="" missing=()
+  case "${HVDLM_NCCL:-}" in
+    1) NCCL=yes NCCL_WHY="forced by HVDLM_NCCL=1"; return ;;
+    0) NCCL=no NCCL_WHY="forbidden by HVDLM_NCCL=0"; return ;;
+    "") ;;
+    *) die "HVDLM_NCCL must be 1 (force an NCCL build) or 0 (forbid it), got '$HVDLM_NCCL'" ;;
+  esac
+  case "$torch_cuda" in
+    cpu) missing+=("torch is a CPU build") ;;
+    unknown) missing+=("torch not installed yet, its CUDA unknown") ;;
+  esac
+  for c in "$(command -v nvcc 2>/dev/null)" "${CUDA_HOME:+$CUDA_HOME/bin/nvcc}" /usr/local/cuda/bin/nvcc; do
+    if [ -n "$c" ] && [ -x "$c" ]; then nvcc=$c; break; fi
+  done
+  [ -n "$nvcc" ] || missing+=("no CUDA toolkit: nvcc not on PATH, in \$CUDA_HOME/bin or /usr/local/cuda/bin")
+  if command -v nvidia-smi >/dev/null 2>&1; then
+    local n
+    n=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ' || true)
+    if [ "${n:-0}" -gt 0 ]; then gpus="$n GPU(s)"
+    elif [ -e /dev/nvidia0 ]; then gpus="/dev/nvidia0"
+    else missing+=("no GPU found: nvidia-smi lists none"); fi
+  elif [ -e /dev/nvidia0 ]; then gpus="/dev/nvidia0"
+  else missing+=("no GPU found: nvidia-smi missing, no /dev/nvidia0"); fi
+  if [ ${#missing[@]} = 0 ]; then
+    NCCL=yes NCCL_WHY="torch CUDA $torch_cuda, nvcc at $nvcc, $gpus"
+  else
+    NCCL=no
+    NCCL_WHY="$(IFS=';'; echo "${missing[*]}" | sed 's/;/; /g'); set HVDLM_NCCL=1 to force"
+  fi
+}
+say_nccl() {
+  if [ "$NCCL" = yes ]; then say "NCCL: yes ($NCCL_WHY)"; else say "NCCL: no ($NCCL_WHY)"; fi
+}
+
+case "${1:-}" in
+  "") ;;
+  --nccl-decision)
+    # Decide without installing anything: torch from the venv if there is one, else from the base
+    # python (not imported when HVDLM_NCCL decides alone).
+    probe=$PYTHON torch_cuda=unknown
+    [ -x "$VENV/bin/python" ] && probe=$VENV/bin/python
+    if [ -z "${HVDLM_NCCL:-}" ]; then
+      torch_cuda=$("$probe" -c 'import torch; print(torch.version.cuda or "cpu")' 2>/dev/null) || torch_cuda=unknown
+    fi
+    nccl_decision "${torch_cuda:-unknown}"
+    say_nccl
+    exit 0 ;;
+  *) die "unknown argument '$1' (usage: bash scripts/install.sh [--nccl-decision])" ;;
+esac
 
 # 1. MPI --------------------------------------------------------------------------------------
 if ! command -v mpicc >/dev/null 2>&1; then
@@ -65,13 +124,27 @@ TORCH_VERSION=$("$PY" -c 'import torch; print(torch.__version__)')
 TORCH_CUDA=$("$PY" -c 'import torch; print(torch.version.cuda or "cpu")')
 PYTAG=$("$PY" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")')
 say "torch $TORCH_VERSION ($TORCH_CUDA), python $PYTAG"
+nccl_decision "$TORCH_CUDA"
+say_nccl
 
 # 4. Horovod ----------------------------------------------------------------------------------
+# The installed Horovod will do if it has MPI and Gloo, and NCCL when decided so (none under
+# HVDLM_NCCL=0; one built with NCCL earlier, e.g. forced, is kept when this machine just lacks a piece).
+NCCL_WANT=$NCCL
+[ "$NCCL" = no ] && [ -z "${HVDLM_NCCL:-}" ] && NCCL_WANT=any
 horovod_ok() {
-  "$PY" -c 'import horovod.torch as hvd; assert hvd.mpi_built() and hvd.gloo_built()' >/dev/null 2>&1
+  "$PY" -c 'import sys, horovod.torch as hvd
+want = sys.argv[1]
+assert hvd.mpi_built() and hvd.gloo_built() and want in ("any", "yes" if hvd.nccl_built() else "no")' \
+    "$NCCL_WANT" >/dev/null 2>&1
 }
 if ! horovod_ok; then
-  WHEELDIR="$CACHE/wheels/horovod-$HOROVOD_VERSION-$PYTAG-torch$TORCH_VERSION-$TORCH_CUDA"
+  NCCL_TAG=$([ "$NCCL" = yes ] && echo nccl || echo nonccl)
+  WHEELDIR="$CACHE/wheels/horovod-$HOROVOD_VERSION-$PYTAG-torch$TORCH_VERSION-$TORCH_CUDA-$NCCL_TAG"
+  LEGACY="$CACHE/wheels/horovod-$HOROVOD_VERSION-$PYTAG-torch$TORCH_VERSION-cpu"
+  if [ "$NCCL" = no ] && [ "$TORCH_CUDA" = cpu ] && ls "$LEGACY"/horovod-*.whl >/dev/null 2>&1; then
+    WHEELDIR=$LEGACY  # cached before the nccl|nonccl suffix; a CPU torch never got NCCL
+  fi
   if ! ls "$WHEELDIR"/horovod-*.whl >/dev/null 2>&1; then
     say "building Horovod $HOROVOD_VERSION from source (a few minutes; cached in $WHEELDIR)"
     BUILD=$(mktemp -d)
@@ -87,9 +160,11 @@ if ! horovod_ok; then
     export HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_MXNET=1
     export CMAKE_POLICY_VERSION_MINIMUM=3.5   # cmake >= 4 refuses gloo's old CMakeLists
     export MAKEFLAGS="-j$(nproc)"
-    if [ "$TORCH_CUDA" != cpu ]; then
-      say "torch has CUDA $TORCH_CUDA: building with NCCL"
+    if [ "$NCCL" = yes ]; then
+      say "building with NCCL"
       export HOROVOD_GPU_OPERATIONS=NCCL
+    else
+      unset HOROVOD_GPU_OPERATIONS
     fi
     mkdir -p "$WHEELDIR"
     "$PY" -m pip wheel -q --no-deps --no-build-isolation -w "$BUILD/dist" "$SRC"
@@ -104,7 +179,9 @@ fi
 # 6. verify --------------------------------------------------------------------------------------
 CHECK=$("$VENV/bin/horovodrun" --check-build)
 echo "$CHECK"
-for need in PyTorch MPI Gloo; do
+NEEDS=(PyTorch MPI Gloo)
+[ "$NCCL" = yes ] && NEEDS+=(NCCL)
+for need in "${NEEDS[@]}"; do
   echo "$CHECK" | grep -qE "\[X\] $need" || die "Horovod was built without $need"
 done
 say "done: activate with 'source $VENV/bin/activate'"

@@ -158,8 +158,12 @@ def test_median_of_runs_takes_each_figure_s_median_and_adds_up_wrong():
 # Real ranks
 
 def sweep(launcher: str, tmp_path: Path, *flags: str, rc: int = 0):
+    """--device cpu: these check the host transports (MPI, Gloo, mpi4py, memcpy) that every machine
+    has, as on a CPU-only one; on a GPU host the default (auto) would measure NCCL instead, which
+    2 ranks cannot share on a 1-GPU machine (scripts/gpu_check.sh sweeps NCCL on 2+ GPUs)."""
     out = tmp_path / launcher
-    run = launch(launcher, [HVDLM, "bench", "allreduce", *TINY, "--out_dir", str(out), *flags], timeout=120)
+    run = launch(launcher, [HVDLM, "bench", "allreduce", *TINY, "--device", "cpu", "--out_dir", str(out), *flags],
+                 timeout=120)
     assert run.returncode == rc, run.output
     return run, report.read_csv(out / "allreduce.csv"), json.loads((out / "allreduce.json").read_text()), out
 

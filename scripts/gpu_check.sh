@@ -1,0 +1,159 @@
+#!/usr/bin/env bash
+# Checks hvdlm's GPU path on one machine with one or more CUDA GPUs, in about 5-10 minutes (most of
+# it the first install's Horovod build with NCCL; seconds once cached):
+#
+#   bash scripts/gpu_check.sh          # logs and runs in a fresh /tmp/hvdlm-gpu-check.*; GPU_CHECK_DIR=... to choose
+#
+# 1. installs (scripts/install.sh with HVDLM_NCCL=1 unless you set HVDLM_NCCL), then counts the GPUs
+#    torch sees (G) and prepares the default corpus with byte tokens;
+# 2. trains `--preset mini --precision bf16` for 50 steps on G ranks (`horovodrun -np G`, one rank
+#    per GPU) under every-step sync with each --compression (none, fp16, bf16, powersgd), under
+#    --sync local_sgd, and under --sync diloco with compression none, bf16 and int8 (--sync_every 10);
+# 3. `hvdlm sample` from the first run; `hvdlm bench allreduce` over NCCL when G >= 2;
+# 4. `--preset gpt2` for 100 steps, for its MFU.
+# It ends with one markdown table (check, status, val loss, tokens/s, MFU/notes) and exits 1 if any
+# check failed; each check runs whatever the others did (none without the install and the data).
+# Without a GPU it exits 1 at once, with one line on stderr.
+# The project has never yet run this on a GPU: a failure may be this script's own mistake.
+set -uo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+VENV=${HVDLM_VENV:-$ROOT/.venv}
+
+# 0. a GPU, or one line and out ---------------------------------------------------------------
+G=0
+if command -v nvidia-smi >/dev/null 2>&1; then
+  G=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ')
+else  # no driver tools: ask torch, if there is one
+  PROBE=python3
+  [ -x "$VENV/bin/python" ] && PROBE=$VENV/bin/python
+  G=$("$PROBE" -c 'import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)' 2>/dev/null)
+fi
+if ! [ "${G:-0}" -gt 0 ] 2>/dev/null; then
+  echo "gpu_check: no GPU here (nvidia-smi finds none): this script checks hvdlm's GPU path and needs a CUDA GPU" >&2
+  exit 1
+fi
+
+WORK=${GPU_CHECK_DIR:-$(mktemp -d /tmp/hvdlm-gpu-check.XXXXXX)}
+mkdir -p "$WORK/logs" "$WORK/runs"
+echo "gpu_check: logs and runs in $WORK"
+if [ "$(id -u)" = 0 ]; then  # OpenMPI refuses root unless told (containers)
+  export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+fi
+
+ROWS=()
+FAILED=0
+row() {  # check, status, val loss, tokens/s, notes
+  ROWS+=("| $1 | $2 | $3 | $4 | $5 |")
+  [ "$2" = FAILED ] && FAILED=1
+  echo "gpu_check: $1: $2 ${5:+($5)}"
+}
+report() {
+  echo
+  echo "| check | status | val loss | tokens/s | MFU/notes |"
+  echo "|---|---|---|---|---|"
+  printf '%s\n' "${ROWS[@]}"
+  exit "$FAILED"
+}
+
+# 1. install, GPUs, data -------------------------------------------------------------------------
+echo "gpu_check: installing (log: $WORK/logs/install.log) ..."
+if HVDLM_NCCL=${HVDLM_NCCL:-1} bash "$ROOT/scripts/install.sh" >"$WORK/logs/install.log" 2>&1; then
+  row install ok - - "$(grep -m1 '^\[install\] NCCL:' "$WORK/logs/install.log" | sed 's/^\[install\] //')"
+else
+  row install FAILED - - "see $WORK/logs/install.log"
+  report
+fi
+export PATH="$VENV/bin:$PATH"
+PY=$VENV/bin/python
+G=$("$PY" -c 'import torch; print(torch.cuda.device_count())' 2>/dev/null || echo 0)
+if [ "$G" -lt 1 ]; then
+  row "torch sees a GPU" FAILED - - "nvidia-smi lists one, torch.cuda.device_count() is 0"
+  report
+fi
+DATA=$WORK/data
+if hvdlm prepare --tokenizer byte --out_dir "$DATA" >"$WORK/logs/prepare.log" 2>&1; then
+  row prepare ok - - "default corpus, byte tokens; $G GPU(s): $("$PY" -c 'import torch; print(torch.cuda.get_device_name(0))')"
+else
+  row prepare FAILED - - "see $WORK/logs/prepare.log"
+  report
+fi
+
+# 2. training on G ranks -------------------------------------------------------------------------
+figures() {  # metrics.jsonl -> "val loss|tokens/s|MFU or why none", from the run's summary record
+  "$PY" - "$1" <<'EOF'
+import math, sys
+from hvdlm.metrics import read_jsonl
+try:
+    s = [r for r in read_jsonl(sys.argv[1], "summary") if r.get("finished")][-1]
+except (OSError, IndexError, ValueError):
+    sys.exit(print("-|-|no finished summary in metrics.jsonl"))
+v = s.get("val_loss")
+val = f"{v:.4f}" if isinstance(v, (int, float)) and math.isfinite(v) else "-"
+mfu = f"MFU {100 * s['mfu']:.1f}% of {s['mfu_against']}" if "mfu" in s else "no MFU (GPU not in hvdlm.mfu.GPU_PEAKS)"
+print(f"{val}|{s['tokens_per_s']:,.0f}|{mfu}")
+EOF
+}
+train() {  # check name, steps, then hvdlm train flags; the run goes to runs/NAME (spaces made dashes)
+  local name=$1 steps=$2 dir=${1// /-} rc val tok notes
+  shift 2
+  echo "gpu_check: $name: $steps steps on $G rank(s) ..."
+  horovodrun -np "$G" -H "localhost:$G" hvdlm train --data_dir "$DATA" --out_dir "$WORK/runs/$dir" \
+    --max_steps "$steps" --precision bf16 --warmup_steps 10 --eval_interval 0 --sample_tokens 0 \
+    --progress false --resume false "$@" >"$WORK/logs/$dir.log" 2>&1
+  rc=$?
+  IFS='|' read -r val tok notes <<<"$(figures "$WORK/runs/$dir/metrics.jsonl")"
+  if [ "$rc" = 0 ] && [ "$val" != - ]; then
+    row "$name" ok "$val" "$tok" "$notes"
+  else
+    row "$name" FAILED "$val" "$tok" "exit $rc; $notes; see $WORK/logs/$dir.log"
+  fi
+}
+for c in none fp16 bf16 powersgd; do
+  train "every_step $c" 50 --preset mini --sync every_step --compression "$c"
+done
+train "local_sgd none" 50 --preset mini --sync local_sgd --sync_every 10 --compression none
+for c in none bf16 int8; do
+  train "diloco $c" 50 --preset mini --sync diloco --sync_every 10 --compression "$c"
+done
+
+# 3. sampling on the GPU; the allreduce over NCCL ---------------------------------------------------
+if hvdlm sample --out_dir "$WORK/runs/every_step-none" --prompt "def " --tokens 100 >"$WORK/logs/sample.log" 2>&1 \
+    && [ -s "$WORK/logs/sample.log" ]; then
+  row sample ok - - "100 tokens from 'every_step none'"
+else
+  row sample FAILED - - "see $WORK/logs/sample.log"
+fi
+bench_figures() {  # allreduce.csv -> "ok|notes" when every Horovod row went over NCCL and none was wrong
+  "$PY" - "$1" <<'EOF'
+import sys
+from hvdlm.bench.report import read_csv
+try:
+    rows = read_csv(sys.argv[1])
+except OSError:
+    sys.exit(print("FAILED|no allreduce.csv"))
+hv = [r for r in rows if r["backend"] == "horovod"]
+if not hv:
+    sys.exit(print("FAILED|no horovod rows"))
+big, wrong = max(hv, key=lambda r: r["bytes"]), sum(r["wrong"] for r in rows)
+ok = all("NCCL" in r["transport"] for r in hv) and not wrong
+print(f"{'ok' if ok else 'FAILED'}|horovod ({big['transport']}): {big['busbw_GBps']:.1f} GB/s busbw at "
+      f"{big['bytes'] / 2**20:.0f} MiB; {wrong} wrong elements")
+EOF
+}
+if [ "$G" -ge 2 ]; then
+  echo "gpu_check: bench allreduce on $G ranks ..."
+  horovodrun -np "$G" -H "localhost:$G" hvdlm bench allreduce --backends horovod,torch-nccl --device cuda \
+    --min_bytes 1K --max_bytes 64M --factor 8 --out_dir "$WORK/bench" --no_plot >"$WORK/logs/bench.log" 2>&1
+  rc=$?
+  IFS='|' read -r status notes <<<"$(bench_figures "$WORK/bench/allreduce.csv")"
+  [ "$rc" = 0 ] || { status=FAILED; notes="exit $rc; $notes; see $WORK/logs/bench.log"; }
+  row "bench allreduce" "$status" - - "$notes"
+else
+  row "bench allreduce" skipped - - "needs 2 GPUs, this machine has 1"
+fi
+
+# 4. GPT-2 (124M) for its MFU --------------------------------------------------------------------
+train "gpt2 mfu" 100 --preset gpt2 --batch_size 8
+
+report

@@ -1,0 +1,133 @@
+"""scripts/gpu_check.sh and scripts/install.sh's NCCL decision, in seconds on any machine: both
+parse; gpu_check says in one line that it needs a GPU where there is none; install.sh builds
+Horovod with NCCL exactly when torch has CUDA, nvcc is found and a GPU is there, and HVDLM_NCCL
+forces either way. What gpu_check does on a GPU is checked only by running it on one."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+GPU_CHECK, INSTALL = ROOT / "scripts" / "gpu_check.sh", ROOT / "scripts" / "install.sh"
+NO_GPU = ("gpu_check: no GPU here (nvidia-smi finds none): this script checks hvdlm's GPU path and needs a "
+          "CUDA GPU")
+
+
+def bash(*args, env: dict | None = None, path_first: Path | None = None) -> subprocess.CompletedProcess:
+    """``bash ARGS`` with the test venv as HVDLM_VENV (the torch the tests import), HVDLM_NCCL unset
+    unless ``env`` sets it, and ``path_first`` put before PATH (fake tools)."""
+    full = {k: v for k, v in os.environ.items() if k != "HVDLM_NCCL"}
+    full["HVDLM_VENV"] = sys.prefix
+    if path_first:
+        full["PATH"] = f"{path_first}{os.pathsep}{full['PATH']}"
+    full.update(env or {})
+    return subprocess.run(["bash", *map(str, args)], capture_output=True, text=True, timeout=120, env=full,
+                          stdin=subprocess.DEVNULL)
+
+
+def decision(**kw) -> str:
+    run = bash(INSTALL, "--nccl-decision", **kw)
+    assert run.returncode == 0, run.stdout + run.stderr
+    (line,) = run.stdout.splitlines()  # one line, nothing installed
+    assert line.startswith("[install] NCCL: "), line
+    return line
+
+
+def tool(folder: Path, name: str, script: str) -> None:
+    (folder / name).write_text("#!/bin/sh\n" + script)
+    (folder / name).chmod(0o755)
+
+
+def gpus_listed() -> bool:
+    """What both scripts take for a GPU here: `nvidia-smi -L` lists one (or, for install.sh,
+    /dev/nvidia0 exists)."""
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return False
+    out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=60).stdout
+    return any(line.startswith("GPU ") for line in out.splitlines())
+
+
+def nvcc_found() -> bool:
+    places = [os.path.join(os.environ["CUDA_HOME"], "bin", "nvcc")] if os.environ.get("CUDA_HOME") else []
+    return shutil.which("nvcc") is not None or any(
+        os.access(p, os.X_OK) for p in places + ["/usr/local/cuda/bin/nvcc"])
+
+
+def test_both_scripts_parse():
+    for script in (GPU_CHECK, INSTALL):
+        run = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+        assert run.returncode == 0 and not run.stderr, (script, run.stderr)
+
+
+def assert_no_gpu_line(run: subprocess.CompletedProcess) -> None:
+    lines = [line for line in (run.stdout + run.stderr).splitlines() if line.strip()]
+    assert run.returncode == 1 and lines == [NO_GPU], run.stdout + run.stderr
+    assert run.stderr.strip() == NO_GPU
+
+
+def test_gpu_check_without_a_gpu_is_one_line_and_exit_1(tmp_path):
+    """Where nvidia-smi lists no GPU (a fake one here, so on any machine), at once and nothing else."""
+    tool(tmp_path, "nvidia-smi", "echo 'No devices were found'\nexit 6\n")
+    assert_no_gpu_line(bash(GPU_CHECK, path_first=tmp_path))
+
+
+def test_this_machine_gpu_check_or_nccl_decision():
+    """On a machine without a GPU, gpu_check.sh itself; on one with a GPU (where gpu_check would
+    install and train for minutes), install.sh's decision: NCCL exactly when torch has CUDA and
+    nvcc is found, else no, naming what is missing."""
+    no_gpu = not gpus_listed() if shutil.which("nvidia-smi") else not torch.cuda.is_available()
+    if no_gpu:
+        assert_no_gpu_line(bash(GPU_CHECK))
+    line = decision()
+    has_gpu = gpus_listed() or os.path.exists("/dev/nvidia0")
+    if torch.version.cuda and nvcc_found() and has_gpu:
+        assert line.startswith(f"[install] NCCL: yes (torch CUDA {torch.version.cuda}, nvcc at "), line
+        return
+    assert line.startswith("[install] NCCL: no (") and line.endswith("; set HVDLM_NCCL=1 to force)"), line
+    for missing, why in ((not torch.version.cuda, "torch is a CPU build"), (not nvcc_found(), "no CUDA toolkit"),
+                         (not has_gpu, "no GPU found")):
+        assert (why in line) == missing, (why, line)
+
+
+def test_hvdlm_nccl_forces_either_way():
+    assert decision(env={"HVDLM_NCCL": "0"}) == "[install] NCCL: no (forbidden by HVDLM_NCCL=0)"
+    assert decision(env={"HVDLM_NCCL": "1"}) == "[install] NCCL: yes (forced by HVDLM_NCCL=1)"
+    bad = bash(INSTALL, "--nccl-decision", env={"HVDLM_NCCL": "yes"})
+    assert bad.returncode == 1 and bad.stdout == ""
+    assert bad.stderr.strip() == ("[install] ERROR: HVDLM_NCCL must be 1 (force an NCCL build) or 0 (forbid it), "
+                                  "got 'yes'")
+
+
+@pytest.mark.parametrize("torch_cuda, gpus, expected", [
+    ("12.4", 2, r"yes \(torch CUDA 12\.4, nvcc at \S+/nvcc, 2 GPU\(s\)\)"),
+    ("cpu", 2, r"no \(torch is a CPU build; set HVDLM_NCCL=1 to force\)"),
+    (None, 1, r"no \(torch not installed yet, its CUDA unknown; set HVDLM_NCCL=1 to force\)"),
+])
+def test_the_decision_follows_torch_nvcc_and_the_gpus(tmp_path, torch_cuda, gpus, expected):
+    """A machine made of fakes: nvidia-smi listing `gpus` GPUs, nvcc under $CUDA_HOME, and a venv
+    whose python says torch's CUDA (or has no torch)."""
+    bin_, venv = tmp_path / "bin", tmp_path / "venv" / "bin"
+    for d in (bin_, venv, tmp_path / "cuda" / "bin"):
+        d.mkdir(parents=True)
+    tool(bin_, "nvidia-smi", "".join(f"echo 'GPU {i}: NVIDIA Fake (UUID: GPU-{i})'\n" for i in range(gpus)))
+    tool(tmp_path / "cuda" / "bin", "nvcc", "exit 0\n")
+    tool(venv, "python", f"echo {torch_cuda}\n" if torch_cuda else "exit 1\n")
+    line = decision(env={"HVDLM_VENV": str(tmp_path / "venv"), "CUDA_HOME": str(tmp_path / "cuda"),
+                         "PYTHON": str(venv / "python")}, path_first=bin_)
+    assert re.fullmatch(r"\[install\] NCCL: " + expected, line), line
+    tool(bin_, "nvidia-smi", "exit 6\n")  # the driver's tools, and no GPU
+    line = decision(env={"HVDLM_VENV": str(tmp_path / "venv"), "CUDA_HOME": str(tmp_path / "cuda"),
+                         "PYTHON": str(venv / "python")}, path_first=bin_)
+    if os.path.exists("/dev/nvidia0"):  # a GPU device after all: install.sh counts it
+        assert "no GPU found" not in line, line
+    else:
+        assert "no GPU found: nvidia-smi lists none" in line and line.startswith("[install] NCCL: no ("), line
