@@ -1,24 +1,33 @@
-"""Checkpoints: written by rank 0 so that no crash leaves a broken one, verified when read.
+"""Checkpoints: written so that no crash leaves a broken one, verified when read.
 
-A checkpoint is one ``torch.save`` file (model and optimizer state, the step, the data position,
-the model shape, the tokenizer and the config) that carries a ``checksum``: a sha256 over every
-tensor's bytes and every value in it, recomputed and compared on load, so a damaged file is
-refused instead of resumed from. Loading uses ``torch.load(weights_only=True)``.
+A checkpoint is a main file that rank 0 writes (``torch.save``: the model, the optimizer, the
+run's train state, the sync strategy's shared state tagged with the strategy's name, the model
+shape, the tokenizer and the config) and, when the strategy keeps state of each rank's own
+(PowerSGD's residuals; under local_sgd/diloco each rank's parameters and moments between syncs),
+one file per rank, written by that rank. The main file carries a ``checksum`` (a sha256 over
+every tensor's bytes and every value, recomputed on load) and a manifest of the rank files (name,
+size, sha256), and is written last: a set is complete when its main file exists. Nothing per
+rank is gathered or broadcast: on resume each rank reads only its own file (checking its sha256),
+and on another rank count the rank files are ignored with one line. Loading uses
+``torch.load(weights_only=True)``.
 
 Layout of ``out_dir`` (``keep`` = ``--keep_checkpoints``):
 
     checkpoint.pt                 always the newest complete checkpoint (what `hvdlm sample` reads)
     checkpoint-step00000120.pt    with keep > 1: the last ``keep`` checkpoints by step; the newest
     checkpoint-step00000100.pt    is the same file as checkpoint.pt (a hard link, or a copy)
+    ranks/step00000120-rank00003-of00004.pt   rank 3's own state at step 120 of a 4-rank run
 
 Each file is written under a temporary name, flushed to disk (fsync), then renamed into place,
 and ``checkpoint.pt`` is switched to the new file by another rename: a rename is atomic, so a
 kill at any moment leaves ``checkpoint.pt`` naming a complete checkpoint (the old or the new
 one) and at worst a stray ``.checkpoint*.tmp`` file, which the next save removes. Older
-checkpoints are deleted only after the new one is in place.
+checkpoints are deleted only after the new one is in place; each rank deletes its own older files.
 
-A resume (``newest_valid``) tries the checkpoints newest first and takes the first that loads and
-verifies, reporting each one it skipped and why.
+A resume (``newest_valid``) tries the checkpoints newest first and takes the first that loads,
+verifies and whose rank files are all there at their size, reporting each one it skipped and why.
+Checkpoints of older hvdlm versions (train state at the top level, per-rank states gathered into
+the main file) are read through ``upgrade``.
 """
 
 from __future__ import annotations
@@ -275,6 +284,7 @@ def newest_valid(out_dir: str | Path) -> Found | None:
     skipped: list[tuple[Path, str]] = []
     for path in candidates(out_dir):
         state, problem = _try_load(path)
+        problem = problem or torn(path.parent, state)
         if problem is None:
             return Found(state, path, skipped)
         skipped.append((path, problem))
@@ -296,31 +306,189 @@ def check_shape(state: dict, shape: dict, path: str | Path) -> None:
         )
 
 
-# --- the component the training loop calls ---------------------------------------------------------
+# --- per-rank files: what each rank alone holds -------------------------------------------------------
+
+RANKS_DIR = "ranks"
+RANK_FILE = re.compile(r"^step(\d+)-rank(\d+)-of(\d+)\.pt$")
+
+
+def rank_file_name(step: int, rank: int, size: int) -> str:
+    return f"{RANKS_DIR}/step{step:08d}-rank{rank:05d}-of{size:05d}.pt"
+
+
+class _HashingWriter:
+    """A file that hashes what passes through it: the rank file's sha256 without reading it back."""
+
+    def __init__(self, fh):
+        self.fh, self.sha, self.size = fh, hashlib.sha256(), 0
+
+    def write(self, data) -> int:
+        view = memoryview(data)
+        self.sha.update(view)
+        self.size += view.nbytes
+        return self.fh.write(view)
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+
+def write_rank_file(out_dir: str | Path, step: int, rank: int, size: int, state: dict) -> dict:
+    """Write one rank's own state atomically; returns its manifest entry (name, size, sha256)."""
+    name = rank_file_name(step, rank, size)
+    final = Path(out_dir) / name
+    final.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with atomic_file(final) as fh:
+            writer = _HashingWriter(fh)
+            torch.save(state, writer)
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise HvdlmError(f"disk full: cannot write {final} (rank {rank}'s own state of step {step}); the previous "
+                             "checkpoint is intact. Free space and run the same command to resume") from None
+        raise
+    return {"name": name, "size": writer.size, "sha256": writer.sha.hexdigest()}
+
+
+def read_rank_file(out_dir: str | Path, entry: dict) -> dict:
+    """This rank's own state, checked against the manifest entry; any problem is one HvdlmError."""
+    path = Path(out_dir) / entry["name"]
+    sha, size = hashlib.sha256(), 0
+    try:
+        with open(path, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                sha.update(chunk)
+                size += len(chunk)
+    except OSError as e:
+        raise HvdlmError(f"cannot read {path}: {e.strerror or e}; move the checkpoint away or use --resume false "
+                         "to start over") from None
+    if size != entry["size"] or sha.hexdigest() != entry["sha256"]:
+        raise HvdlmError(f"{path} does not match its checkpoint's manifest (damaged or replaced); move the "
+                         "checkpoint away or use --resume false to start over")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def torn(out_dir: Path, state: dict) -> str | None:
+    """Why a checkpoint's set of rank files is incomplete where this process can see them, or None.
+    Sizes only: each rank checks its own file's sha256 when it reads it."""
+    for entry in (state.get("rank_files") or {}).get("files", []):
+        try:
+            if (out_dir / entry["name"]).stat().st_size != entry["size"]:
+                return f"{entry['name']} has another size than its manifest says"
+        except FileNotFoundError:
+            return f"{entry['name']} is missing (a torn set)"
+    return None
+
+
+def prune_rank_files(out_dir: str | Path, rank: int, keep_steps: set[int]) -> None:
+    """Delete this rank's own files except those of ``keep_steps`` (each rank prunes only its own:
+    on node-local disks no rank sees the others')."""
+    folder = Path(out_dir) / RANKS_DIR
+    for p in folder.glob(f"step*-rank{rank:05d}-of*.pt"):
+        m = RANK_FILE.match(p.name)
+        if m and int(m.group(1)) not in keep_steps:
+            p.unlink(missing_ok=True)
+    for p in folder.glob(f".step*-rank{rank:05d}-of*.tmp"):  # half-written by a killed save of this rank's
+        p.unlink(missing_ok=True)
+
+
+# --- the layout, in one place ---------------------------------------------------------------------------
+
+FORMAT = 2
+TRAIN_KEYS = ("step", "sampler", "global_batch", "lr", "evaluated", "last_step")
+
+
+def upgrade(state: dict) -> dict:
+    """A checkpoint of an older hvdlm in today's layout: the train state under "train", the sync
+    state tagged with the strategy its config names, per-rank states gathered in rank order under
+    "rank_states"."""
+    if state.get("format") == FORMAT:
+        return state
+    new = {k: v for k, v in state.items() if k not in TRAIN_KEYS and k not in ("sync", "sync_ranks")}
+    new["train"] = {k: state[k] for k in TRAIN_KEYS if k in state}
+    new["step"] = state.get("step")
+    config = (state.get("config") or {}).get("distributed", {})
+    new["sync"] = {"strategy": strategy_of(config.get("sync", "every_step"), config.get("compression", "none")),
+                   "state": state.get("sync") or {}}
+    if state.get("sync_ranks") is not None:
+        new["rank_states"] = state["sync_ranks"]
+    new["format"] = FORMAT
+    return new
+
+
+def strategy_of(sync: str, compression: str) -> str:
+    """The name a sync strategy's state is tagged with (``Sync.kind``)."""
+    if sync != "every_step":
+        return sync
+    return "powersgd" if compression == "powersgd" else "every_step"  # the others keep no state
+
 
 class Checkpointer:
-    """Decides when the loop saves (every ``interval`` steps, at the last step, on a stop signal)
-    and what a checkpoint holds: the model, the optimizer, the run's state (``TrainState``), the
-    sync strategy's own state, and what a resume checks (model shape, tokenizer, config)."""
+    """One checkpoint, saved and loaded as a pair: named entries (the model, the optimizer, the
+    run's ``TrainState``) and the sync strategy's shared state in the main file, which rank 0 writes;
+    the strategy's per-rank state (``Sync.rank_state``) in one file per rank, written by that rank,
+    named in the main file's manifest with its size and sha256. The main file is written last, so
+    a set is complete when it exists; nothing per rank crosses the network.
 
-    def __init__(self, out_dir: str, interval: int, keep: int, model, optimizer, state, sync,
-                 shape: dict, tokenizer: dict, config: dict):
+    Decides when the loop saves: every ``interval`` steps, at the last step, on a stop signal."""
+
+    def __init__(self, out_dir: str, interval: int, keep: int, entries: dict, sync, fixed: dict):
         self.out_dir, self.interval, self.keep = out_dir, interval, keep
-        self.model, self.optimizer, self.state, self.sync = model, optimizer, state, sync
-        self.fixed = {"model_shape": shape, "tokenizer": tokenizer, "config": config}
+        self.entries, self.sync, self.fixed = entries, sync, fixed  # entries: name -> object with state_dict()
+        self.saved_steps: list[int] = []  # steps whose main file this process knows is complete
 
     def due(self, step: int, last_step: int, stopped: object = None) -> bool:
         return bool((self.interval and step % self.interval == 0) or step == last_step or stopped)
 
     def save(self, world) -> None:
-        """Rank 0 writes; the others go on (the loop's final barrier waits for the last one).
-        Every rank calls this: a strategy with per-rank state (``Sync.rank_state``) gathers each
-        rank's into the checkpoint first (``sync_ranks``, in rank order)."""
+        """Every rank calls this. Each writes its own state (if its strategy keeps any); rank 0
+        then writes the main file with the manifest; the others go on (the loop's final barrier
+        waits for the last one)."""
+        step = self.entries["train"].step
+        manifest = None
         mine = self.sync.rank_state()
-        ranks = dist.gather_objects(mine, "hvdlm.checkpoint.sync_ranks") if mine is not None else None
-        if not world.is_root:
-            return
-        extra = {"sync_ranks": ranks} if ranks is not None else {}
-        save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), **self.state.state_dict(),
-              "sync": self.sync.state_dict(), **extra, **self.fixed, "world_size": world.size},
-             self.out_dir, keep=self.keep)
+        if mine is not None:
+            own = {"strategy": self.sync.kind, "step": step, "rank": world.rank, "world_size": world.size,
+                   "state": mine}
+            entry = dist.agree(lambda: write_rank_file(self.out_dir, step, world.rank, world.size, own))
+            # Every earlier save's main file is complete by now (rank 0 wrote it before joining this
+            # collective): keep the newest ``keep`` of them, and this one.
+            keep = set(self.saved_steps[-max(1, self.keep):]) | {step}
+            prune_rank_files(self.out_dir, world.rank, keep)
+            # a name, a size and a digest per rank: the manifest, not the state
+            manifest = {"strategy": self.sync.kind, "world_size": world.size,
+                        "files": dist.gather_objects(entry, "hvdlm.checkpoint.manifest")}
+        self.saved_steps.append(step)
+        if world.is_root:
+            save({"format": FORMAT, "step": step, **{k: v.state_dict() for k, v in self.entries.items()},
+                  "sync": {"strategy": self.sync.kind, "state": self.sync.state_dict()}, "rank_files": manifest,
+                  **self.fixed, "world_size": world.size},
+                 self.out_dir, keep=self.keep)
+
+    def load(self, saved: dict, world) -> list[str]:
+        """Every rank: the entries from the main file (as rank 0 read it), the strategy's shared
+        state if this run's strategy wrote it, and this rank's own file if the rank count is the
+        same. Returns the lines saying what was dropped or replaced (the same on every rank)."""
+        saved = upgrade(saved)
+        for name, obj in self.entries.items():
+            obj.load_state_dict(saved[name])
+        # this rank's files up to the resumed step may belong to the older checkpoints kept beside it
+        mine = (RANK_FILE.match(p.name) for p in (Path(self.out_dir) / RANKS_DIR).glob(f"step*-rank{world.rank:05d}-of*.pt"))
+        self.saved_steps = sorted({int(m.group(1)) for m in mine if m and int(m.group(1)) <= saved["step"]}
+                                  | {saved["step"]})
+        theirs, ours = saved["sync"]["strategy"], self.sync.kind
+        if theirs != ours:
+            return [f"hvdlm: the checkpoint's sync state is {theirs}'s, this run syncs by {ours}: it starts from the "
+                    f"checkpoint's model (rank 0's, the same on every rank), {theirs}'s state is dropped"]
+        notes = self.sync.load_state_dict(saved["sync"]["state"])
+        files, states = saved.get("rank_files"), saved.get("rank_states")
+        count = len(files["files"]) if files else len(states) if states else 0
+        if count and count != world.size:
+            return notes + [f"hvdlm: the checkpoint holds the own state of {count} rank(s) ({self.sync.what_ranks_hold()}), "
+                            f"this run has {world.size}: dropped; every rank continues from the shared state "
+                            "(rank 0's model and optimizer)"]
+        if files:
+            own = dist.agree(lambda: read_rank_file(self.out_dir, files["files"][world.rank]))
+            notes += self.sync.load_rank_state(own["state"])
+        elif states:
+            notes += self.sync.load_rank_state(states[world.rank])
+        return notes

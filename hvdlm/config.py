@@ -45,10 +45,12 @@ class DataConfig:
 @dataclass
 class OptimConfig:
     optimizer: str = opt("adamw", "optimizer", ["adamw", "sgd"])
-    lr: float = opt(1e-3, "peak learning rate for one rank's batch_size x grad_accum (scaled by lr_scaling)")
+    lr: float = opt(1e-3, "peak learning rate for one rank's batch_size x grad_accum (scaled by lr_scaling "
+                                "under every-step sync; local_sgd/diloco's inner lr, used as given)")
     min_lr: float = opt(1e-4, "learning rate at the end of the cosine decay (scaled too)")
     lr_scaling: str = opt("linear", "scale lr with the global batch (by the number of ranks, or global_batch_size "
-                                    "/ (batch_size x grad_accum)): linearly, by the square root, or not",
+                                    "/ (batch_size x grad_accum)) under every-step sync: linearly, by the square root, or not; "
+                                    "local_sgd and diloco never scale it",
                           ["linear", "sqrt", "none"])
     warmup_steps: int = opt(50, "linear warmup steps")
     weight_decay: float = opt(0.1, "decoupled weight decay (matrices only, not norms or biases)")

@@ -356,6 +356,14 @@ def gather_objects(obj: T, name: str) -> list[T]:
     return [pickle.loads(gathered[end - n:end]) for n, end in zip(sizes, ends)]
 
 
+def ranks_where(flag: bool, name: str) -> list[int]:
+    """The ranks on which ``flag`` is true (one number from each rank)."""
+    if alone():
+        return [0] if flag else []
+    got = hvd.allgather(torch.tensor([int(flag)], dtype=torch.int32), name=name)
+    return [r for r, f in enumerate(got.tolist()) if f]
+
+
 def average(values: list[float], name: str) -> list[float]:
     """The mean of each value over all ranks."""
     if alone():

@@ -176,7 +176,7 @@ class ElasticSession(loop.Session):
         if self.size is None:
             metrics.info(f"hvdlm: elastic, {world.size} rank(s) (range {self.sizes[0]}..{self.sizes[-1]}), "
                          f"{job.model.num_params() / 1e6:.2f}M parameters, {job.precision}, {batch}, "
-                         f"lr {state.plan.peak_lr:g}" + (f", resuming at step {state.step}" if state.step else ""))
+                         f"{loop.describe_lr(state, job)}" + (f", resuming at step {state.step}" if state.step else ""))
         else:
             metrics.info(f"hvdlm: elastic: {world.size} rank(s) now (were {self.size}), going on from step "
                          f"{state.step} (the last commit); {batch}, same lr schedule")

@@ -58,7 +58,7 @@ def load_resume_state(cfg: Config, shape: dict, meta: dict) -> dict | None:
     found = checkpoint.newest_valid(cfg.train.out_dir) if cfg.train.resume else None
     if found is None:
         return None
-    state, path = found.state, found.path
+    state, path = checkpoint.upgrade(found.state), found.path
     state["resumed_from"] = {"path": str(path), "note": found.note()}
     checkpoint.check_shape(state, shape, path)
     if state.get("tokenizer") != meta["tokenizer"]:

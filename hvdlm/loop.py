@@ -63,7 +63,7 @@ class Session:
         metrics.info(
             f"hvdlm: {world.size} rank(s) on {describe_hosts(job.hosts)}, {world.threads} thread(s) per rank on "
             f"{world.device.type}, {job.model.num_params() / 1e6:.2f}M parameters, {job.precision}, "
-            f"{describe_batch(state, world, job)}, lr {state.plan.peak_lr:g}"
+            f"{describe_batch(state, world, job)}, {describe_lr(state, job)}"
             + (f", resuming at step {state.step}" if state.step else ""))
 
     def commit(self, job: Job, state: TrainState) -> None:
@@ -78,6 +78,13 @@ def describe_hosts(hosts: list[str]) -> str:
     if len(ranks) == 1:
         return hosts[0]
     return ", ".join(f"{h} (rank{'s' if len(r) > 1 else ''} {','.join(map(str, r))})" for h, r in ranks.items())
+
+
+def describe_lr(state: TrainState, job: Job) -> str:
+    """'lr 0.004' (scaled for the global batch) or, under local_sgd/diloco, the inner lr as given."""
+    if job.cfg.distributed.sync == "every_step":
+        return f"lr {state.plan.peak_lr:g}"
+    return f"lr {state.plan.peak_lr:g} (inner, each rank's batch: not scaled by the rank count)"
 
 
 def describe_batch(state: TrainState, world: dist.World, job: Job) -> str:

@@ -31,10 +31,14 @@ def plan_batches(cfg: Config, size: int, num_train_seqs: int, resume: dict | Non
     d, o = cfg.data, cfg.optim
     reference = d.batch_size * cfg.distributed.grad_accum  # what --lr is tuned for: one rank's batch
     if resume is not None:
-        plan = BatchPlan(resume["global_batch"], resume["lr"]["peak"], resume["lr"]["min"])
+        saved = resume["train"]
+        plan = BatchPlan(saved["global_batch"], saved["lr"]["peak"], saved["lr"]["min"])
     else:
         global_batch = d.global_batch_size or size * reference
-        factor = global_batch / reference  # = the number of ranks unless --global_batch_size is set
+        # Every-step sync takes one step on the global batch: the lr scales with it (= the number of
+        # ranks unless --global_batch_size is set). Under local_sgd/diloco each rank's optimizer steps
+        # on its own batch, so the inner lr is the one tuned for that batch, at any rank count.
+        factor = global_batch / reference if cfg.distributed.sync == "every_step" else 1.0
         plan = BatchPlan(global_batch, dist.scaled_lr(o.lr, factor, o.lr_scaling),
                          dist.scaled_lr(o.min_lr, factor, o.lr_scaling))
     split(plan.global_batch, size, d.batch_size)

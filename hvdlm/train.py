@@ -35,20 +35,18 @@ def build_job(cfg: Config, world: dist.World, watch, data: Data, shape: dict, st
     strategy = sync.build(cfg)
     state.replan(world.rank, world.size)
     optimizer = strategy.wrap(build_optimizer(model, cfg.optim, state.plan.peak_lr), model, state.accum)
-    if resume is not None:
-        model.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
-        strategy.load_state_dict(resume.get("sync", {}))
-        # Per-rank state (residuals, parameters between syncs): each rank takes its own back.
-        note = strategy.load_rank_states(resume.get("sync_ranks"))
-        if note and world.is_root:
-            loop.say(note)
-        state.load_state_dict(resume)
     t = cfg.train
+    checkpointer = checkpoint.Checkpointer(
+        t.out_dir, t.checkpoint_interval, t.keep_checkpoints,
+        {"model": model, "optimizer": optimizer, "train": state}, strategy,
+        {"model_shape": shape, "tokenizer": data.meta["tokenizer"], "config": cfg.to_dict()})
+    if resume is not None:
+        # shared state from rank 0's file; each rank's own (residuals, parameters between syncs) from its own file
+        for note in checkpointer.load(resume, world):
+            if world.is_root:
+                loop.say(note)
     precision = resolve_precision(t.precision, world.device)
     evaluator = Evaluator(data.val, t.eval_sequences, cfg.data.batch_size, t.eval_interval, precision)
-    checkpointer = checkpoint.Checkpointer(t.out_dir, t.checkpoint_interval, t.keep_checkpoints, model, optimizer,
-                                           state, strategy, shape, data.meta["tokenizer"], cfg.to_dict())
     return loop.Job(cfg, model, optimizer, strategy, data, shape, precision, evaluator, checkpointer, watch,
                     dist.StopSignals())
 

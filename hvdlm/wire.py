@@ -39,7 +39,7 @@ class Int8:
     @classmethod
     def encode(cls, x: torch.Tensor) -> torch.Tensor:
         if not x.numel():  # a rank that owns no chunk (more ranks than blocks)
-            return torch.zeros(0, dtype=torch.uint8)
+            return x.new_zeros(0, dtype=torch.uint8)
         blocks = torch.nn.functional.pad(x.float(), (0, -x.numel() % cls.BLOCK)).view(-1, cls.BLOCK)
         scale = blocks.abs().amax(1, keepdim=True) / 127
         steps = torch.round(blocks / scale.clamp_min(torch.finfo(torch.float32).tiny)).clamp_(-127, 127)
@@ -48,7 +48,7 @@ class Int8:
     @classmethod
     def decode(cls, payload: torch.Tensor, count: int) -> torch.Tensor:
         if not count:
-            return torch.zeros(0)
+            return payload.new_zeros(0, dtype=torch.float32)
         rows = payload.view(-1, cls.BLOCK + 4)
         scale = rows[:, :4].contiguous().view(torch.float32)
         return (rows[:, 4:].contiguous().view(torch.int8).float() * scale).view(-1)[:count]

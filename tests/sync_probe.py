@@ -5,6 +5,8 @@ ranks computed; rank 0 writes one JSON file.
     python sync_probe.py digests OUT.json -- <hvdlm train flags>   parameters' sha256 after every step
     python sync_probe.py exchanges OUT -- <hvdlm train flags>      local_sgd/diloco: each exchange's
                                                                    parameters, torch.save'd per rank
+    python sync_probe.py nan STEP -- <hvdlm train flags>           rank 1's parameters nan before STEP's sync
+    python sync_probe.py checkpoint_memory OUT -- <flags>          each rank's peak memory during each save
 """
 
 import hashlib
@@ -103,19 +105,20 @@ def bf16():
             "sha256": hashlib.sha256(got.numpy().tobytes()).hexdigest(), "numel": got.numel()}
 
 
-def int8():
+def int8(count):
     """int8 on the wire (blocks of 256 with one scale each, rounded twice: each rank's value, then the
-    mean): within 2/254 of the block's largest input magnitude, the same bits on every rank."""
+    mean): within 2/254 of the block's largest input magnitude, the same bits on every rank. 1001
+    values: 4 blocks, the last one short; 300 on 3 ranks: chunks of 256, 44 and none."""
     from hvdlm import distributed as dist
     from hvdlm.wire import Int8
 
-    count, block = 1001, Int8.BLOCK  # 4 blocks, the last one short
+    block = Int8.BLOCK
     scale = 10 ** torch.randint(-3, 4, (count,), generator=torch.Generator().manual_seed(0)).float()
     x = torch.randn(count, generator=torch.Generator().manual_seed(hvd.rank())) * scale
-    exact = dist.allreduce_average(x.double().float(), "probe.exact8")
-    got = dist.Average(x, "probe.int8", "int8").result()
+    exact = dist.allreduce_average(x.double().float(), f"probe.exact8.{count}")
+    got = dist.Average(x, f"probe.int8.{count}", "int8").result()
     padded = torch.nn.functional.pad(x.abs(), (0, -count % block)).view(-1, block).amax(1)
-    largest = hvd.allgather(padded.unsqueeze(0), name="probe.largest").amax(0)  # over the ranks, per block
+    largest = hvd.allgather(padded.unsqueeze(0), name=f"probe.largest.{count}").amax(0)  # over the ranks, per block
     bound = torch.repeat_interleave(largest, block)[:count] * 2 / 254
     return {"worst_of_bound": float(((got - exact).abs() / bound).max()), "numel": got.numel(),
             "sha256": hashlib.sha256(got.numpy().tobytes()).hexdigest()}
@@ -124,7 +127,7 @@ def int8():
 def math(out):
     hvd.init()
     result = {"rank": hvd.rank(), "powersgd_exact": powersgd_exact(), "error_feedback": powersgd_error_feedback(),
-              "bf16": bf16(), "int8": int8()}
+              "bf16": bf16(), "int8": int8(1001), "int8_small": int8(300)}
     everyone = hvd.allgather_object(result)
     if hvd.rank() == 0:
         json.dump(everyone, open(out, "w"))
@@ -208,7 +211,62 @@ def exchanges(out, *flags):
         torch.save({"events": events, "cycle_ms": os.environ.get("HOROVOD_CYCLE_TIME")}, f"{out}.{hvd.rank()}")
 
 
+def nan(out, *flags):
+    """Train through the real CLI; at step ``out`` (a number) rank 1's parameters turn nan just
+    before the strategy's exchange of that step."""
+    import hvdlm.sync
+    import hvdlm.train
+    from hvdlm.cli import main
+
+    real_build = hvdlm.sync.build
+
+    def build(cfg):
+        strategy = real_build(cfg)
+        real_after = strategy.after_step
+
+        def after_step(step, model):
+            if step == int(out) and hvd.rank() == 1:
+                with torch.no_grad():
+                    next(model.parameters())[0] = float("nan")
+            return real_after(step, model)
+
+        strategy.after_step = after_step
+        return strategy
+
+    hvdlm.train.sync.build = build
+    main(["train", *flags])
+
+
+def checkpoint_memory(out, *flags):
+    """Train through the real CLI; around each checkpoint save, this rank's peak resident memory
+    above what it held just before (the kernel's high-water mark, reset first). Each rank saves
+    ``OUT.RANK`` (JSON: the MB of each save)."""
+    import hvdlm.checkpoint
+    from hvdlm.cli import main
+
+    real_save, peaks = hvdlm.checkpoint.Checkpointer.save, []
+
+    def status(key):
+        for line in open("/proc/self/status"):
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024  # kB -> MB
+
+    def save(self, world):
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")  # VmHWM := VmRSS now
+        before = status("VmRSS")
+        real_save(self, world)
+        peaks.append(status("VmHWM") - before)
+
+    hvdlm.checkpoint.Checkpointer.save = save
+    try:
+        main(["train", *flags])
+    finally:
+        json.dump(peaks, open(f"{out}.{hvd.rank()}", "w"))
+
+
 if __name__ == "__main__":
     what, out, *rest = sys.argv[1:]
     torch.set_num_threads(1)
-    {"math": math, "digests": digests, "exchanges": exchanges}[what](out, *[a for a in rest if a != "--"])
+    {"math": math, "digests": digests, "exchanges": exchanges, "nan": nan,
+     "checkpoint_memory": checkpoint_memory}[what](out, *[a for a in rest if a != "--"])

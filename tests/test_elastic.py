@@ -72,7 +72,7 @@ def check_the_run(result, out: Path, reference: dict) -> None:
     assert mean(first) > mean(alone) > mean(back), (mean(first), mean(alone), mean(back))
     # every optimizer step took the same 16 sequences, whatever the size: the same parameters
     got = checkpoint.load(out / "checkpoint.pt")
-    assert got["step"] == STEPS and got["global_batch"] == 16
+    assert got["step"] == STEPS and got["train"]["global_batch"] == 16
     for name, ref in reference.items():
         torch.testing.assert_close(got["model"][name], ref, rtol=1e-4, atol=1e-5, msg=name)
 

@@ -114,7 +114,7 @@ def test_components_decide_when_they_act(tmp_path):
     evaluator = Evaluator(val=None, sequences=4, batch_size=2, interval=10, precision="fp32")
     assert [s for s in range(1, 26) if evaluator.due(s, last_step=25)] == [10, 20, 25]
     assert [s for s in range(1, 26) if Evaluator(None, 4, 2, 0, "fp32").due(s, 25)] == [25]
-    ck = Checkpointer(str(tmp_path), 0, 1, None, None, None, None, {}, {}, {})
+    ck = Checkpointer(str(tmp_path), 0, 1, {}, None, {})
     assert [s for s in range(1, 8) if ck.due(s, last_step=7)] == [7]
     assert ck.due(3, last_step=7, stopped="SIGUSR1")
     metrics = Metrics(tmp_path, False, 7, 0, progress=False, log_interval=3)

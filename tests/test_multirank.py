@@ -134,7 +134,7 @@ def test_a_signal_on_one_rank_stops_all_with_a_checkpoint_and_resumes_on_another
     assert stopped.returncode == 75, stopped.output
     assert "hvdlm: stopped at step 3/8 on SIGUSR1: checkpoint written" in stopped.output
     state = torch.load(split / "checkpoint.pt", weights_only=True)
-    assert state["step"] == 3 and state["global_batch"] == 16
+    assert state["step"] == 3 and state["train"]["global_batch"] == 16
 
     resumed = check(launch("single", [HVDLM, "train", *common, "--out_dir", str(split)]))
     assert "resuming at step 3" in resumed.output and "(1 x 8 x 2 micro-steps)" in resumed.output

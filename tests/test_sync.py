@@ -20,6 +20,9 @@ from test_bad_input import assert_one_clear_error
 SYNC_PROBE = str(Path(__file__).parent / "sync_probe.py")
 
 
+G12 = ["--global_batch_size", "12", "--batch_size", "4"]  # splits over 2, 3 and 4 ranks
+
+
 def flags(corpus, out_dir, *extra):
     where = ["--out_dir", str(out_dir)] if out_dir else []
     return ["--data_dir", str(corpus), *where, *TINY, "--max_steps", "8", "--log_interval", "1",
@@ -40,12 +43,13 @@ def losses(out_dir):
     return {r["step"]: r["loss"] for r in read_jsonl(Path(out_dir) / "metrics.jsonl", "train")}
 
 
-@pytest.mark.parametrize("launcher", ["horovodrun-gloo", "horovodrun-mpi"])
-def test_powersgd_bf16_and_int8_compute_what_they_promise(launcher, tmp_path):
+@pytest.mark.parametrize("launcher, np", [("horovodrun-gloo", 2), ("horovodrun-mpi", 3)])
+def test_powersgd_bf16_and_int8_compute_what_they_promise(launcher, np, tmp_path):
+    """At 2 ranks and at 3 (uneven chunks; 300 int8 values on 3 ranks: chunks of 256, 44 and none)."""
     out = tmp_path / "math.json"
-    check(launch(launcher, [sys.executable, SYNC_PROBE, "math", str(out)]))
+    check(launch(launcher, [sys.executable, SYNC_PROBE, "math", str(out)], np=np))
     ranks = json.loads(out.read_text())
-    assert [r["rank"] for r in ranks] == [0, 1]
+    assert [r["rank"] for r in ranks] == list(range(np))
     for r in ranks:
         # a rank at least the smaller side of every matrix: the plain average, to fp tolerance
         assert r["powersgd_exact"]["compressed"] == 3 and r["powersgd_exact"]["max_rel_error"] < 1e-5, r
@@ -57,14 +61,16 @@ def test_powersgd_bf16_and_int8_compute_what_they_promise(launcher, tmp_path):
         assert r["bf16"]["numel"] == 1001 and r["bf16"]["max_rel_error"] <= 2 ** -7, r["bf16"]
         # int8: within its bound (two roundings to 1/254 of a block's largest value), and not exact
         assert r["int8"]["numel"] == 1001 and 0 < r["int8"]["worst_of_bound"] <= 1, r["int8"]
-    assert ranks[0]["bf16"]["sha256"] == ranks[1]["bf16"]["sha256"]  # bitwise the same on both ranks
-    assert ranks[0]["int8"]["sha256"] == ranks[1]["int8"]["sha256"]
+        assert r["int8_small"]["numel"] == 300 and 0 < r["int8_small"]["worst_of_bound"] <= 1, r["int8_small"]
+    for what in ("bf16", "int8", "int8_small"):  # bitwise the same on every rank
+        assert len({r[what]["sha256"] for r in ranks}) == 1, what
 
 
 def test_local_sgd_every_step_with_sgd_equals_synchronous_training(corpus, tmp_path):
     """SGD with momentum and weight decay is linear in the gradient: averaging the parameters after
-    every step is averaging the gradients (clipping, which is not linear, off)."""
-    sgd = ["--optimizer", "sgd", "--lr", "0.3", "--grad_clip", "0", "--max_steps", "6"]
+    every step is averaging the gradients (clipping, which is not linear, off) at the same lr:
+    local SGD's inner lr is never scaled, so every-step sync runs here unscaled too."""
+    sgd = ["--optimizer", "sgd", "--lr", "0.3", "--grad_clip", "0", "--max_steps", "6", "--lr_scaling", "none"]
     check(launch("horovodrun-gloo", [HVDLM, "train", *flags(corpus, tmp_path / "sync", *sgd)]))
     check(launch("horovodrun-gloo", [HVDLM, "train", *flags(corpus, tmp_path / "local", *sgd, "--sync", "local_sgd",
                                                                    "--sync_every", "1")]))
@@ -118,55 +124,64 @@ def test_an_overlapped_exchange_is_applied_later_with_the_steps_taken_meanwhile(
         assert torch.equal(applies[0][i]["after"], applies[1][i]["after"]) == (i == 2)
 
 
-@pytest.mark.parametrize("launcher, extra, sync_steps", [
-    ("horovodrun-gloo", ["--sync", "local_sgd", "--sync_every", "3"], [3, 6, 8]),
-    ("horovodrun-mpi", ["--sync", "diloco", "--sync_every", "3", "--compression", "bf16"], [3, 6, 8]),
-    ("horovodrun-gloo", ["--sync", "diloco", "--sync_every", "3", "--compression", "int8"], [3, 6, 8]),
-    ("horovodrun-gloo", ["--compression", "powersgd", "--powersgd_rank", "2", "--grad_accum", "2"], range(1, 9)),
-    ("horovodrun-mpi", ["--compression", "bf16"], range(1, 9)),
-    ("horovodrun-gloo", ["--sync", "local_sgd", "--sync_every", "3", "--overlap_steps", "1"], [8]),
+@pytest.mark.parametrize("launcher, np, extra, sync_steps", [
+    ("horovodrun-gloo", 2, ["--sync", "local_sgd", "--sync_every", "3"], [3, 6, 8]),
+    ("horovodrun-mpi", 2, ["--sync", "diloco", "--sync_every", "3", "--compression", "bf16"], [3, 6, 8]),
+    ("horovodrun-gloo", 2, ["--sync", "diloco", "--sync_every", "3", "--compression", "int8"], [3, 6, 8]),
+    ("horovodrun-gloo", 2, ["--compression", "powersgd", "--powersgd_rank", "2", "--grad_accum", "2"], range(1, 9)),
+    ("horovodrun-mpi", 2, ["--compression", "bf16"], range(1, 9)),
+    ("horovodrun-gloo", 2, ["--sync", "local_sgd", "--sync_every", "3", "--overlap_steps", "1"], [8]),
+    ("horovodrun-mpi", 3, ["--sync", "diloco", "--sync_every", "3", "--compression", "int8", *G12], [3, 6, 8]),
+    ("horovodrun-gloo", 3, ["--compression", "powersgd", "--powersgd_rank", "2", *G12], range(1, 9)),
+    ("horovodrun-gloo", 4, ["--compression", "bf16", *G12], range(1, 9)),
+    ("horovodrun-mpi", 4, ["--sync", "local_sgd", "--sync_every", "3", "--overlap_steps", "1", *G12], [8]),
 ])
-def test_parameters_are_identical_on_all_ranks_right_after_each_sync(launcher, extra, sync_steps, corpus, tmp_path):
+def test_parameters_are_identical_on_all_ranks_right_after_each_sync(launcher, np, extra, sync_steps, corpus,
+                                                                    tmp_path):
     out = tmp_path / "digests.json"
     check(launch(launcher, [sys.executable, SYNC_PROBE, "digests", str(out), "--",
-                            *flags(corpus, tmp_path / "run", "--dropout", "0.1", *extra)]))
+                            *flags(corpus, tmp_path / "run", "--dropout", "0.1", *extra)], np=np))
     ranks = json.loads(out.read_text())
     steps = [[s["step"] for s in r["steps"]] for r in ranks]
-    assert steps == [list(range(1, 9))] * 2
+    assert steps == [list(range(1, 9))] * np
     for i in range(8):
-        same = ranks[0]["steps"][i]["sha256"] == ranks[1]["steps"][i]["sha256"]
+        same = len({r["steps"][i]["sha256"] for r in ranks}) == 1
         assert same == (i + 1 in sync_steps), (i + 1, extra)  # between syncs each rank has its own
 
 
-@pytest.mark.parametrize("launcher, extra", [
-    ("horovodrun-gloo", ["--compression", "powersgd", "--powersgd_rank", "2"]),
-    ("horovodrun-mpi", ["--compression", "bf16"]),
-    ("horovodrun-mpi", ["--sync", "local_sgd", "--sync_every", "3"]),
-    ("horovodrun-gloo", ["--sync", "diloco", "--sync_every", "3", "--compression", "fp16"]),
-    ("horovodrun-mpi", ["--sync", "diloco", "--sync_every", "3", "--overlap_steps", "3", "--compression", "bf16"]),
-    ("horovodrun-gloo", ["--sync", "diloco", "--sync_every", "3", "--overlap_steps", "3", "--compression", "int8"]),
+@pytest.mark.parametrize("launcher, np, extra", [
+    ("horovodrun-gloo", 2, ["--compression", "powersgd", "--powersgd_rank", "2"]),
+    ("horovodrun-mpi", 2, ["--compression", "bf16"]),
+    ("horovodrun-mpi", 2, ["--sync", "local_sgd", "--sync_every", "3"]),
+    ("horovodrun-gloo", 2, ["--sync", "diloco", "--sync_every", "3", "--compression", "fp16"]),
+    ("horovodrun-mpi", 2, ["--sync", "diloco", "--sync_every", "3", "--overlap_steps", "3", "--compression", "bf16"]),
+    ("horovodrun-gloo", 2, ["--sync", "diloco", "--sync_every", "3", "--overlap_steps", "3", "--compression", "int8"]),
+    ("horovodrun-mpi", 3, ["--sync", "diloco", "--sync_every", "3", "--overlap_steps", "3", "--compression", "int8",
+                           *G12]),
 ])
-def test_resume_reproduces_an_unbroken_run(launcher, extra, corpus, tmp_path):
+def test_resume_reproduces_an_unbroken_run(launcher, np, extra, corpus, tmp_path):
     """Stopped at step 5 (inside a window of 3 steps; after PowerSGD's warmup of 2), resumed to 8:
     the losses and parameters of a run that never stopped. Each rank must get its own residuals
     (or parameters and moments between syncs) back: rank 0's for both would change the losses."""
     common = flags(corpus, None, "--dropout", "0.1", *extra)
     whole, split = tmp_path / "whole", tmp_path / "split"
-    check(launch(launcher, [HVDLM, "train", *common, "--out_dir", str(whole)]))
-    check(launch(launcher, [HVDLM, "train", *common, "--out_dir", str(split), "--stop_after", "5"]))
+    check(launch(launcher, [HVDLM, "train", *common, "--out_dir", str(whole)], np=np))
+    check(launch(launcher, [HVDLM, "train", *common, "--out_dir", str(split), "--stop_after", "5"], np=np))
     saved = torch.load(split / "checkpoint.pt", weights_only=True)
     assert saved["step"] == 5
-    if extra[1] != "bf16":  # per-rank state, one entry per rank, and they differ
-        ranks = saved["sync_ranks"]
-        assert len(ranks) == 2
-        first = ranks[0]["errors"][0] if "errors" in ranks[0] else ranks[0]["params"]
-        other = ranks[1]["errors"][0] if "errors" in ranks[1] else ranks[1]["params"]
+    if extra[1] != "bf16":  # per-rank state: one file per rank, named in the main file's manifest; they differ
+        files = saved["rank_files"]["files"]
+        assert [f["name"] for f in files] == [f"ranks/step00000005-rank0000{r}-of0000{np}.pt" for r in range(np)]
+        ranks = [torch.load(split / f["name"], weights_only=True)["state"] for f in files]
+        assert "sync_ranks" not in saved and "params" not in saved["sync"]["state"]
+        first = next(iter(ranks[0]["errors"].values())) if "errors" in ranks[0] else ranks[0]["params"]
+        other = next(iter(ranks[1]["errors"].values())) if "errors" in ranks[1] else ranks[1]["params"]
         assert not torch.equal(first, other)
         # overlapped: the exchange sent at step 3 is due at 6, in flight at the stop; each rank saved it
         assert ("pending" in ranks[0]) == ("--overlap_steps" in extra)
     stopped = tmp_path / "stopped"
     shutil.copytree(split, stopped)
-    resumed = check(launch(launcher, [HVDLM, "train", *common, "--out_dir", str(split)]))
+    resumed = check(launch(launcher, [HVDLM, "train", *common, "--out_dir", str(split)], np=np))
     assert "resuming at step 5" in resumed.output
     expected, got = losses(whole), losses(split)
     assert sorted(got) == list(range(1, 9))
@@ -177,7 +192,7 @@ def test_resume_reproduces_an_unbroken_run(launcher, extra, corpus, tmp_path):
     if extra[1] != "bf16":  # on one rank: the per-rank state cannot be placed; one line says so
         alone = check(launch("single", [HVDLM, "train", *common, "--out_dir", str(stopped)]))
         notes = [line for line in alone.output.splitlines() if "the checkpoint holds" in line]
-        assert len(notes) == 1 and "2 rank(s)" in notes[0], alone.output
+        assert len(notes) == 1 and f"{np} rank(s)" in notes[0], alone.output
         assert read_jsonl(stopped / "metrics.jsonl", "summary")[-1]["finished"]
 
 

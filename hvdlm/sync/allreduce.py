@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 
 from hvdlm import distributed as dist
-from hvdlm.sync.base import OwnCollectives, StepStats, Sync, flatten, grads_of, ring_bytes, unflatten_into
+from hvdlm.sync.base import OwnCollectives, StepStats, Sync, check_finite, flatten, grads_of, ring_bytes, unflatten_into
 
 
 class GradientAllreduce(Sync):
@@ -60,7 +60,9 @@ class Bf16Allreduce(OwnCollectives):
         grads = grads_of(self.params)
         flat = flatten(grads)
         t0 = time.perf_counter()
-        unflatten_into(dist.bf16_average(flat, "hvdlm.grad.bf16"), grads)
+        mean = dist.bf16_average(flat, "hvdlm.grad.bf16")
         wait = time.perf_counter() - t0
+        check_finite(mean, flat, "gradient", "bf16")
+        unflatten_into(mean, grads)
         self.sent_bytes += ring_bytes(flat.numel(), 2)
         return StepStats(wait, self.clip_and_step(optimizer, model, grad_clip))

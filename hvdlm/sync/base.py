@@ -14,17 +14,19 @@ the model:
                                      parameters every H steps does it here (returns the wait)
 
 plus ``set_accumulation(optimizer, accum)`` when an elastic reset re-plans the micro-steps, and two
-kinds of state for checkpoints:
+kinds of state for checkpoints (``checkpoint.Checkpointer``), tagged with the strategy's ``kind``
+so that a resume under another strategy drops them instead of misreading them:
 
   ``state_dict()`` / ``load_state_dict()``   state that is the same on every rank (PowerSGD's Q,
                                              DiLoCo's synced parameters and outer momentum, step
-                                             counters): rank 0's copy is the checkpoint's
-  ``rank_state()`` / ``load_rank_states()``  state that differs by rank (error-feedback residuals;
+                                             counters): rank 0 writes it into the checkpoint
+  ``rank_state()`` / ``load_rank_state()``   state that differs by rank (error-feedback residuals;
                                              under local_sgd/diloco each rank's parameters and
-                                             optimizer moments between syncs): every rank's is
-                                             gathered into the checkpoint, and each rank takes its
-                                             own back when it resumes on the same rank count
+                                             optimizer moments between syncs): each rank writes
+                                             its own file and reads only its own back, on the
+                                             same rank count; nothing per rank crosses the network
 
+The loads return the lines a resume prints (what was dropped or replaced, and why).
 ``sent_bytes`` counts the payload bytes this rank has sent so far, computed from what each
 collective moves (a ring allreduce of B bytes sends 2(n-1)/n x B per rank); ``describe()`` is the
 phrase the start line uses.
@@ -37,6 +39,7 @@ from dataclasses import dataclass
 import torch
 
 from hvdlm import distributed as dist
+from hvdlm.errors import HvdlmError
 
 
 @dataclass
@@ -49,6 +52,7 @@ class Sync:
     """The interface; every method has the do-nothing default of a single process."""
 
     sent_bytes: float = 0.0
+    kind: str = "every_step"  # the tag of this strategy's checkpointed state (checkpoint.strategy_of)
 
     def describe(self) -> str:
         return ""
@@ -71,16 +75,19 @@ class Sync:
     def state_dict(self) -> dict:
         return {}
 
-    def load_state_dict(self, state: dict) -> None:
-        pass
+    def load_state_dict(self, state: dict) -> list[str]:
+        return []
 
     def rank_state(self) -> dict | None:
-        """This rank's own state, or None when the strategy keeps none (then nothing is gathered)."""
+        """This rank's own state, or None when the strategy keeps none (then no rank file is written)."""
         return None
 
-    def load_rank_states(self, states: list[dict] | None) -> str:
-        """Take this rank's entry of a checkpoint's gathered per-rank states; returns a line to
-        print when they cannot be used (another rank count), else ''."""
+    def load_rank_state(self, state: dict) -> list[str]:
+        """This rank's own state, from its file of a checkpoint on the same rank count."""
+        return []
+
+    def what_ranks_hold(self) -> str:
+        """The per-rank state in words, for the line a resume on another rank count prints."""
         return ""
 
 
@@ -91,7 +98,7 @@ def ring_bytes(numel: int, bytes_per_element: float) -> float:
 
 
 def flatten(tensors: list[torch.Tensor]) -> torch.Tensor:
-    return torch.cat([t.reshape(-1) for t in tensors]) if tensors else torch.zeros(0)
+    return torch.cat([t.reshape(-1) for t in tensors])
 
 
 def unflatten_into(flat: torch.Tensor, tensors: list[torch.Tensor]) -> None:
@@ -99,6 +106,19 @@ def unflatten_into(flat: torch.Tensor, tensors: list[torch.Tensor]) -> None:
     for t in tensors:
         t.copy_(flat[offset:offset + t.numel()].view_as(t))
         offset += t.numel()
+
+
+def check_finite(mean: torch.Tensor, mine: torch.Tensor, what: str, wire: str = "none") -> None:
+    """End the job with one line naming the rank(s) when an exchange's mean is not finite, before
+    it reaches the model. The mean is the same on every rank, so every rank asks, or none does."""
+    if bool(torch.isfinite(mean).all()):
+        return
+    bad = dist.ranks_where(not bool(torch.isfinite(mine).all()), "hvdlm.nonfinite")
+    if bad:
+        raise HvdlmError(f"rank {', '.join(map(str, bad))}'s {what} holds nan or inf: stopped before it reached the "
+                         "model; resume from the last checkpoint with a lower --lr or --grad_clip", everywhere=True)
+    raise HvdlmError(f"the mean {what} overflowed {wire} on the wire (every rank's was finite); use "
+                     "--compression bf16, whose range is fp32's", everywhere=True)
 
 
 def grads_of(params: list[torch.Tensor]) -> list[torch.Tensor]:

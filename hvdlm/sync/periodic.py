@@ -30,7 +30,7 @@ import time
 import torch
 
 from hvdlm import distributed as dist
-from hvdlm.sync.base import OwnCollectives, StepStats, flatten, ring_bytes, unflatten_into
+from hvdlm.sync.base import OwnCollectives, StepStats, check_finite, flatten, ring_bytes, unflatten_into
 from hvdlm.wire import Int8
 
 
@@ -71,7 +71,7 @@ class Exchange:
     def arrived(cls, average: torch.Tensor, sent: torch.Tensor, due: int) -> "Exchange":
         """An exchange whose mean is already here (restored from a checkpoint)."""
         done = cls.__new__(cls)
-        done.sent, done.due, done.bounds = sent, due, [(0, average.numel())]
+        done.payload, done.sent, done.due, done.bounds = None, sent, due, [(0, average.numel())]
         done.started = [dist.Average.arrived(average)]
         return done
 
@@ -79,6 +79,7 @@ class Exchange:
 class Periodic(OwnCollectives):
     def __init__(self, every: int, max_steps: int, outer: tuple[float, float] | None, wire: str, overlap: int = 0):
         self.every, self.max_steps, self.outer, self.wire, self.overlap = every, max_steps, outer, wire, overlap
+        self.kind = "local_sgd" if outer is None else "diloco"
         self.anchor: torch.Tensor | None = None  # diloco: the parameters at the last sync (flat)
         self.outer_opt: torch.optim.SGD | None = None
         self.outer_state: dict | None = None  # the outer optimizer's state, loaded before start()
@@ -96,20 +97,24 @@ class Periodic(OwnCollectives):
 
     def start(self, model):
         dist.broadcast_parameters(model)
+        device = self.params[0].device  # restored state was read onto the CPU
         if self.own is not None:  # resuming on the same rank count: this rank's own state between syncs
             with torch.no_grad():
-                unflatten_into(self.own["params"], self.params)
-            self.optimizer.load_state_dict(self.own["optimizer"])
+                unflatten_into(self.own["params"].to(device), self.params)
+            self.optimizer.load_state_dict(self.own["optimizer"])  # moves the moments to their parameters
             if "pending" in self.own and self.arrived is not None:
                 p = self.own["pending"]
-                self.pending = Exchange.arrived(self.arrived, p["sent"], p["due"])
+                self.pending = Exchange.arrived(self.arrived.to(device), p["sent"].to(device), p["due"])
         if self.outer is not None:
-            if self.anchor is None:
-                self.anchor = flatten([p.detach() for p in self.params]).clone()
+            # the last sync's parameters, or (a fresh run, another strategy's checkpoint) rank 0's, just broadcast
+            anchor = self.anchor if self.anchor is not None else flatten([p.detach() for p in self.params])
+            self.anchor = anchor.to(device).clone()
             lr, momentum = self.outer
             self.outer_opt = torch.optim.SGD([self.anchor], lr=lr, momentum=momentum, nesterov=momentum > 0)
             if self.outer_state is not None:
-                self.outer_opt.load_state_dict(self.outer_state)
+                self.outer_opt.load_state_dict(self.outer_state)  # the momentum buffer, on the anchor's device
+                # the outer lr and momentum of this run's command line win over the checkpoint's
+                self.outer_opt.param_groups[0].update(lr=lr, momentum=momentum, nesterov=momentum > 0)
 
     def step(self, optimizer, model, grad_clip):
         return StepStats(0.0, self.clip_and_step(optimizer, model, grad_clip))
@@ -144,6 +149,8 @@ class Periodic(OwnCollectives):
         """The synced parameters (the average, or diloco's outer step from the last sync's), plus
         the inner steps this rank took since it sent (none when the exchange is not overlapped)."""
         average = exchange.result()
+        check_finite(average, average if exchange.payload is None else exchange.payload,
+                     "parameters" if self.outer is None else "pseudo-gradient", self.wire)
         if self.outer is None:
             synced = average
         else:
@@ -163,10 +170,16 @@ class Periodic(OwnCollectives):
             return pending
         return {"anchor": self.anchor.clone(), "outer": self.outer_opt.state_dict(), **pending}
 
-    def load_state_dict(self, state: dict) -> None:
-        self.arrived = state.get("pending_average") if state else None
-        if state and self.outer is not None and "anchor" in state:
-            self.anchor, self.outer_state = state["anchor"].clone(), state["outer"]
+    def load_state_dict(self, state: dict) -> list[str]:
+        self.arrived = state.get("pending_average")
+        if self.outer is None or "anchor" not in state:
+            return []
+        self.anchor, self.outer_state = state["anchor"], state["outer"]
+        group = state["outer"]["param_groups"][0]
+        if (group["lr"], group["momentum"]) == self.outer:
+            return []
+        return [f"hvdlm: outer lr {self.outer[0]:g} and momentum {self.outer[1]:g} (this run's) replace the checkpoint's "
+                f"lr {group['lr']:g} and momentum {group['momentum']:g}; its outer momentum buffer is kept"]
 
     def rank_state(self) -> dict | None:
         own = {"params": flatten([p.detach() for p in self.params]).clone(), "optimizer": self.optimizer.state_dict()}
@@ -176,13 +189,11 @@ class Periodic(OwnCollectives):
             own["pending"] = {"sent": p.sent, "due": p.due}
         return own
 
-    def load_rank_states(self, states: list[dict] | None) -> str:
-        if not states or "params" not in states[0]:  # none, or another strategy's
-            return ""
-        if len(states) != dist.size():
-            # An exchange in flight is dropped with them: the next one, measured from the last
-            # sync's parameters, carries rank 0's steps since then.
-            return (f"hvdlm: the checkpoint holds the parameters and moments of {len(states)} rank(s) between syncs, "
-                    f"this run has {dist.size()}: every rank continues from rank 0's (the last sync's are kept)")
-        self.own = states[dist.rank()]
-        return ""
+    def load_rank_state(self, state: dict) -> list[str]:
+        self.own = state
+        return []
+
+    def what_ranks_hold(self) -> str:
+        # An exchange in flight is dropped with them: the next one, measured from the last sync's
+        # parameters (diloco), carries rank 0's steps since then.
+        return "parameters and optimizer moments between syncs"

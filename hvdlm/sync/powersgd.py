@@ -17,7 +17,10 @@ Per optimizer step (after the last micro-step's backward; gradients accumulated 
      the gradient, and M minus it is this rank's residual, added to its next gradient.
   5. The loop's clip and step then act on that decompressed average; the residual is never clipped.
 
-Q is the same on every rank (``state_dict``); the residuals differ (``rank_state``).
+Q is the same on every rank (``state_dict``); the residuals differ (``rank_state``). Both are
+saved by parameter name and taken back only where the name and shape still match: another
+``--powersgd_rank`` or ``--powersgd_min_compression`` drops what no longer fits, never adds one
+layer's residual to another's.
 """
 
 from __future__ import annotations
@@ -27,10 +30,12 @@ import time
 import torch
 
 from hvdlm import distributed as dist
-from hvdlm.sync.base import OwnCollectives, StepStats, flatten, grads_of, ring_bytes, unflatten_into
+from hvdlm.sync.base import OwnCollectives, StepStats, check_finite, flatten, grads_of, ring_bytes, unflatten_into
 
 
 class PowerSGD(OwnCollectives):
+    kind = "powersgd"
+
     def __init__(self, rank: int, start: int, min_compression: float, seed: int):
         self.rank, self.start_step, self.min_compression, self.seed = rank, start, min_compression, seed
         self.steps = 0  # optimizer steps taken: plain allreduce while below start_step
@@ -43,6 +48,7 @@ class PowerSGD(OwnCollectives):
 
     def wrap(self, optimizer, model, accum):
         optimizer = super().wrap(optimizer, model, accum)
+        names = [n for n, p in model.named_parameters() if p.requires_grad]
         self.compressed, self.plain, self.shapes = [], [], []
         for i, p in enumerate(self.params):
             if p.dim() >= 2:
@@ -53,9 +59,12 @@ class PowerSGD(OwnCollectives):
                     self.shapes.append((n, m, r))
                     continue
             self.plain.append(i)
-        # The same starting Q on every rank: drawn in order from a generator seeded with --seed.
+        self.names = [names[i] for i in self.compressed]
+        # The same starting Q on every rank and device: drawn in order on the CPU from a generator
+        # seeded with --seed, then moved to its parameter's device.
         gen = torch.Generator().manual_seed(self.seed)
-        self.q = [torch.randn(m, r, generator=gen) for n, m, r in self.shapes]
+        self.q = [torch.randn(m, r, generator=gen).to(self.params[i].device)
+                  for i, (n, m, r) in zip(self.compressed, self.shapes)]
         return optimizer
 
     def step(self, optimizer, model, grad_clip):
@@ -79,12 +88,16 @@ class PowerSGD(OwnCollectives):
         plain = [grads[i] for i in self.plain]
         ps = [mat @ q for mat, q in zip(mats, self.q)]
         first = flatten(plain + ps)
-        unflatten_into(dist.allreduce_average(first, "hvdlm.powersgd.p"), plain + ps)
+        mean = dist.allreduce_average(first, "hvdlm.powersgd.p")
+        check_finite(mean, first, "gradient (PowerSGD's P and uncompressed tensors)")
+        unflatten_into(mean, plain + ps)
         ps = [torch.linalg.qr(p, mode="reduced").Q for p in ps]
         qs = [mat.t() @ p for mat, p in zip(mats, ps)]
-        second = flatten(qs)
-        unflatten_into(dist.allreduce_average(second, "hvdlm.powersgd.q"), qs)
-        self.sent_bytes += ring_bytes(first.numel() + second.numel(), 4)
+        if qs:
+            second = flatten(qs)
+            unflatten_into(dist.allreduce_average(second, "hvdlm.powersgd.q"), qs)
+            self.sent_bytes += ring_bytes(second.numel(), 4)
+        self.sent_bytes += ring_bytes(first.numel(), 4)
         for k, (i, mat, p, q) in enumerate(zip(self.compressed, mats, ps, qs)):
             approx = p @ q.t()
             self.errors[k] = (mat - approx).view_as(grads[i])
@@ -92,24 +105,47 @@ class PowerSGD(OwnCollectives):
         self.q = qs  # warm start: next step's power iteration begins here
 
     def state_dict(self) -> dict:
-        return {"steps": self.steps, "q": [q.clone() for q in self.q]}
+        return {"steps": self.steps, "q": {n: q.clone() for n, q in zip(self.names, self.q)}}
 
-    def load_state_dict(self, state: dict) -> None:
-        if "q" not in state:  # a fresh run, or a checkpoint of another strategy
-            return
+    def load_state_dict(self, state: dict) -> list[str]:
+        if "q" not in state:  # a fresh run
+            return []
         self.steps = state["steps"]
-        if [tuple(q.shape) for q in state["q"]] == [tuple(q.shape) for q in self.q]:
-            self.q = [q.clone() for q in state["q"]]
+        saved = self._by_name(state["q"])
+        kept = [n for n, q in zip(self.names, self.q) if n in saved and saved[n].shape == q.shape]
+        self.q = [saved[n].to(q.device).clone() if n in kept else q for n, q in zip(self.names, self.q)]
+        return self._dropped("Q", saved, kept, "drawn afresh from --seed")
 
     def rank_state(self) -> dict | None:
-        return {"errors": None if self.errors is None else [e.clone() for e in self.errors]}
+        if self.errors is None:
+            return {"errors": None}
+        return {"errors": {n: e.clone() for n, e in zip(self.names, self.errors)}}
 
-    def load_rank_states(self, states: list[dict] | None) -> str:
-        if not states or "errors" not in states[0]:
-            return ""
-        if len(states) != dist.size():
-            return (f"hvdlm: the checkpoint holds PowerSGD residuals of {len(states)} rank(s), this run has "
-                    f"{dist.size()}: dropping them (error feedback starts from zero; Q is kept)")
-        errors = states[dist.rank()]["errors"]
-        self.errors = None if errors is None else [e.clone() for e in errors]
-        return ""
+    def load_rank_state(self, state: dict) -> list[str]:
+        if state.get("errors") is None:
+            return []
+        saved = self._by_name(state["errors"])
+        shapes = [self.params[i].shape for i in self.compressed]
+        kept = [n for n, shape in zip(self.names, shapes) if n in saved and saved[n].shape == shape]
+        self.errors = [saved[n].to(self.params[i].device).clone() if n in kept else torch.zeros_like(self.params[i])
+                       for n, i in zip(self.names, self.compressed)]
+        return self._dropped("residual", saved, kept, "starting from zero")
+
+    def what_ranks_hold(self) -> str:
+        return "PowerSGD's error-feedback residuals; Q is kept"
+
+    def _by_name(self, saved) -> dict:
+        """{name: tensor}; an older hvdlm saved lists in the order of its compressed tensors, taken by
+        position only when every shape agrees with this run's."""
+        if isinstance(saved, dict):
+            return saved
+        if [tuple(t.shape) for t in saved] in ([tuple(q.shape) for q in self.q],
+                                               [tuple(self.params[i].shape) for i in self.compressed]):
+            return dict(zip(self.names, saved))
+        return {}
+
+    def _dropped(self, what: str, saved: dict, kept: list[str], instead: str) -> list[str]:
+        if len(kept) == len(saved) == len(self.names):
+            return []
+        return [f"hvdlm: PowerSGD's {what} kept for {len(kept)} of {len(self.names)} compressed tensor(s) (matched by "
+                f"name and shape; the checkpoint had {len(saved)}); the others {instead}"]

@@ -20,13 +20,19 @@ BIN = Path(sys.executable).parent  # the venv the tests run in holds hvdlm and h
 HVDLM = str(BIN / "hvdlm")
 PROBE = str(TESTS / "rank_probe.py")
 
-# How 2 ranks are started: Horovod over Gloo, Horovod over MPI, and MPI's own launcher.
+# How ranks (2 unless told) are started: Horovod over Gloo, Horovod over MPI, and MPI's own launcher.
 LAUNCHERS = {
     "single": [],
     "horovodrun-gloo": [str(BIN / "horovodrun"), "-np", "2", "--gloo"],
     "horovodrun-mpi": [str(BIN / "horovodrun"), "-np", "2", "--mpi"],
-    "mpirun": ["mpirun", "-np", "2", "--bind-to", "none"],
+    "mpirun": ["mpirun", "-np", "2", "--bind-to", "none", "--oversubscribe"],
 }
+
+
+def launcher(name: str, np: int = 2) -> list[str]:
+    """The launcher's command line for ``np`` ranks (more ranks than cores: they share them)."""
+    return [str(np) if arg == "2" and i and LAUNCHERS[name][i - 1] == "-np" else arg
+            for i, arg in enumerate(LAUNCHERS[name])]
 
 # Flags for a model that trains in seconds.
 TINY = ["--n_layer", "2", "--n_head", "2", "--n_embd", "32", "--block_size", "32", "--batch_size", "8",
@@ -54,24 +60,25 @@ class Run:
         return self.stdout + self.stderr
 
 
-def launch(launcher: str, command: list[str], timeout: float = 240, cwd=None) -> Run:
+def launch(launcher_name: str, command: list[str], timeout: float = 240, cwd=None, np: int = 2) -> Run:
     """Run ``command`` (e.g. [HVDLM, "train", ...]) under a launcher. A hang fails the test: no
     output for ``timeout`` seconds (a loaded machine makes a run longer, not red), after which the
     launcher's whole session, ranks included, is killed."""
     start = time.monotonic()
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        p = subprocess.Popen(LAUNCHERS[launcher] + command, stdout=out, stderr=err, text=True, env=launch_env(),
+        p = subprocess.Popen(launcher(launcher_name, np) + command, stdout=out, stderr=err, text=True, env=launch_env(),
                              cwd=cwd, start_new_session=True, stdin=subprocess.DEVNULL)
         sizes = lambda: (os.fstat(out.fileno()).st_size, os.fstat(err.fileno()).st_size)  # noqa: E731
         try:
-            wait_for(lambda: p.poll() is not None, f"{launcher} {' '.join(command)}", sizes, stall=timeout, poll=0.05)
+            wait_for(lambda: p.poll() is not None, f"{launcher_name} {' '.join(command)}", sizes, stall=timeout,
+                     poll=0.05)
         except RuntimeError as e:
             os.killpg(p.pid, signal.SIGKILL)
             p.wait()
             out.seek(0), err.seek(0)
             pytest.fail(f"{e}:\n{out.read()}\n{err.read()}")
         out.seek(0), err.seek(0)
-        return Run(launcher, p.returncode, out.read(), err.read(), time.monotonic() - start)
+        return Run(launcher_name, p.returncode, out.read(), err.read(), time.monotonic() - start)
 
 
 def check(run: Run) -> Run:
