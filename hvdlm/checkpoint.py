@@ -379,15 +379,19 @@ def torn(out_dir: Path, state: dict) -> str | None:
     return None
 
 
+def own_rank_files(out_dir: str | Path, rank: int) -> list[tuple[int, Path]]:
+    """(step, path) of this rank's own files, of any rank count."""
+    found = ((RANK_FILE.match(p.name), p) for p in (Path(out_dir) / RANKS_DIR).glob(f"step*-rank{rank:05d}-of*.pt"))
+    return [(int(m.group(1)), p) for m, p in found if m]
+
+
 def prune_rank_files(out_dir: str | Path, rank: int, keep_steps: set[int]) -> None:
     """Delete this rank's own files except those of ``keep_steps`` (each rank prunes only its own:
     on node-local disks no rank sees the others')."""
-    folder = Path(out_dir) / RANKS_DIR
-    for p in folder.glob(f"step*-rank{rank:05d}-of*.pt"):
-        m = RANK_FILE.match(p.name)
-        if m and int(m.group(1)) not in keep_steps:
+    for step, p in own_rank_files(out_dir, rank):
+        if step not in keep_steps:
             p.unlink(missing_ok=True)
-    for p in folder.glob(f".step*-rank{rank:05d}-of*.tmp"):  # half-written by a killed save of this rank's
+    for p in (Path(out_dir) / RANKS_DIR).glob(f".step*-rank{rank:05d}-of*.tmp"):  # half-written by a killed save of this rank's
         p.unlink(missing_ok=True)
 
 
@@ -472,8 +476,7 @@ class Checkpointer:
         for name, obj in self.entries.items():
             obj.load_state_dict(saved[name])
         # this rank's files up to the resumed step may belong to the older checkpoints kept beside it
-        mine = (RANK_FILE.match(p.name) for p in (Path(self.out_dir) / RANKS_DIR).glob(f"step*-rank{world.rank:05d}-of*.pt"))
-        self.saved_steps = sorted({int(m.group(1)) for m in mine if m and int(m.group(1)) <= saved["step"]}
+        self.saved_steps = sorted({step for step, _ in own_rank_files(self.out_dir, world.rank) if step <= saved["step"]}
                                   | {saved["step"]})
         theirs, ours = saved["sync"]["strategy"], self.sync.kind
         if theirs != ours:
