@@ -17,18 +17,12 @@ import sys
 import traceback
 from pathlib import Path
 
+from hvdlm import launcher
 from hvdlm.errors import HvdlmError
+from hvdlm.units import parse_bytes
 
 # Stopped early on SIGUSR1/SIGTERM with a checkpoint: run again to resume (EX_TEMPFAIL).
 EXIT_RESUMABLE = 75
-
-
-def launcher_rank() -> int:
-    """This process's rank from the launcher's environment, readable before Horovod starts."""
-    for var in ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID"):
-        if os.environ.get(var, "").isdigit():
-            return int(os.environ[var])
-    return 0
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
@@ -50,12 +44,9 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
 def byte_count(text: str) -> int:
     """'128M' -> 134217728 (K, M, G binary), for command-line sizes."""
-    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    t = text.strip().upper().removesuffix("B").removesuffix("I")
-    num, unit = (t[:-1], t[-1]) if t and t[-1] in units else (t, "")
     try:
-        value = int(num) * units[unit]
-    except ValueError:
+        value = parse_bytes(text, "")
+    except HvdlmError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a byte count (examples: 65536, 256K, 128M, 1G)") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} must be positive")
@@ -289,7 +280,7 @@ def main(argv: list[str] | None = None) -> None:
 
         stop_signals.install()  # before torch and Horovod load: a signal now must not kill the rank
     args = build_parser(prepare_only=argv[:1] == ["prepare"]).parse_args(argv)
-    rank = launcher_rank()
+    rank = launcher.rank()
     try:
         args.func(args)
     except HvdlmError as e:

@@ -44,13 +44,11 @@ from pathlib import Path
 
 from hvdlm import loop, watchdog
 from hvdlm import distributed as dist
-from hvdlm.config import FIELDS, Config, model_shape, save_toml
-from hvdlm.data import load_meta
-from hvdlm.data.sampler import num_sequences
+from hvdlm.config import FIELDS, Config
 from hvdlm.errors import HvdlmError
-from hvdlm.inputs import load_data, load_resume_state, prepare_out_dir
-from hvdlm.state import TrainState, plan_batches
-from hvdlm.train import build_job
+from hvdlm.inputs import read_inputs
+from hvdlm.state import TrainState
+from hvdlm.train import setup
 
 HOST_LINE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(:[0-9]+)?$")
 
@@ -116,11 +114,7 @@ def check_range(cfg: Config, size_now: int | None = None) -> range:
 def check_inputs(cfg: Config, top: int) -> None:
     """What every rank will check, checked here first (on a shared file system it is the same):
     the data, its checksums, the output folder, the batch plan."""
-    meta = load_meta(cfg.data.data_dir)
-    shape = model_shape(cfg.model, meta["vocab_size"])
-    data = load_data(cfg, shape["block_size"])
-    prepare_out_dir(cfg.train.out_dir)
-    plan_batches(cfg, top, num_sequences(len(data.train), shape["block_size"]), None)
+    read_inputs(cfg, top, on_root=None)
 
 
 def launch_command(cfg: Config, given: dict, np: int, network_interface: str, host_cooldown: int,
@@ -196,23 +190,12 @@ def train_elastic(cfg: Config) -> dict:
     world = dist.init(cfg.distributed.threads)
     watch = watchdog.start(world, cfg, dist.allgather)  # this rank's own progress only
 
-    # Inputs, each rank alone (no collective may run before the elastic loop).
-    meta = load_meta(cfg.data.data_dir)
-    shape = model_shape(cfg.model, meta["vocab_size"])
-    data = load_data(cfg, shape["block_size"])
-    prepare_out_dir(cfg.train.out_dir)
+    # The same setup as a plain run, each rank alone (no collective may run before the elastic
+    # loop), planned for the full-size job; rank 0's state reaches every rank in the elastic sync.
     sizes = check_range(cfg, world.size)
-    resume = load_resume_state(cfg, shape, data.meta) if world.is_root else None
-    num_train_seqs = num_sequences(len(data.train), shape["block_size"])
-    plan = plan_batches(cfg, sizes[-1], num_train_seqs, resume)  # the full-size job's batch and lr
-
-    # The same job as a plain run; rank 0's state reaches every rank in the elastic sync.
-    state = TrainState(plan, num_train_seqs, cfg.train.seed, cfg.data.batch_size)
-    job = build_job(cfg, world, watch, data, shape, state, resume)
+    job, state = setup(cfg, world, watch, sizes[-1], everyone=lambda fn: fn(),
+                       on_root=lambda fn: fn() if world.is_root else None)
     t = cfg.train
-    state.last_step = t.max_steps if not t.stop_after else min(t.max_steps, state.step + t.stop_after)
-    if world.is_root:
-        save_toml(cfg, Path(t.out_dir) / "config.toml")
     session = ElasticSession(job, state, sizes, cfg.distributed.commit_interval)
 
     def run(_) -> dict:  # Horovod calls it again after every reset, with the state as synced

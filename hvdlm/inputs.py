@@ -1,5 +1,7 @@
 """A run's inputs, checked before any training: the token shards, the output folder, the
-checkpoint to resume from. Each check ends with one HvdlmError line a user can act on."""
+checkpoint to resume from, the batch plan. Each check ends with one HvdlmError line a user can act
+on. ``read_inputs`` is the one sequence plain and elastic training, the elastic launcher's check
+and the DDP baseline all run; they differ only in how a check is shared between ranks."""
 
 from __future__ import annotations
 
@@ -7,13 +9,18 @@ import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import numpy as np
 
 from hvdlm import checkpoint
-from hvdlm.config import Config
+from hvdlm.config import Config, model_shape
 from hvdlm.data import load_meta, open_tokens, verify_checksums
+from hvdlm.data.sampler import num_sequences
 from hvdlm.errors import HvdlmError
+from hvdlm.state import TrainState, plan_batches
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -67,3 +74,32 @@ def load_resume_state(cfg: Config, shape: dict, meta: dict) -> dict | None:
             f"but {cfg.data.data_dir} uses {meta['tokenizer']['kind']!r} with another vocabulary; "
             "point data_dir at the data it was trained on")
     return state
+
+
+@dataclass
+class Inputs:
+    """What a run starts from, checked: the data, the model's shape, the checkpoint to resume
+    (rank 0's; None elsewhere under elastic, or when there is none) and where the run stands."""
+    data: Data
+    shape: dict
+    resume: dict | None
+    state: TrainState
+
+
+def _here(fn: Callable[[], T]) -> T:
+    return fn()
+
+
+def read_inputs(cfg: Config, size: int, everyone: Callable = _here, on_root: Callable | None = _here) -> Inputs:
+    """Check every input in the order a user would fix them, and plan the batches for ``size`` ranks
+    (an elastic job's largest). ``everyone(fn)`` runs a check on each rank (``distributed.agree``
+    makes one rank's error every rank's); ``on_root(fn)`` reads the checkpoint on rank 0 and shares
+    it (``distributed.on_root``); ``on_root=None`` reads none (a check before launching)."""
+    meta = everyone(lambda: load_meta(cfg.data.data_dir))
+    shape = model_shape(cfg.model, meta["vocab_size"])
+    data = everyone(lambda: load_data(cfg, shape["block_size"]))
+    everyone(lambda: prepare_out_dir(cfg.train.out_dir))  # every rank: each writes its own checkpoint files
+    resume = on_root(lambda: load_resume_state(cfg, shape, data.meta)) if on_root else None
+    num_train_seqs = num_sequences(len(data.train), shape["block_size"])
+    plan = everyone(lambda: plan_batches(cfg, size, num_train_seqs, resume))
+    return Inputs(data, shape, resume, TrainState(plan, num_train_seqs, cfg.train.seed, cfg.data.batch_size))

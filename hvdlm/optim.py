@@ -21,6 +21,12 @@ def build_optimizer(model: torch.nn.Module, cfg: OptimConfig, lr: float) -> torc
     return torch.optim.AdamW(groups, lr=lr, betas=(cfg.beta1, cfg.beta2))
 
 
+def scaled_lr(lr: float, factor: float, mode: str) -> float:
+    """A global batch ``factor`` times the one ``lr`` was tuned for takes a larger step (Goyal et
+    al.: linear; or sqrt)."""
+    return {"linear": lr * factor, "sqrt": lr * math.sqrt(factor), "none": lr}[mode]
+
+
 def lr_at(step: int, peak: float, floor: float, warmup: int, total: int) -> float:
     """Linear warmup to ``peak``, then cosine decay to ``floor`` at ``total`` steps."""
     if step < warmup:

@@ -34,8 +34,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hvdlm.bench.allreduce import bus_factor, mpi_launched, parse_bytes
+from hvdlm import launcher
 from hvdlm.errors import HvdlmError
+from hvdlm.units import bus_factor, parse_bytes
 
 TAG = 4242
 
@@ -302,7 +303,7 @@ def measure_allreduce(s: Settings, comm, MPI) -> dict:
 
 
 def run(s: Settings) -> Result:
-    if not mpi_launched():
+    if not launcher.mpi():
         raise HvdlmError("hvdlm preflight measures the links between ranks over MPI: launch it like training "
                          "with `srun hvdlm preflight ...`, `mpirun -np N hvdlm preflight ...` or "
                          "`horovodrun --mpi -np N hvdlm preflight ...`", everywhere=True)

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hvdlm import distributed as dist
 from hvdlm.config import Config
 from hvdlm.data.sampler import ShardedSampler, split_global_batch
 from hvdlm.errors import HvdlmError
+from hvdlm.optim import scaled_lr
 
 
 @dataclass
@@ -39,8 +39,8 @@ def plan_batches(cfg: Config, size: int, num_train_seqs: int, resume: dict | Non
         # ranks unless --global_batch_size is set). Under local_sgd/diloco each rank's optimizer steps
         # on its own batch, so the inner lr is the one tuned for that batch, at any rank count.
         factor = global_batch / reference if cfg.distributed.sync == "every_step" else 1.0
-        plan = BatchPlan(global_batch, dist.scaled_lr(o.lr, factor, o.lr_scaling),
-                         dist.scaled_lr(o.min_lr, factor, o.lr_scaling))
+        plan = BatchPlan(global_batch, scaled_lr(o.lr, factor, o.lr_scaling),
+                         scaled_lr(o.min_lr, factor, o.lr_scaling))
     split(plan.global_batch, size, d.batch_size)
     if num_train_seqs < plan.global_batch:
         raise HvdlmError(

@@ -1,54 +1,66 @@
 """``hvdlm train``: Horovod's five steps, then the one step loop (``loop.py``), top to bottom.
 
-Every rank runs this same function. The Horovod calls are in ``distributed.py`` (``dist.``);
-everything here also runs unchanged as a single process. Elastic training (``elastic.py``) builds
-the same job with ``build_job`` and runs the same loop.
+Every rank runs this same function. The Horovod calls are in ``distributed/`` (``dist.``);
+everything here also runs unchanged as a single process. Elastic training (``elastic.py``) sets up
+the same job with ``setup`` and runs the same loop.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 from hvdlm import checkpoint, loop, sync, watchdog
 from hvdlm import distributed as dist
-from hvdlm.config import Config, model_shape, save_toml
-from hvdlm.data import load_meta
-from hvdlm.data.sampler import num_sequences
+from hvdlm.config import Config, save_toml
 from hvdlm.evaluate import Evaluator
-from hvdlm.inputs import Data, load_data, load_resume_state, prepare_out_dir
+from hvdlm.inputs import Inputs, read_inputs
 from hvdlm.model import GPT, GPTConfig
 from hvdlm.optim import build_optimizer
 from hvdlm.precision import resolve_precision
-from hvdlm.state import TrainState, plan_batches
+from hvdlm.state import TrainState
 
 
-def build_job(cfg: Config, world: dist.World, watch, data: Data, shape: dict, state: TrainState,
-              resume: dict | None) -> loop.Job:
-    """The model, the optimizer wrapped by the sync strategy, and the loop's components; with
-    ``resume``, loaded from that checkpoint. The same for plain and elastic runs."""
+def build_job(cfg: Config, world: dist.World, watch, inputs: Inputs) -> loop.Job:
+    """The model, the optimizer wrapped by the sync strategy, and the loop's components; resuming,
+    loaded from the checkpoint. The same for plain and elastic runs."""
     torch.manual_seed(cfg.train.seed)
-    model = GPT(GPTConfig(**shape)).to(world.device)
+    model = GPT(GPTConfig(**inputs.shape)).to(world.device)
     # 3. The learning rate was scaled with the global batch (plan_batches); wrap the optimizer
     # before any state is loaded: Horovod rebuilds the optimizer from its param groups.
     strategy = sync.build(cfg)
-    state.replan(world.rank, world.size)
-    optimizer = strategy.wrap(build_optimizer(model, cfg.optim, state.plan.peak_lr), model, state.accum)
+    optimizer = strategy.wrap(build_optimizer(model, cfg.optim, inputs.state.plan.peak_lr), model)
     t = cfg.train
     checkpointer = checkpoint.Checkpointer(
         t.out_dir, t.checkpoint_interval, t.keep_checkpoints,
-        {"model": model, "optimizer": optimizer, "train": state}, strategy,
-        {"model_shape": shape, "tokenizer": data.meta["tokenizer"], "config": cfg.to_dict()})
-    if resume is not None:
+        {"model": model, "optimizer": optimizer, "train": inputs.state}, strategy,
+        {"model_shape": inputs.shape, "tokenizer": inputs.data.meta["tokenizer"], "config": cfg.to_dict()})
+    if inputs.resume is not None:
         # shared state from rank 0's file; each rank's own (residuals, parameters between syncs) from its own file
-        for note in checkpointer.load(resume, world):
+        for note in checkpointer.load(inputs.resume, world):
             if world.is_root:
                 loop.say(note)
     precision = resolve_precision(t.precision, world.device)
-    evaluator = Evaluator(data.val, t.eval_sequences, cfg.data.batch_size, t.eval_interval, precision)
-    return loop.Job(cfg, model, optimizer, strategy, data, shape, precision, evaluator, checkpointer, watch,
-                    dist.StopSignals())
+    evaluator = Evaluator(inputs.data.val, t.eval_sequences, cfg.data.batch_size, t.eval_interval, precision)
+    return loop.Job(cfg, model, optimizer, strategy, inputs.data, inputs.shape, precision, evaluator, checkpointer,
+                    watch, dist.StopSignals())
+
+
+def setup(cfg: Config, world: dist.World, watch, size: int, everyone: Callable, on_root: Callable
+          ) -> tuple[loop.Job, TrainState]:
+    """Inputs checked, the batch planned for ``size`` ranks, the job built (and resumed), the
+    effective config written: what plain and elastic training share before the loop."""
+    inputs = read_inputs(cfg, size, everyone, on_root)
+    job = build_job(cfg, world, watch, inputs)
+    state, t = inputs.state, cfg.train
+    state.last_step = t.max_steps if not t.stop_after else min(t.max_steps, state.step + t.stop_after)
+    if world.is_root:
+        save_toml(cfg, Path(t.out_dir) / "config.toml")
+        if inputs.resume is not None and inputs.resume["resumed_from"]["note"]:
+            loop.say(inputs.resume["resumed_from"]["note"])
+    return job, state
 
 
 def train(cfg: Config) -> dict:
@@ -58,27 +70,12 @@ def train(cfg: Config) -> dict:
     # The watchdog ends the job, with one line, if this rank or a peer stops making progress.
     watch = watchdog.start(world, cfg, dist.allgather)
 
-    # Inputs first, on every rank, so bad input stops the job before any training.
-    meta = dist.agree(lambda: load_meta(cfg.data.data_dir))
-    shape = model_shape(cfg.model, meta["vocab_size"])
-    data = dist.agree(lambda: load_data(cfg, shape["block_size"]))
-    dist.on_root(lambda: prepare_out_dir(cfg.train.out_dir))
-    resume = dist.on_root(lambda: load_resume_state(cfg, shape, data.meta))
-    num_train_seqs = num_sequences(len(data.train), shape["block_size"])
-    plan = dist.agree(lambda: plan_batches(cfg, world.size, num_train_seqs, resume))
-
-    # 2. Shard the data by rank: each rank's sampler reads its slice of every global batch.
-    state = TrainState(plan, num_train_seqs, cfg.train.seed, cfg.data.batch_size)
-    job = build_job(cfg, world, watch, data, shape, state, resume)
-    t = cfg.train
-    state.last_step = t.max_steps if not t.stop_after else min(t.max_steps, state.step + t.stop_after)
+    # Inputs first, on every rank, so bad input stops the job before any training. 2. The data is
+    # sharded by rank: each rank's sampler reads its slice of every global batch.
+    job, state = setup(cfg, world, watch, world.size, dist.agree, dist.on_root)
 
     # 4. Start every rank from rank 0's state: fresh weights, or the checkpoint being resumed.
     job.sync.start(job.model)
-    if world.is_root:
-        save_toml(cfg, Path(t.out_dir) / "config.toml")
-        if resume is not None and resume["resumed_from"]["note"]:
-            loop.say(resume["resumed_from"]["note"])
 
     # 5. The step loop: forward, backward, the sync strategy exchanges, clip, step.
     summary = loop.run(job, state, world, loop.Session())

@@ -56,7 +56,7 @@ def powersgd_exact():
 
     net = model()
     ps = PowerSGD(rank=64, start=0, min_compression=0, seed=7)
-    ps.wrap(torch.optim.SGD(net.parameters(), lr=0.0), net, 1)
+    ps.wrap(torch.optim.SGD(net.parameters(), lr=0.0), net)
     worst = 0.0
     for step in range(4):  # past the first step: the warm-started Q and the residuals are exercised
         truth = true_average(fake_grads(list(net.parameters()), step))
@@ -74,7 +74,7 @@ def powersgd_error_feedback():
 
     net = model()
     ps = PowerSGD(rank=1, start=0, min_compression=0, seed=7)
-    ps.wrap(torch.optim.SGD(net.parameters(), lr=0.0), net, 1)
+    ps.wrap(torch.optim.SGD(net.parameters(), lr=0.0), net)
     applied = true = 0
     for step in range(30):
         true = true + true_average(fake_grads(list(net.parameters()), step, low_rank=True))
@@ -110,7 +110,7 @@ def int8(count):
     mean): within 2/254 of the block's largest input magnitude, the same bits on every rank. 1001
     values: 4 blocks, the last one short; 300 on 3 ranks: chunks of 256, 44 and none."""
     from hvdlm import distributed as dist
-    from hvdlm.wire import Int8
+    from hvdlm.distributed.codecs import Int8
 
     block = Int8.BLOCK
     scale = 10 ** torch.randint(-3, 4, (count,), generator=torch.Generator().manual_seed(0)).float()

@@ -162,7 +162,7 @@ def test_powersgd_state_is_matched_by_parameter_name_and_shape():
 
     def build(rank, min_compression):
         ps = PowerSGD(rank=rank, start=0, min_compression=min_compression, seed=1)
-        ps.wrap(torch.optim.SGD(net.parameters(), lr=0.1), net, 1)
+        ps.wrap(torch.optim.SGD(net.parameters(), lr=0.1), net)
         return ps
 
     first = build(2, 0)

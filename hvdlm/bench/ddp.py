@@ -9,6 +9,7 @@ overlaps its allreduce with backward and offers no wait time to report) and a ``
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import sys
@@ -18,40 +19,35 @@ import torch
 import torch.distributed as tdist
 from torch.nn.parallel import DistributedDataParallel
 
-from hvdlm.cli import build_parser
-from hvdlm.config import config_from_args, model_shape
-from hvdlm.data import load_meta
-from hvdlm.data.sampler import ShardedSampler, get_batch, num_sequences
-from hvdlm.distributed import cores_per_rank
+from hvdlm.config import add_config_args, config_from_args
+from hvdlm.data.sampler import get_batch
+from hvdlm.distributed.world import cores_per_rank
+from hvdlm.inputs import read_inputs
 from hvdlm.metrics import Metrics
 from hvdlm.model import GPT, GPTConfig
 from hvdlm.optim import build_optimizer, lr_at, set_lr
-from hvdlm.inputs import load_data, prepare_out_dir
 from hvdlm.precision import autocast, resolve_precision
-from hvdlm.state import plan_batches, split
 
 
 def main(argv: list[str]) -> None:
-    cfg = config_from_args(build_parser().parse_args(["train", *argv]))
+    parser = argparse.ArgumentParser(prog="python -m hvdlm.bench.ddp")
+    add_config_args(parser)  # hvdlm train's options
+    cfg = config_from_args(parser.parse_args(argv))
     tdist.init_process_group("gloo")
     rank, size = tdist.get_rank(), tdist.get_world_size()
     local_size = int(os.environ.get("LOCAL_WORLD_SIZE", size))
     torch.set_num_threads(cfg.distributed.threads or cores_per_rank(local_size))
     device = torch.device("cpu")
 
-    shape = model_shape(cfg.model, load_meta(cfg.data.data_dir)["vocab_size"])
-    data = load_data(cfg, shape["block_size"])
-    plan = plan_batches(cfg, size, num_sequences(len(data.train), shape["block_size"]), None)
+    inputs = read_inputs(cfg, size, on_root=None)  # the same checks and batch plan as hvdlm train
+    shape, data, state = inputs.shape, inputs.data, inputs.state
+    state.replan(rank, size)
+    plan, micro, accum, sampler = state.plan, state.micro, state.accum, state.sampler
     precision = resolve_precision(cfg.train.precision, device)
-    if rank == 0:
-        prepare_out_dir(cfg.train.out_dir)
 
     torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank, as DDP expects
     model = DistributedDataParallel(GPT(GPTConfig(**shape)))
     optimizer = build_optimizer(model.module, cfg.optim, plan.peak_lr)
-    micro, accum = split(plan.global_batch, size, cfg.data.batch_size)
-    sampler = ShardedSampler(num_sequences(len(data.train), shape["block_size"]), micro, rank, size,
-                             cfg.train.seed, accum)
     t = cfg.train
     metrics = Metrics(t.out_dir, rank == 0, t.max_steps, 0, progress=False)
     tokens_per_step = plan.global_batch * shape["block_size"]

@@ -3,7 +3,8 @@
 The interface and what the strategies share are in ``base.py``; each strategy is a module:
 
   ``allreduce.py``  every step, the averaged gradient: Horovod's DistributedOptimizer (fp32 or
-                    fp16 on the wire, or Adasum), or hvdlm's own bf16 allreduce
+                    fp16 on the wire), Adasum, or hvdlm's own bf16 allreduce; or, for a run of
+                    one process, no exchange at all
   ``powersgd.py``   every step, a low-rank approximation of the averaged gradient, with error
                     feedback (Vogels et al. 2019)
   ``periodic.py``   each rank steps alone; every H steps the parameters are averaged (local SGD),
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 from hvdlm import distributed as dist
 from hvdlm.config import Config
-from hvdlm.sync.allreduce import Bf16Allreduce, GradientAllreduce
+from hvdlm.sync.allreduce import Adasum, Alone, Bf16Allreduce, GradientAllreduce
 from hvdlm.sync.base import StepStats, Sync
 from hvdlm.sync.periodic import Periodic
 from hvdlm.sync.powersgd import PowerSGD
@@ -36,5 +37,6 @@ def build(cfg: Config) -> Sync:
                         cfg.train.seed)
     if d.compression == "bf16":
         return Bf16Allreduce()
-    # one process for the whole run (not elastic, which may grow): nothing to allreduce
-    return GradientAllreduce(d.compression, d.reduce_op, alone=dist.size() == 1 and not d.elastic)
+    if dist.alone() and not d.elastic:  # one process for the whole run (an elastic one may grow)
+        return Alone()
+    return Adasum(d.compression) if d.reduce_op == "adasum" else GradientAllreduce(d.compression)

@@ -1,9 +1,10 @@
 """Every step, the average of all ranks' gradients.
 
 ``GradientAllreduce`` is the default: Horovod's DistributedOptimizer allreduces each gradient as
-backward produces it (fp32, or fp16 with ``--compression fp16``; or Adasum); ``step`` waits for it
+backward produces it (fp32, or fp16 with ``--compression fp16``; ``Adasum`` combines updates
+instead); ``step`` waits for it
 (``synchronize()``), clips the averaged gradient and steps under ``skip_synchronize()``
-(``distributed.optimizer_step``).
+(``distributed.optimizer_step``). ``Alone`` is a run of one process: no exchange at all.
 
 ``Bf16Allreduce`` (``--compression bf16``): Horovod cannot sum bf16 over MPI or Gloo, so the
 gradients go, after the last backward, as one fused buffer through ``distributed.bf16_average``
@@ -22,21 +23,17 @@ from hvdlm.sync.base import OwnCollectives, StepStats, Sync, check_finite, flatt
 class GradientAllreduce(Sync):
     """Every step, the average of all ranks' gradients, through Horovod's DistributedOptimizer."""
 
-    def __init__(self, compression: str, reduce_op: str, alone: bool = False):
-        self.compression, self.reduce_op, self.alone = compression, reduce_op, alone
-        self.numel = 0
+    reduce_op = "average"
+
+    def __init__(self, compression: str):
+        self.compression, self.numel = compression, 0
 
     def describe(self) -> str:
-        parts = ["gradient allreduce"]
-        if self.compression != "none":
-            parts.append(f"{self.compression} compression")
-        if self.reduce_op != "average":
-            parts.append(self.reduce_op)
-        return ", ".join(parts)
+        return "gradient allreduce" + (f", {self.compression} compression" if self.compression != "none" else "")
 
-    def wrap(self, optimizer, model, accum):
+    def wrap(self, optimizer, model):
         self.numel = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        return dist.wrap_optimizer(optimizer, model, self.compression, self.reduce_op, accum, self.alone)
+        return dist.wrap_optimizer(optimizer, model, self.compression, self.reduce_op)
 
     def set_accumulation(self, optimizer, accum):
         dist.set_accumulation(optimizer, accum)
@@ -48,6 +45,33 @@ class GradientAllreduce(Sync):
         wait, norm = dist.optimizer_step(optimizer, model, grad_clip)
         self.sent_bytes += ring_bytes(self.numel, 2 if self.compression == "fp16" else 4)
         return StepStats(wait, norm)
+
+
+class Adasum(GradientAllreduce):
+    """Every step, Horovod's Adasum of the ranks' updates (``--reduce_op adasum``): each rank's
+    optimizer steps on its own gradient and the updates are combined, so there is no averaged
+    gradient to clip (at one rank it is the plain gradient allreduce)."""
+
+    reduce_op = "adasum"
+
+    def describe(self) -> str:
+        return super().describe() + ", adasum"
+
+    def step(self, optimizer, model, grad_clip):
+        if dist.size() == 1:
+            return super().step(optimizer, model, grad_clip)
+        wait = dist.adasum_step(optimizer)
+        self.sent_bytes += ring_bytes(self.numel, 2 if self.compression == "fp16" else 4)
+        return StepStats(wait, float("nan"))
+
+
+class Alone(OwnCollectives):
+    """One process for the whole run (no launcher, not elastic): nothing to exchange. Horovod's
+    hooks would still queue every gradient through its background thread each step, a cost with
+    nothing in return, so the optimizer stays unwrapped."""
+
+    def step(self, optimizer, model, grad_clip):
+        return StepStats(0.0, self.clip_and_step(optimizer, model, grad_clip))
 
 
 class Bf16Allreduce(OwnCollectives):

@@ -3,7 +3,7 @@
 The loop (``loop.py``) calls a ``Sync`` at four points, and nowhere else talks to other ranks about
 the model:
 
-  ``wrap(optimizer, model, accum)``  at setup: the optimizer the loop steps (a Horovod
+  ``wrap(optimizer, model)``         at setup: the optimizer the loop steps (a Horovod
                                      DistributedOptimizer for gradient allreduce, or the plain one
                                      for a strategy that runs its own collectives)
   ``start(model)``                   at start and resume: every rank from rank 0's parameters (or,
@@ -13,7 +13,8 @@ the model:
   ``after_step(step, model)``        after every optimizer step: a strategy that averages
                                      parameters every H steps does it here (returns the wait)
 
-plus ``set_accumulation(optimizer, accum)`` when an elastic reset re-plans the micro-steps, and two
+plus ``set_accumulation(optimizer, accum)`` whenever the loop plans the micro-steps for a world
+(at its start and after an elastic reset), and two
 kinds of state for checkpoints (``checkpoint.Checkpointer``), tagged with the strategy's ``kind``
 so that a resume under another strategy drops them instead of misreading them:
 
@@ -40,6 +41,7 @@ import torch
 
 from hvdlm import distributed as dist
 from hvdlm.errors import HvdlmError
+from hvdlm.units import bus_factor
 
 
 @dataclass
@@ -57,7 +59,7 @@ class Sync:
     def describe(self) -> str:
         return ""
 
-    def wrap(self, optimizer: torch.optim.Optimizer, model: torch.nn.Module, accum: int) -> torch.optim.Optimizer:
+    def wrap(self, optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> torch.optim.Optimizer:
         return optimizer
 
     def set_accumulation(self, optimizer: torch.optim.Optimizer, accum: int) -> None:
@@ -93,8 +95,7 @@ class Sync:
 
 def ring_bytes(numel: int, bytes_per_element: float) -> float:
     """What one rank sends in a ring allreduce of ``numel`` elements (0 on one rank)."""
-    n = dist.size()
-    return 2 * (n - 1) / n * numel * bytes_per_element
+    return bus_factor(dist.size()) * numel * bytes_per_element
 
 
 def flatten(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -136,9 +137,9 @@ class OwnCollectives(Sync):
     params: list[torch.Tensor]
     optimizer: torch.optim.Optimizer
 
-    def wrap(self, optimizer, model, accum):
+    def wrap(self, optimizer, model):
         # Gradients accumulate in .grad over the micro-steps (the loop divides each loss by accum),
-        # so exchanging once per optimizer step needs nothing from accum.
+        # so exchanging once per optimizer step needs nothing from the micro-step count.
         self.optimizer, self.params = optimizer, [p for p in model.parameters() if p.requires_grad]
         return optimizer
 

@@ -31,7 +31,7 @@ import torch
 
 from hvdlm import distributed as dist
 from hvdlm.sync.base import OwnCollectives, StepStats, check_finite, flatten, ring_bytes, unflatten_into
-from hvdlm.wire import Int8
+from hvdlm.distributed.codecs import Int8
 
 
 # bytes per value on the wire: int8 carries one fp32 scale per block of 256 (wire.Int8)

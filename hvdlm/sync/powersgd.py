@@ -46,8 +46,8 @@ class PowerSGD(OwnCollectives):
         return (f"PowerSGD rank {self.rank} ({len(self.compressed)} of {len(self.params)} tensors compressed, "
                 f"plain allreduce for the first {self.start_step} steps)")
 
-    def wrap(self, optimizer, model, accum):
-        optimizer = super().wrap(optimizer, model, accum)
+    def wrap(self, optimizer, model):
+        optimizer = super().wrap(optimizer, model)
         names = [n for n, p in model.named_parameters() if p.requires_grad]
         self.compressed, self.plain, self.shapes = [], [], []
         for i, p in enumerate(self.params):

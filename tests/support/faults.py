@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from hvdlm.launcher import RANK_VARS  # the one list of launchers' rank variables
+
 from .procs import cmdline, environ, in_netns, is_python, kill_until_gone, ppid_and_state, tagged_pids
 from .progress import STALL, files_state, wait_for
-
-RANK_VARS = ("HOROVOD_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID")
 
 
 @dataclass

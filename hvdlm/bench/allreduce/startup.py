@@ -16,29 +16,11 @@ from hvdlm.bench.allreduce.measure import measure
 from hvdlm.bench.allreduce.results import describe, say
 from hvdlm.bench.allreduce.settings import BACKENDS, Settings
 from hvdlm.errors import HvdlmError
+from hvdlm.launcher import mpi as mpi_launched, name as detect_launcher
 
-MPI_LAUNCH_ENV = ("OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_SIZE", "PMI_RANK")
 NO_LAUNCHER = ("hvdlm bench allreduce measures communication between ranks: launch it with "
                "`horovodrun -np 2 hvdlm bench allreduce ...`, `mpirun -np 2 hvdlm bench allreduce ...` "
                "or `srun -n 2 hvdlm bench allreduce ...`")
-
-
-def detect_launcher(env=os.environ) -> str | None:
-    """Which launcher started this process, from its environment; None when none did."""
-    if "HOROVOD_RANK" in env:
-        return "horovodrun (Gloo)" if "HOROVOD_GLOO_RENDEZVOUS_ADDR" in env else "horovodrun"
-    if "OMPI_COMM_WORLD_SIZE" in env:
-        return "mpirun (Open MPI)"
-    if "SLURM_PROCID" in env and "SLURM_STEP_ID" in env:
-        return "srun"
-    if "PMI_SIZE" in env or "PMIX_RANK" in env:
-        return "mpiexec"
-    return None
-
-
-def mpi_launched(env=os.environ) -> bool:
-    """True when an MPI launcher started us, so that MPI_COMM_WORLD spans every rank."""
-    return any(v in env for v in MPI_LAUNCH_ENV)
 
 
 @dataclass

@@ -3,30 +3,16 @@ sweep's sizes, elements per message, and nccl-tests' algbw and busbw (pure, unit
 
 from __future__ import annotations
 
-import re
-
 import torch
 
 from hvdlm.bench import report
 from hvdlm.errors import HvdlmError
+from hvdlm.units import bus_factor, parse_bytes  # noqa: F401  (the sweep's names for them)
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # Every integer from 0 to this is exact in the dtype (so are sums that stay below it).
 EXACT_INTEGERS = {"fp32": 2 ** 24, "fp16": 2 ** 11, "bf16": 2 ** 8}
 MAX_BYTES = 2 ** 31  # MPI counts are C ints: 2 GiB keeps fp16/bf16 counts at 2^30
-
-
-def parse_bytes(text: str | int, what: str = "size") -> int:
-    """'64M' -> 67108864; K/M/G (also KB, KiB, ...) are binary, as message sizes usually are."""
-    if isinstance(text, int):
-        return text
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgG]?)(?:i?[bB])?\s*", str(text))
-    if not m:
-        raise HvdlmError(f"{what} {text!r} is not a byte count (examples: 8, 4K, 64M, 1G)", everywhere=True)
-    value = float(m.group(1)) * 1024 ** " KMG".index(m.group(2).upper() or " ")
-    if value != int(value):
-        raise HvdlmError(f"{what} {text!r} is not a whole number of bytes", everywhere=True)
-    return int(value)
 
 
 def sweep_sizes(min_bytes: int, max_bytes: int, factor: int) -> list[int]:
@@ -61,11 +47,6 @@ def element_count(nbytes: int, dtype: str) -> int:
 def algbw(nbytes: float, seconds: float) -> float:
     """Algorithm bandwidth in bytes/s: the message size over the time of one allreduce."""
     return nbytes / seconds if seconds > 0 else float("nan")
-
-
-def bus_factor(nranks: int) -> float:
-    """busbw / algbw for allreduce: each rank sends and receives 2(n-1)/n of the message in a ring."""
-    return 2 * (nranks - 1) / nranks
 
 
 def busbw(algbw_value: float, nranks: int) -> float:

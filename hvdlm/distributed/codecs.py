@@ -1,6 +1,5 @@
-"""The payloads of the averages Horovod cannot sum itself (``distributed.Average``): bf16 as int16,
-int8 in scaled blocks; encoded before its alltoall and allgather, decoded after. Plain torch: the
-collectives stay in ``distributed.py``."""
+"""The payloads of the averages Horovod cannot sum itself (``exchange.Average``): bf16 as int16,
+int8 in scaled blocks; encoded before its alltoall and allgather, decoded after. Plain torch."""
 
 from __future__ import annotations
 

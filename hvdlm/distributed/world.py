@@ -1,0 +1,167 @@
+"""Start-up and the environment: ``init()`` starts Horovod, pins a GPU or sizes the CPU threads,
+and sets the engine defaults a launch needs (the solo engine for a process no launcher started, the
+CPU defaults under MPI). Which launcher started the process is read in ``hvdlm.launcher``."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from dataclasses import dataclass
+
+import horovod.torch as hvd
+import torch
+
+from hvdlm import launcher
+
+@dataclass
+class World:
+    rank: int
+    size: int
+    local_rank: int
+    local_size: int
+    host: str
+    device: torch.device
+    threads: int
+
+    @property
+    def is_root(self) -> bool:
+        return self.rank == 0
+
+
+def cores_per_rank(local_size: int) -> int:
+    """CPU threads for one rank, from what it may use: the CPUs SLURM gave its task
+    (SLURM_CPUS_PER_TASK), else its CPU affinity if a launcher or cpuset narrowed it, else a share
+    of the host's cores. Never more than the CPUs it may run on: threads beyond them only fight."""
+    try:
+        mine = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        mine = os.cpu_count() or 1
+    slurm = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    if slurm.isdigit() and int(slurm) > 0:
+        return min(int(slurm), mine)
+    if mine < (os.cpu_count() or mine):
+        return mine  # bound by mpirun/srun/taskset to these cores, not shared with the other ranks
+    return max(1, mine // local_size)
+
+
+# CPU defaults, measured with `hvdlm bench allreduce` and `hvdlm bench train` (benchmarks/RESULTS.md).
+# A setting already in the environment wins.
+CPU_DEFAULTS_MPI = {
+    # Open MPI busy-polls while a rank waits; on a host whose cores all compute, the polling steals
+    # them from the ranks' matmuls. Yielding kept large-message busbw and made runs steady.
+    "OMPI_MCA_mpi_yield_when_idle": "1",
+    # Horovod's background thread runs one cycle per this many ms. A shorter cycle cuts a lone small
+    # allreduce's latency, but in training the thread then wakes thousands of times a second on the
+    # cores the ranks compute on; 1 ms kept training throughput at DDP's (benchmarks/RESULTS.md).
+    "HOROVOD_CYCLE_TIME": "1",
+}
+
+
+# A process no launcher started trains alone and exchanges nothing. Horovod's Gloo controller starts
+# at once where MPI's singleton start takes a noticeable part of a second and leaves an orted daemon
+# beside the run; and Horovod's background thread, which wakes every cycle, took a measurable share of
+# a tiny model's step at the default cycle (benchmarks/RESULTS.md). hvdlm's collectives return at once
+# alone (``alone``).
+SOLO = {"HOROVOD_CONTROLLER": "gloo", "HOROVOD_CPU_OPERATIONS": "gloo", "HOROVOD_CYCLE_TIME": "50"}
+
+
+_solo = False  # set by init(): no launcher started this process, so its world is 1 rank for good
+
+
+def solo_engine(env=os.environ) -> dict:
+    """Set SOLO (where unset) for a process no launcher started; returns what was set."""
+    if not launcher.alone(env):
+        return {}
+    applied = {k: v for k, v in SOLO.items() if k not in env}
+    env.update(applied)
+    return applied
+
+
+def apply_cpu_defaults(env=os.environ) -> dict:
+    """Set CPU_DEFAULTS_MPI where unset (not under Gloo or on GPUs, not for a single process);
+    returns what was set."""
+    if torch.cuda.is_available() or env.get("HOROVOD_GLOO_RENDEZVOUS_ADDR") or env.get("HOROVOD_CONTROLLER") == "gloo":
+        return {}
+    if launcher.size(env) <= 1:
+        # Alone there is nothing to exchange (SOLO's slow cycle applies): a fast cycle only wakes
+        # Horovod's thread on the cores the model computes on.
+        return {}
+    applied = {k: v for k, v in CPU_DEFAULTS_MPI.items() if k not in env}
+    env.update(applied)
+    return applied
+
+
+# Horovod's background thread negotiates with the other ranks once per cycle even when nothing is
+# queued: at a 1 ms cycle that traffic exceeds local_sgd/diloco's own exchange once every H steps
+# (measured on the test cluster, benchmarks/RESULTS.md). At 20 ms it is a twentieth of that, and the
+# few blocking collectives of a step (the logged loss) wait at most one cycle.
+PERIODIC_CYCLE_MS = "20"
+
+
+def init(threads: int = 0, periodic: bool = False) -> World:
+    """Step 1: start Horovod; pin one GPU per local rank, or split this host's cores on CPUs.
+    ``periodic``: the ranks exchange once in many steps (local_sgd, diloco): a slower cycle."""
+    if periodic:
+        os.environ.setdefault("HOROVOD_CYCLE_TIME", PERIODIC_CYCLE_MS)  # a setting of the user's wins
+    global _solo
+    _solo = launcher.alone()  # before solo_engine() sets Horovod's engine variables
+    applied = solo_engine()
+    apply_cpu_defaults()  # before hvd.init(): MPI and Horovod read them there
+    hvd.init()
+    for name in applied:  # read: a launcher this process starts (a benchmark, a test) must not inherit them
+        os.environ.pop(name)
+    if torch.cuda.is_available():
+        torch.cuda.set_device(hvd.local_rank() % torch.cuda.device_count())
+        device = torch.device("cuda", torch.cuda.current_device())
+    else:
+        device = torch.device("cpu")
+    # Ranks on one host share its cores: oversubscribing them (torch defaults to all cores in every
+    # rank) makes each rank's matmuls fight the others' and Horovod's background thread.
+    n = threads or cores_per_rank(hvd.local_size())
+    torch.set_num_threads(n)
+    return World(hvd.rank(), hvd.size(), hvd.local_rank(), hvd.local_size(),
+                 socket.gethostname(), device, n)
+
+
+def rank() -> int:
+    return hvd.rank()
+
+
+def alone() -> bool:
+    """One rank: the collectives below return at once instead of waiting for Horovod's next cycle
+    (long when this process trains alone: SOLO). A process no launcher started needs no call to
+    hvd.size(), which is not free (elastic worlds change size, so they ask)."""
+    return _solo or hvd.size() == 1
+
+
+def size() -> int:
+    return hvd.size()
+
+
+def world_now(world: World) -> World:
+    """This rank's place after an elastic reset (rank, size and local rank may all have changed)."""
+    return World(hvd.rank(), hvd.size(), hvd.local_rank(), hvd.local_size(), world.host, world.device,
+                 world.threads)
+
+
+def is_peer_failure(exc: BaseException) -> bool:
+    """True when a collective failed because another rank died or left (its own message says why)."""
+    from horovod.common.exceptions import HorovodInternalError
+
+    return isinstance(exc, HorovodInternalError)
+
+
+def gloo_timeout_ms(exc: BaseException) -> int | None:
+    """The timeout Gloo gave up after, when that is why a collective failed (no rank died: one
+    exchange took longer than HOROVOD_GLOO_TIMEOUT_SECONDS, e.g. a large one on a slow link)."""
+    found = re.search(r"Timed out waiting (\d+)ms for (send|recv)", str(exc))
+    return int(found.group(1)) if found and is_peer_failure(exc) else None
+
+
+def allreduce_transport(device: torch.device) -> str:
+    """What Horovod's allreduce runs over here: NCCL for GPU tensors (when built with it), else
+    Gloo or MPI, as this launch chose."""
+    if device.type == "cuda" and hvd.nccl_built():
+        return "NCCL"
+    return "Gloo" if hvd.gloo_enabled() else "MPI"
