@@ -38,6 +38,25 @@ def test_corrupt_checkpoint_is_one_clear_error(tmp_path):
         checkpoint.load(tmp_path / "checkpoint.pt")
 
 
+def test_a_skipped_checkpoint_gets_a_short_reason_not_torch_text(tmp_path):
+    """Each unreadable file in a resume's note is a few words, not torch.load's paragraph."""
+    checkpoint.save({"step": 1}, tmp_path, keep=5)
+    whole = checkpoint.step_path(tmp_path, 1).read_bytes()
+    damaged = {2: b"garbage" * 100, 3: whole[: len(whole) // 2], 4: b""}
+    for step, data in damaged.items():
+        checkpoint.step_path(tmp_path, step).write_bytes(data)
+    torch.save({"payload": Payload()}, checkpoint.step_path(tmp_path, 5))
+    found = checkpoint.newest_valid(tmp_path)
+    assert found.state["step"] == 1
+    reasons = dict((p.name, why) for p, why in found.skipped)
+    assert reasons == {"checkpoint-step00000005.pt": f"holds a Python object ({__name__}.Payload) that a checkpoint "
+                                                     "does not: not loaded",
+                       "checkpoint-step00000004.pt": "empty or cut short",
+                       "checkpoint-step00000003.pt": "cut short or not written by torch.save",
+                       "checkpoint-step00000002.pt": "not a checkpoint (cannot be unpickled)"}, reasons
+    assert len(found.note()) < 400, found.note()
+
+
 class Payload:  # any class: weights_only refuses to run code from a checkpoint
     pass
 

@@ -1,0 +1,107 @@
+"""The checkpoint's layout in one place (``FORMAT``, ``upgrade`` of older ones) and the
+``Checkpointer`` that saves and loads a run's named entries and its sync strategy's state."""
+
+from __future__ import annotations
+
+from hvdlm import distributed as dist
+from hvdlm.checkpoint.files import save
+from hvdlm.checkpoint.ranks import own_rank_files, prune_rank_files, read_rank_file, write_rank_file
+
+FORMAT = 2
+TRAIN_KEYS = ("step", "sampler", "global_batch", "lr", "evaluated", "last_step")
+
+
+def upgrade(state: dict) -> dict:
+    """A checkpoint of an older hvdlm in today's layout: the train state under "train", the sync
+    state tagged with the strategy its config names, per-rank states gathered in rank order under
+    "rank_states"."""
+    if state.get("format") == FORMAT:
+        return state
+    new = {k: v for k, v in state.items() if k not in TRAIN_KEYS and k not in ("sync", "sync_ranks")}
+    new["train"] = {k: state[k] for k in TRAIN_KEYS if k in state}
+    new["step"] = state.get("step")
+    config = (state.get("config") or {}).get("distributed", {})
+    new["sync"] = {"strategy": strategy_of(config.get("sync", "every_step"), config.get("compression", "none")),
+                   "state": state.get("sync") or {}}
+    if state.get("sync_ranks") is not None:
+        new["rank_states"] = state["sync_ranks"]
+    new["format"] = FORMAT
+    return new
+
+
+def strategy_of(sync: str, compression: str) -> str:
+    """The name a sync strategy's state is tagged with (``Sync.kind``)."""
+    if sync != "every_step":
+        return sync
+    return "powersgd" if compression == "powersgd" else "every_step"  # the others keep no state
+
+
+class Checkpointer:
+    """One checkpoint, saved and loaded as a pair: named entries (the model, the optimizer, the
+    run's ``TrainState``) and the sync strategy's shared state in the main file, which rank 0 writes;
+    the strategy's per-rank state (``Sync.rank_state``) in one file per rank, written by that rank,
+    named in the main file's manifest with its size and sha256. The main file is written last, so
+    a set is complete when it exists; nothing per rank crosses the network.
+
+    Decides when the loop saves: every ``interval`` steps, at the last step, on a stop signal."""
+
+    def __init__(self, out_dir: str, interval: int, keep: int, entries: dict, sync, fixed: dict):
+        self.out_dir, self.interval, self.keep = out_dir, interval, keep
+        self.entries, self.sync, self.fixed = entries, sync, fixed  # entries: name -> object with state_dict()
+        self.saved_steps: list[int] = []  # steps whose main file this process knows is complete
+
+    def due(self, step: int, last_step: int, stopped: object = None) -> bool:
+        return bool((self.interval and step % self.interval == 0) or step == last_step or stopped)
+
+    def save(self, world) -> None:
+        """Every rank calls this. Each writes its own state (if its strategy keeps any); rank 0
+        then writes the main file with the manifest; the others go on (the loop's final barrier
+        waits for the last one)."""
+        step = self.entries["train"].step
+        manifest = None
+        mine = self.sync.rank_state()
+        if mine is not None:
+            own = {"strategy": self.sync.kind, "step": step, "rank": world.rank, "world_size": world.size,
+                   "state": mine}
+            entry = dist.agree(lambda: write_rank_file(self.out_dir, step, world.rank, world.size, own))
+            # Every earlier save's main file is complete by now (rank 0 wrote it before joining this
+            # collective): keep the newest ``keep`` of them, and this one.
+            keep = set(self.saved_steps[-max(1, self.keep):]) | {step}
+            prune_rank_files(self.out_dir, world.rank, keep)
+            # a name, a size and a digest per rank: the manifest, not the state
+            manifest = {"strategy": self.sync.kind, "world_size": world.size,
+                        "files": dist.gather_objects(entry, "hvdlm.checkpoint.manifest")}
+        self.saved_steps.append(step)
+        if world.is_root:
+            save({"format": FORMAT, "step": step, **{k: v.state_dict() for k, v in self.entries.items()},
+                  "sync": {"strategy": self.sync.kind, "state": self.sync.state_dict()}, "rank_files": manifest,
+                  **self.fixed, "world_size": world.size},
+                 self.out_dir, keep=self.keep)
+
+    def load(self, saved: dict, world) -> list[str]:
+        """Every rank: the entries from the main file (as rank 0 read it), the strategy's shared
+        state if this run's strategy wrote it, and this rank's own file if the rank count is the
+        same. Returns the lines saying what was dropped or replaced (the same on every rank)."""
+        saved = upgrade(saved)
+        for name, obj in self.entries.items():
+            obj.load_state_dict(saved[name])
+        # this rank's files up to the resumed step may belong to the older checkpoints kept beside it
+        self.saved_steps = sorted({step for step, _ in own_rank_files(self.out_dir, world.rank) if step <= saved["step"]}
+                                  | {saved["step"]})
+        theirs, ours = saved["sync"]["strategy"], self.sync.kind
+        if theirs != ours:
+            return [f"hvdlm: the checkpoint's sync state is {theirs}'s, this run syncs by {ours}: it starts from the "
+                    f"checkpoint's model (rank 0's, the same on every rank), {theirs}'s state is dropped"]
+        notes = self.sync.load_state_dict(saved["sync"]["state"])
+        files, states = saved.get("rank_files"), saved.get("rank_states")
+        count = len(files["files"]) if files else len(states) if states else 0
+        if count and count != world.size:
+            return notes + [f"hvdlm: the checkpoint holds the own state of {count} rank(s) ({self.sync.what_ranks_hold()}), "
+                            f"this run has {world.size}: dropped; every rank continues from the shared state "
+                            "(rank 0's model and optimizer)"]
+        if files:
+            own = dist.agree(lambda: read_rank_file(self.out_dir, files["files"][world.rank]))
+            notes += self.sync.load_rank_state(own["state"])
+        elif states:
+            notes += self.sync.load_rank_state(states[world.rank])
+        return notes
