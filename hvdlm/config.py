@@ -286,7 +286,7 @@ def validate_sync(dist: DistributedConfig, o: OptimConfig, need) -> None:
     need(0 <= dist.overlap_steps <= dist.sync_every,
          f"overlap_steps must be in [0, sync_every={dist.sync_every}], got {dist.overlap_steps}")
     need(not dist.overlap_steps or dist.sync != "every_step",
-         f"overlap_steps delays the exchange of --sync local_sgd or diloco; --sync every_step exchanges gradients "
+         "overlap_steps delays the exchange of --sync local_sgd or diloco; --sync every_step exchanges gradients "
          "that the step needs now")
     need(dist.outer_lr > 0, f"outer_lr must be positive, got {dist.outer_lr}")
     need(0 <= dist.outer_momentum < 1, f"outer_momentum must be in [0, 1), got {dist.outer_momentum}")

@@ -106,7 +106,7 @@ def seed_device(seed: int, device: torch.device) -> None:
 def run(job: Job, state: TrainState, world: dist.World, session: Session) -> dict:
     """Train from ``state`` to ``state.last_step`` (or a stop signal) on this world; returns the
     summary (the same on every rank). Under elastic, Horovod calls this again after each reset."""
-    cfg, t, o = job.cfg, job.cfg.train, job.cfg.optim
+    t, o = job.cfg.train, job.cfg.optim
     model, optimizer, sync, watch = job.model, job.optimizer, job.sync, job.watch
     state.replan(world.rank, world.size)
     sync.set_accumulation(optimizer, state.accum)

@@ -43,8 +43,8 @@ class Exchange:
 
     Overlapped, it goes in ``parts`` slices, one started per step. Horovod's background thread runs
     one collective at a time, so a step's own small collectives (the stop check, the logged loss,
-    an evaluation) queue behind whatever it is running: behind a whole 21 MB exchange they waited
-    the 18 s it took at 10 Mbit/s; behind one slice they wait at most that slice.
+    an evaluation) queue behind whatever it is running: behind a whole exchange on a slow link they
+    wait as long as it takes (seconds: benchmarks/RESULTS.md); behind one slice, at most that slice.
     """
 
     def __init__(self, payload: torch.Tensor, name: str, wire: str, sent: torch.Tensor, due: int, parts: int):
