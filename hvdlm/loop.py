@@ -97,7 +97,7 @@ def describe_batch(state: TrainState, world: dist.World, job: Job) -> str:
 def seed_device(seed: int, device: torch.device) -> None:
     """Seed the generator dropout draws from on ``device``. Not torch.manual_seed: it seeds every
     device type, and each one not started (CUDA, XPU, MTIA on a CPU host) records a stack trace
-    for later, ~1 ms a step for a tiny model."""
+    for later, at every step: a cost a small model's step feels (benchmarks/RESULTS.md)."""
     torch.default_generator.manual_seed(seed)
     if device.type == "cuda":
         torch.cuda.manual_seed(seed)

@@ -92,7 +92,7 @@ class Metrics:
 
 class TensorBoard:
     """Scalars to a TensorBoard event file, written by a thread of its own: importing TensorBoard
-    (protobuf) takes ~0.3 s and each scalar is serialized and written, none of which the training
+    (protobuf) is slow and each scalar is serialized and written, none of which the training
     loop should wait for. ``add`` only queues; ``close`` writes what is queued and the file."""
 
     def __init__(self, log_dir: Path):
