@@ -277,7 +277,7 @@ def validate(cfg: Config) -> None:
 
 
 def validate_sync(dist: DistributedConfig, o: OptimConfig, need) -> None:
-    """The combinations of --compression and --sync that make sense (README: "Communication")."""
+    """The combinations of --compression and --sync that make sense (docs/communication.md)."""
     need(dist.sync_every >= 1, f"sync_every must be >= 1, got {dist.sync_every}")
     need(dist.powersgd_rank >= 1, f"powersgd_rank must be >= 1, got {dist.powersgd_rank}")
     need(dist.powersgd_start >= 0, f"powersgd_start must be >= 0, got {dist.powersgd_start}")

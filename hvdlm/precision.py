@@ -10,8 +10,9 @@ import torch
 def resolve_precision(precision: str, device: torch.device) -> str:
     if precision != "auto":
         return precision
-    # Measured (README, "Precision"): bf16 autocast pays off on GPUs with bf16; on CPUs only for
-    # models of ~10M parameters and up, so the CPU default stays fp32 for the tiny default.
+    # bf16 autocast pays off on GPUs with bf16; on CPUs only for larger models on CPUs with bf16
+    # instructions, not for the tiny default, so CPUs stay fp32 (docs/training.md, "Precision";
+    # measure with benchmarks/precision.sh).
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return "bf16"
     return "fp32"
