@@ -249,7 +249,7 @@ def report_crash(args: argparse.Namespace, rank: int, exc: BaseException) -> int
         if timeout is not None:
             what = (f"stopped: a collective ran past Gloo's timeout of {timeout / 1000:g} s: the link is too slow "
                     "for what the ranks exchange at once (or a rank stopped answering); on a slow link set "
-                    "HOROVOD_GLOO_TIMEOUT_SECONDS higher (README: Communication)")
+                    "HOROVOD_GLOO_TIMEOUT_SECONDS higher (docs/communication.md)")
         print(f"hvdlm: rank {rank} on {host} {what}{where}", file=sys.stderr, flush=True)
         return watchdog.EXIT_STALLED
     message = f"{type(exc).__name__}: {exc}"

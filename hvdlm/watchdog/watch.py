@@ -50,7 +50,7 @@ class Idle:
 
 def start(world, cfg, exchange: Callable[[dict], list[dict]]) -> "Watchdog | Idle":
     """Start this rank's watchdog. ``exchange`` gathers every rank's address (a Horovod
-    allgather, from distributed.py); under elastic training ranks come and go, so there only the
+    allgather, from distributed/); under elastic training ranks come and go, so there only the
     rank's own progress is watched."""
     d = cfg.distributed
     if not d.watchdog:
@@ -89,7 +89,7 @@ class Watchdog:
         self._connected = time.monotonic()
         self._warned = False
 
-    # --- set-up: the address exchange goes through Horovod (distributed.py) ---------------------
+    # --- set-up: the address exchange goes through Horovod (distributed/) ----------------------
     def address(self) -> dict:
         return self.wire.address(self.rank, self.host)
 
