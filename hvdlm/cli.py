@@ -113,7 +113,7 @@ def cmd_preflight(args: argparse.Namespace) -> None:
 
 def build_parser(prepare_only: bool = False) -> argparse.ArgumentParser:
     """The whole command line; with ``prepare_only``, just `hvdlm prepare`, which then runs
-    without importing torch (the other commands' options need it: 200 MB and seconds)."""
+    without importing torch (the other commands' options need it, and it is slow to import)."""
     parser = argparse.ArgumentParser(prog="hvdlm", description="Train GPT-style language models with Horovod.")
     sub = parser.add_subparsers(dest="command", required=True)
 
