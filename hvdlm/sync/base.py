@@ -91,9 +91,10 @@ class Sync:
         return ""
 
 
-def ring_bytes(numel: int, bytes_per_element: float) -> float:
-    """What one rank sends in a ring allreduce of ``numel`` elements (0 on one rank)."""
-    n = dist.size()
+def ring_bytes(numel: int, bytes_per_element: float, n: int | None = None) -> float:
+    """What one rank sends in a ring allreduce of ``numel`` elements over ``n`` ranks (default:
+    this job's; 0 on one rank)."""
+    n = dist.size() if n is None else n
     return 2 * (n - 1) / n * numel * bytes_per_element
 
 
