@@ -79,9 +79,12 @@ def int_list(text: str, what: str) -> list[int]:
 def cmd_plan(args: argparse.Namespace) -> None:
     from hvdlm.plan.report import methods, report
 
-    ms = methods(int_list(args.powersgd_ranks, "--powersgd_ranks"), int_list(args.sync_every, "--sync_every"),
-                 args.overlap_steps)
-    s, share, source = setting(args)
+    try:
+        ms = methods(int_list(args.powersgd_ranks, "--powersgd_ranks"), int_list(args.sync_every, "--sync_every"),
+                     args.overlap_steps)
+        s, share, source = setting(args)
+    except HvdlmError as e:  # one process: a clean exit (cli.main ends a lone rank's error with os._exit)
+        raise HvdlmError(str(e), everywhere=True) from None
     report(args, ms, s, share, source)
 
 
