@@ -32,9 +32,9 @@ def add_plan_parser(sub) -> None:
     g.add_argument("--ranks_per_host", type=int, default=8, help="default: 8 (at most --ranks)")
     g.add_argument("--global_batch", type=int, default=0, help="sequences per step over all ranks "
                    "(default: --ranks x --batch_size)")
-    g.add_argument("--batch_size", type=int, default=0, help="sequences per rank per micro-step; fewer than a "
-                   "rank's share means gradient accumulation (default: 8 when --global_batch is not given, "
-                   "else the whole share)")
+    g.add_argument("--batch_size", type=int, default=0, help="sequences per rank per micro-step (at most a rank's "
+                   "share; fewer means gradient accumulation; default: 8 when --global_batch is not given, else "
+                   "the whole share)")
     g = p.add_argument_group("compute of one rank per step (one of)")
     g.add_argument("--step_ms", type=float, default=0.0, help="given, at this plan's per-rank batch")
     g.add_argument("--metrics", default="", help="a run's metrics.jsonl or out_dir: step time minus wait, per token")
@@ -101,7 +101,7 @@ def setting(args: argparse.Namespace):
     if global_batch < 1 or global_batch % args.ranks:
         raise HvdlmError(f"--global_batch {global_batch} does not divide into --ranks {args.ranks} equal shares")
     share = global_batch // args.ranks
-    micro = args.batch_size or share
+    micro = min(args.batch_size, share) if args.batch_size else share
     if share % micro:
         raise HvdlmError(f"--batch_size {micro} does not divide a rank's share of {share} sequences")
     sources = [bool(args.step_ms), bool(args.metrics), bool(args.measure), bool(args.gpu)]
