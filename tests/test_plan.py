@@ -67,6 +67,15 @@ def plan_args(*extra):
     return build_parser().parse_args(["plan", *extra])
 
 
+def test_link_bandwidth_from_preflight_json(tmp_path):
+    ranks = [{"rank": 0, "p2p_gbps": 2.5}, {"rank": 1, "p2p_gbps": 1.25}]
+    (tmp_path / "pre.json").write_text(json.dumps({"per_rank": ranks}))
+    s, _, _ = setting(plan_args("--preset", "tiny", "--vocab_size", "256", "--ranks", "2", "--ranks_per_host", "1",
+                                "--step_ms", "5", "--preflight", str(tmp_path / "pre.json"), "--link", "1gbit,30us",
+                                "--mem_bw", "10GB/s"))
+    assert s.cluster.inter == Link(1.25e9, pytest.approx(30e-6))
+
+
 def test_stop_check_waits_for_the_cycle_on_short_steps():
     s, _, _ = setting(plan_args("--preset", "tiny", "--vocab_size", "256", "--ranks", "2", "--step_ms", "5",
                                 "--link", "25gbit,20us", "--ranks_per_host", "1", "--mem_bw", "10GB/s"))
@@ -133,8 +142,8 @@ def test_bad_input_is_one_error_line(flags, says, capsys):
 
 
 def test_bad_input_from_the_command_line(tmp_path):
-    run = launch("single", [HVDLM, "plan", "--preset", "tiny", "--step_ms", "10", "--ranks", "4", "--link", "9furlongs,1us",
-                            "--json", str(tmp_path / "plan.json")], cwd=tmp_path)
+    run = launch("single", [HVDLM, "plan", "--preset", "tiny", "--step_ms", "10", "--ranks", "4",
+                            "--link", "9furlongs,1us", "--json", str(tmp_path / "plan.json")], cwd=tmp_path)
     assert run.returncode == 2 and run.stdout == "" and run.stderr.count("\n") == 1, run.output
     assert run.stderr.startswith("hvdlm: error: --link bandwidth '9furlongs' is not a rate")
     assert list(tmp_path.iterdir()) == []  # nothing written

@@ -45,6 +45,8 @@ def add_plan_parser(sub) -> None:
     g.add_argument("--precision", default="bf16", choices=["fp32", "bf16"], help="with --gpu (default: bf16)")
     g = p.add_argument_group("network and Horovod")
     g.add_argument("--link", default="25gbit,20us", help="between hosts: BANDWIDTH,LATENCY (default: 25gbit,20us)")
+    g.add_argument("--preflight", default="", metavar="JSON", help="take the bandwidth between hosts from "
+                   "`hvdlm preflight --json` (its slowest rank's point-to-point GB/s); latency from --link")
     g.add_argument("--intra_link", default=DEFAULT_INTRA, help=f"inside a host (default: {DEFAULT_INTRA})")
     g.add_argument("--hierarchical", action="store_true", help="HOROVOD_HIERARCHICAL_ALLREDUCE=1")
     g.add_argument("--cycle_ms", type=float, default=float(CPU_DEFAULTS_MPI["HOROVOD_CYCLE_TIME"]),
@@ -96,6 +98,8 @@ def setting(args: argparse.Namespace):
     from hvdlm.units import parse_bytes, parse_link, parse_rate
 
     inter, intra = Link(*parse_link(args.link, "--link")), Link(*parse_link(args.intra_link, "--intra_link"))
+    if args.preflight:
+        inter = Link(inputs.preflight_bandwidth(args.preflight), inter.latency)
     cluster = Cluster(args.ranks, args.ranks_per_host, inter, intra, args.hierarchical)
     global_batch = args.global_batch or args.ranks * (args.batch_size or 8)
     if global_batch < 1 or global_batch % args.ranks:

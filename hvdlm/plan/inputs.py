@@ -114,6 +114,17 @@ def compute_from_gpu(shape: dict, tokens_per_rank: int, gpu: str, mfu: float, pr
     return flops_per_token(shape) * tokens_per_rank / (peak * mfu)
 
 
+def preflight_bandwidth(path: str) -> float:
+    """Bytes/s between hosts from ``hvdlm preflight --json``: the slowest rank's point-to-point
+    figure (it records no latency: that stays --link's)."""
+    try:
+        ranks = json.loads(Path(path).read_text())["per_rank"]
+        return min(float(r["p2p_gbps"]) for r in ranks) * 1e9
+    except (OSError, ValueError, KeyError, TypeError):
+        raise HvdlmError(f"--preflight {path} is not the JSON of `hvdlm preflight --json` with per-rank "
+                         "figures") from None
+
+
 def memory_bandwidth(gpu: str) -> float:
     """Bytes/s for memory-bound copies: the GPU's HBM, or a copy timed here (the best of a few)."""
     for fragment, bw in GPU_MEMORY_BW:

@@ -24,7 +24,8 @@ micro-steps; backward is 2/3 of forward + backward, ``mfu.flops_per_token``'s 6N
 
 Every method also has the step's stop check (``distributed.StopCheck``): a one-number allreduce
 started with the step and read at its end; Horovod serves it at the next cycle, so a step shorter
-than the cycle waits for the rest of it (the steps fall in phase with the cycles).
+than the cycle waits for the rest of it (the steps fall in phase with the cycles). A 4-byte
+message is latency only: it costs what the negotiation does (a tree), not a ring's 2(N-1) hops.
 
 Bytes each rank sends per step are what hvdlm's counters add up (``sync.base.ring_bytes``, the
 ``sync_bytes`` of metrics.jsonl): 2(N-1)/N x elements x bytes per element, per exchange.
@@ -114,7 +115,7 @@ def stop_check(s: Setting, cycle: float) -> float:
     """What the step's one-number stop check adds to a step shorter than Horovod's cycle."""
     if s.cluster.ranks == 1:
         return 0.0
-    done = cycle + network.negotiation(s.cluster) + network.allreduce(s.cluster, 4)
+    done = cycle + 2 * network.negotiation(s.cluster)  # a 4-byte allreduce: a tree's latency, as the negotiation
     return max(0.0, done - s.compute)
 
 
@@ -197,7 +198,8 @@ def bottleneck(s: Setting, m: Method) -> str:
         return "compute"
     c = s.cluster
     trials = {
-        "latency": replace(s, cluster=replace(c, inter=replace(c.inter, latency=0.0), intra=replace(c.intra, latency=0.0))),
+        "latency": replace(s, cluster=replace(c, inter=replace(c.inter, latency=0.0),
+                                              intra=replace(c.intra, latency=0.0))),
         "bandwidth": replace(s, cluster=replace(c, inter=replace(c.inter, bandwidth=float("inf")),
                                                 intra=replace(c.intra, bandwidth=float("inf")))),
         "cycle": replace(s, cycle=0.0, periodic_cycle=0.0),
