@@ -19,6 +19,11 @@ def methods(powersgd_ranks: list[int], sync_every: list[int], overlap_steps: int
     return list(dict.fromkeys(out))
 
 
+def num(x: float) -> str:
+    """4 significant digits, thousands separated, never an exponent: 1107514 -> '1,107,514'."""
+    return f"{x:,.0f}" if x >= 1000 else f"{x:.4g}"
+
+
 def rows(s: Setting, ms: list[Method]) -> list[Row]:
     return [predict(s, m) for m in ms]
 
@@ -45,9 +50,9 @@ def table(s: Setting, ms: list[Method]) -> tuple[list[str], list[list[str]], lis
         known = penalty.measured(r.method)
         tps = s.tokens_per_step / r.step
         bound = bottleneck(s, r.method)
-        body.append([r.method.label, f"{r.compute * 1e3:.4g}", f"{r.exchange * 1e3:.4g}", f"{r.exposed * 1e3:.4g}",
-                     f"{r.step * 1e3:.4g}", f"{tps:,.0f}", f"{r.compute / r.step:.0%}", f"{r.sent / 1e6:.4g}",
-                     f"{r.nic / 1e6:.4g}", bound, f"+{known[0]:g}%" if known else "not measured"])
+        body.append([r.method.label, num(r.compute * 1e3), num(r.exchange * 1e3), num(r.exposed * 1e3),
+                     num(r.step * 1e3), f"{tps:,.0f}", f"{r.compute / r.step:.0%}", num(r.sent / 1e6),
+                     num(r.nic / 1e6), bound, f"+{known[0]:g}%" if known else "not measured"])
         docs.append({"method": r.method.label, "compute_ms": r.compute * 1e3, "exchange_ms": r.exchange * 1e3,
                      "exposed_ms": r.exposed * 1e3, "step_ms": r.step * 1e3, "tokens_per_s": tps,
                      "efficiency": r.compute / r.step, "sent_bytes_per_step": r.sent, "nic_bytes_per_step": r.nic,

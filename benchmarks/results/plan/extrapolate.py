@@ -38,6 +38,10 @@ def eff(row: dict) -> str:
         f", {row['tokens_per_s'] / 1e6:.3g}M tok/s)"
 
 
+def seconds(ms: float) -> str:
+    return f"{ms:.3g} ms" if ms < 1000 else f"{ms / 1e3:,.3g} s" if ms < 1e5 else f"{ms / 1e3:,.0f} s"
+
+
 def run(argv: list[str]) -> str:
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
@@ -46,6 +50,7 @@ def run(argv: list[str]) -> str:
 
 
 def main_() -> None:
+    compact = ["| model | ranks | link | none (fp32) | fp16 | fastest within 3% | fp32 bound by |", "|" + "---|" * 7]
     summary = ["| model | ranks | link | none (fp32) | fp16 | fastest within 3% | fastest of all | "
                "none is bound by | fp16 is bound by |", "|" + "---|" * 9]
     for model, flags in MODELS.items():
@@ -67,8 +72,12 @@ def main_() -> None:
                 summary.append(f"| {model} | {ranks} | {' '.join(link[1:])} | {eff(rows['none'])} | "
                                f"{eff(rows['fp16'])} | {doc['choice']}: {eff(best)} | {top['method']}: {eff(top)}, "
                                f"loss {loss} | {rows['none']['bound_by']} | {rows['fp16']['bound_by']} |")
+                short = lambda r: f"{r['efficiency']:.0%} ({seconds(r['step_ms'])})"  # noqa: E731
+                compact.append(f"| {model} | {ranks} | {' '.join(link[1:])} | {short(rows['none'])} | "
+                               f"{short(rows['fp16'])} | {doc['choice']} {short(best)} | {rows['none']['bound_by']} |")
                 print(summary[-1], file=sys.stderr, flush=True)
     (HERE / "summary.md").write_text("\n".join(summary) + "\n")
+    (HERE / "compact.md").write_text("\n".join(compact) + "\n")
 
 
 if __name__ == "__main__":
