@@ -11,7 +11,6 @@ DEFAULT_INTRA = "1600gbit,2us"  # inside a host: NVLink-class (200 GB/s); CPU ra
 
 def add_plan_parser(sub) -> None:
     from hvdlm.config import DistributedConfig
-    from hvdlm.distributed import CPU_DEFAULTS_MPI, PERIODIC_CYCLE_MS
     from hvdlm.model import PRESETS
 
     p = sub.add_parser("plan", help="predict step time, tokens/s and bytes of every sync method at N ranks",
@@ -49,10 +48,11 @@ def add_plan_parser(sub) -> None:
                    "`hvdlm preflight --json` (its slowest rank's point-to-point GB/s); latency from --link")
     g.add_argument("--intra_link", default=DEFAULT_INTRA, help=f"inside a host (default: {DEFAULT_INTRA})")
     g.add_argument("--hierarchical", action="store_true", help="HOROVOD_HIERARCHICAL_ALLREDUCE=1")
-    g.add_argument("--cycle_ms", type=float, default=float(CPU_DEFAULTS_MPI["HOROVOD_CYCLE_TIME"]),
+    # defaults read in setting(): distributed.py loads Horovod, which building the parser must not
+    g.add_argument("--cycle_ms", type=float, default=None,
                    help="Horovod's cycle under every-step sync (default: 1, Horovod's and hvdlm's)")
-    g.add_argument("--periodic_cycle_ms", type=float, default=float(PERIODIC_CYCLE_MS),
-                   help=f"hvdlm's cycle under local_sgd/diloco (default: {PERIODIC_CYCLE_MS})")
+    g.add_argument("--periodic_cycle_ms", type=float, default=None,
+                   help="hvdlm's cycle under local_sgd/diloco (default: distributed.PERIODIC_CYCLE_MS, 20)")
     g.add_argument("--fusion", default="128M", help="HOROVOD_FUSION_THRESHOLD (default: 128M, Horovod 0.28's)")
     g.add_argument("--mem_bw", default="", help="memory bandwidth for copies, e.g. 3.35TB/s (default: --gpu's "
                    "HBM, else timed here)")
@@ -130,11 +130,15 @@ def setting(args: argparse.Namespace):
         compute = inputs.compute_by_measuring(shape, micro, args.measure, args.measure_ranks, args.data_dir)
         compute *= share // micro
         source = f"measured here: {args.measure} steps on {args.measure_ranks} rank(s)"
+    from hvdlm.distributed import CPU_DEFAULTS_MPI, PERIODIC_CYCLE_MS
     from hvdlm.mfu import flops_per_token
+
+    cycle_ms = float(CPU_DEFAULTS_MPI["HOROVOD_CYCLE_TIME"]) if args.cycle_ms is None else args.cycle_ms
+    periodic_cycle_ms = float(PERIODIC_CYCLE_MS) if args.periodic_cycle_ms is None else args.periodic_cycle_ms
 
     s = Setting(params=inputs.parameters(shape), shape=shape, cluster=cluster, compute=compute,
                 accum=share // micro, tokens_per_step=global_batch * shape["block_size"],
-                cycle=args.cycle_ms / 1e3, periodic_cycle=args.periodic_cycle_ms / 1e3,
+                cycle=cycle_ms / 1e3, periodic_cycle=periodic_cycle_ms / 1e3,
                 threshold=parse_bytes(args.fusion, "--fusion"),
                 mem_bw=parse_rate(args.mem_bw, "--mem_bw") if args.mem_bw else inputs.memory_bandwidth(args.gpu),
                 flops=flops_per_token(shape) * tokens_per_rank / compute,

@@ -11,9 +11,11 @@ ring allreduce (what Horovod runs over MPI and Gloo for a fused buffer of S byte
     ``sync.base.ring_bytes``.)  MPI may pick another algorithm for small messages (recursive
     doubling: log2 N steps); the ring is the bandwidth-optimal one for the large fused buffers.
 
-hierarchical allreduce (HOROVOD_HIERARCHICAL_ALLREDUCE=1; Horovod docs, "Tensor Fusion" and
-"Horovod with NCCL"): a reduce-scatter inside each host, g allreduces of S/g across the H hosts
-(one per local rank, sharing the host's NIC), an allgather inside the host:
+hierarchical allreduce (HOROVOD_HIERARCHICAL_ALLREDUCE=1; described in ``horovodrun --help`` of
+Horovod 0.28.1 as a reduction inside each host, allreduces between the ranks of the same local
+rank on every host, run side by side, then a gather inside each host): a reduce-scatter inside each host, g
+allreduces of S/g across the H hosts (one per local rank, sharing the host's NIC), an allgather
+inside the host:
     2(g-1)/g x S / B_intra + 2(g-1) x lat_intra   +   2(H-1)/H x S / B_inter + 2(H-1) x lat_inter.
     It trades the flat ring's 2(N-1) inter-host latencies for 2(H-1).
 

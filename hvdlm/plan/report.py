@@ -63,7 +63,8 @@ def table(s: Setting, ms: list[Method]) -> tuple[list[str], list[list[str]], lis
 
 def report(args: argparse.Namespace, ms: list[Method], s: Setting, share: int, source: str) -> None:
     header, body, docs = table(s, ms)
-    print(describe(s, share, source))
+    setting = describe(s, share, source)
+    print(setting)
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for line in body:
@@ -76,10 +77,10 @@ def report(args: argparse.Namespace, ms: list[Method], s: Setting, share: int, s
           f"of small models; local_sgd/diloco's grew with the rank count")
     fastest = max(docs, key=lambda d: d["tokens_per_s"])
     if fastest is not best:
-        known, source = fastest["loss_penalty_pct"], fastest["loss_penalty_source"]
-        loss = "not measured" if known is None else f"+{known:g}% ({source})"
+        known, where = fastest["loss_penalty_pct"], fastest["loss_penalty_source"]
+        loss = "not measured" if known is None else f"+{known:g}% ({where})"
         print(f"hvdlm: fastest of all: {fastest['method']}, {fastest['tokens_per_s']:,.0f} tokens/s "
               f"({fastest['efficiency']:.0%}), loss penalty {loss}")
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"setting": describe(s, share, source), "rows": docs, "choice": best["method"]}, fh, indent=1)
+            json.dump({"setting": setting, "rows": docs, "choice": best["method"]}, fh, indent=1)
