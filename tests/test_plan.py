@@ -108,6 +108,10 @@ def test_predicted_bytes_equal_hvdlm_counters_at_2_ranks(name, corpus, tmp_path)
                                 "--block_size", "32", "--vocab_size", str(vocab), "--ranks", "2",
                                 "--global_batch", "16", "--step_ms", "10", "--mem_bw", "10GB/s"))
     assert counted > 0 and predict(s, method).sent == pytest.approx(counted, rel=1e-9)
+    if name == "none":  # the same run as a model (its out_dir) and as compute (its metrics.jsonl)
+        from_run, _, source = setting(plan_args("--out_dir", str(out), "--metrics", str(out), "--ranks", "4",
+                                                "--global_batch", "16", "--mem_bw", "10GB/s"))
+        assert from_run.params == s.params and from_run.compute > 0 and source == f"from {out}"
 
 
 def test_measure_on_2_local_ranks(corpus, tmp_path):
