@@ -1,4 +1,4 @@
-"""``hvdlm prepare | train | elastic | sample | plot | export | preflight | bench``: the command line.
+"""``hvdlm prepare | train | elastic | sample | plot | export | preflight | bench | plan``: the command line.
 
 Problems a user can fix end with one line, ``hvdlm: error: ...``, printed once (by rank 0) and
 exit status 2 on every rank; anything unexpected prints one line naming the rank and host and
@@ -213,6 +213,9 @@ def build_parser(prepare_only: bool = False) -> argparse.ArgumentParser:
 
     from hvdlm.bench.cli import add_bench_parser
     add_bench_parser(sub)
+
+    from hvdlm.plan.command import add_plan_parser
+    add_plan_parser(sub)
     return parser
 
 

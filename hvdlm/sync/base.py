@@ -93,9 +93,10 @@ class Sync:
         return ""
 
 
-def ring_bytes(numel: int, bytes_per_element: float) -> float:
-    """What one rank sends in a ring allreduce of ``numel`` elements (0 on one rank)."""
-    return bus_factor(dist.size()) * numel * bytes_per_element
+def ring_bytes(numel: int, bytes_per_element: float, n: int | None = None) -> float:
+    """What one rank sends in a ring allreduce of ``numel`` elements over ``n`` ranks (default:
+    this job's; 0 on one rank)."""
+    return bus_factor(dist.size() if n is None else n) * numel * bytes_per_element
 
 
 def flatten(tensors: list[torch.Tensor]) -> torch.Tensor:

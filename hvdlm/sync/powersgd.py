@@ -33,6 +33,19 @@ from hvdlm import distributed as dist
 from hvdlm.sync.base import OwnCollectives, StepStats, check_finite, flatten, grads_of, ring_bytes, unflatten_into
 
 
+def compressed_shape(shape: tuple[int, ...], rank: int, min_compression: float) -> tuple[int, int, int] | None:
+    """(n, m, r) when a gradient of this shape is compressed (viewed as n x m, rank r), else None:
+    a matrix whose n x m is at least ``min_compression`` times (n + m) x r."""
+    if len(shape) < 2:
+        return None
+    n = shape[0]
+    m = 1
+    for d in shape[1:]:
+        m *= d
+    r = min(rank, n, m)
+    return (n, m, r) if min_compression * (n + m) * r <= n * m else None
+
+
 class PowerSGD(OwnCollectives):
     kind = "powersgd"
 
@@ -51,14 +64,12 @@ class PowerSGD(OwnCollectives):
         names = [n for n, p in model.named_parameters() if p.requires_grad]
         self.compressed, self.plain, self.shapes = [], [], []
         for i, p in enumerate(self.params):
-            if p.dim() >= 2:
-                n, m = p.shape[0], p.numel() // p.shape[0]
-                r = min(self.rank, n, m)
-                if self.min_compression * (n + m) * r <= n * m:
-                    self.compressed.append(i)
-                    self.shapes.append((n, m, r))
-                    continue
-            self.plain.append(i)
+            nmr = compressed_shape(tuple(p.shape), self.rank, self.min_compression)
+            if nmr:
+                self.compressed.append(i)
+                self.shapes.append(nmr)
+            else:
+                self.plain.append(i)
         self.names = [names[i] for i in self.compressed]
         # The same starting Q on every rank and device: drawn in order on the CPU from a generator
         # seeded with --seed, then moved to its parameter's device.

@@ -1,0 +1,19 @@
+"""The cost model behind ``hvdlm plan``: step time, tokens/s and bytes of every sync method at N ranks.
+
+One concern per module, each term written down with its source in the module that computes it:
+
+  ``network.py``  one collective's time: ring allreduce 2(N-1)/N x S/B + 2(N-1) x latency, the
+                  hierarchical allreduce, hvdlm's alltoall + allgather exchange, Horovod's negotiation
+  ``overlap.py``  Horovod's background thread over one backward: when each gradient is ready, the
+                  cycle, tensor fusion; how much of the allreduce ends after backward
+  ``methods.py``  one row per method (none, fp16, bf16, powersgd r, local_sgd H, diloco H with each
+                  wire, on time or overlapped): compute, exchange, exposed exchange, bytes
+  ``penalty.py``  the loss each method was measured to cost (benchmarks/RESULTS.md)
+  ``inputs.py``   the model's parameters, and one rank's compute per step (given, read, measured,
+                  or a GPU's peak x MFU)
+  ``command.py``, ``report.py``  the command line and the table
+
+What is not modelled: contention between the exchange and compute for memory or cores (on CPU
+ranks the background thread shares the ranks' cores), MPI's choice of a non-ring algorithm for
+small buffers, NCCL's multiple channels and NICs, stragglers, DiLoCo's outer step's own compute.
+"""

@@ -1,0 +1,140 @@
+"""What a plan starts from: the model's parameters, and one rank's compute per optimizer step.
+
+The model: a preset (with shape overrides), or a run's ``out_dir`` (its ``config.toml``; the
+vocabulary from its data's ``meta.json``). The parameters are those of hvdlm's own GPT, built on
+the meta device (shapes only, no memory). ``model_from_init`` is the seam for ``--init_from``.
+
+One rank's compute per optimizer step, at this plan's per-rank batch, from the first of:
+  --step_ms               given;
+  --metrics PATH          a run's metrics.jsonl (or its out_dir): its mean step time minus its
+                          allreduce wait (``bench.train.figures``), per token, times this plan's
+                          tokens per rank;
+  --measure STEPS         that, from a run of ``hvdlm train`` started here for STEPS steps on
+                          ``--measure_ranks`` local ranks (horovodrun --gloo) at this plan's
+                          per-rank batch;
+  --gpu NAME --mfu F      FLOPs per token (``mfu.flops_per_token``) x tokens per rank /
+                          (the GPU's dense peak in ``mfu.GPU_PEAKS`` x F).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from hvdlm.bench.train import BIN, RunSpec, figures, measure
+from hvdlm.config import ModelConfig, load_config, model_shape
+from hvdlm.errors import HvdlmError
+from hvdlm.mfu import flops_per_token, gpu_peak
+from hvdlm.model import GPT, GPTConfig
+
+# HBM bandwidth by device-name fragment, first match wins (NVIDIA data sheets, SXM parts): for the
+# memory-bound copies of hvdlm's own exchanges and PowerSGD's passes.
+GPU_MEMORY_BW = [("H200", 4.8e12), ("H100 PCIe", 2.0e12), ("H100", 3.35e12), ("A100", 2.0e12),
+                 ("L40S", 0.864e12), ("L4", 0.3e12), ("A10", 0.6e12), ("V100", 0.9e12)]
+
+
+def vocab_of(data_dir: str | Path, given: int) -> int:
+    if given:
+        return given
+    try:
+        return int(json.loads((Path(data_dir) / "meta.json").read_text())["vocab_size"])
+    except (OSError, ValueError, KeyError):
+        return 50257  # GPT-2's BPE, when no prepared data says otherwise
+
+
+def model_from_preset(preset: str, overrides: dict, vocab_size: int) -> dict:
+    return model_shape(ModelConfig(preset=preset, **{k: v for k, v in overrides.items() if v}), vocab_size)
+
+
+def model_from_out_dir(out_dir: str, vocab_size: int) -> dict:
+    path = Path(out_dir) / "config.toml"
+    if not path.is_file():
+        raise HvdlmError(f"--out_dir {out_dir} holds no config.toml (the folder of an `hvdlm train` run)")
+    cfg = load_config(str(path))
+    return model_shape(cfg.model, vocab_of(cfg.data.data_dir, vocab_size))
+
+
+def model_from_init(folder: str) -> dict:
+    """The seam for ``--init_from`` (an exported or pretrained model's folder): not built yet."""
+    raise HvdlmError("hvdlm plan cannot read an --init_from folder yet; give --preset with its shape")
+
+
+def parameters(shape: dict) -> tuple:
+    """((name, shape), ...) of hvdlm's GPT, in registration order, built without memory."""
+    with torch.device("meta"):
+        model = GPT(GPTConfig(**shape))
+    return tuple((n, tuple(p.shape)) for n, p in model.named_parameters() if p.requires_grad)
+
+
+def compute_from_metrics(path: str, tokens_per_rank: int) -> float:
+    """Seconds of one rank's compute for ``tokens_per_rank``, scaled from a run's metrics.jsonl."""
+    folder = Path(path).parent if Path(path).name == "metrics.jsonl" else Path(path)
+    if not (folder / "metrics.jsonl").is_file():
+        raise HvdlmError(f"--metrics {path}: no metrics.jsonl there")
+    rows = [json.loads(line) for line in open(folder / "metrics.jsonl")]
+    ranks = next((r["ranks"] for r in rows if r.get("kind") == "train"), None)
+    if ranks is None or not any(r.get("kind") == "summary" for r in rows):
+        raise HvdlmError(f"--metrics {path}: no finished run (train and summary lines) in its metrics.jsonl")
+    train = [r for r in rows if r.get("kind") == "train"]
+    run = figures(RunSpec(str(folder), [], ranks, 0), folder, warmup=min(2, len(train) - 1), wall=0, cpu=0)
+    run_tokens = run["tokens_per_s"] * run["step_ms"] / 1e3 / ranks
+    return run["compute_ms"] / 1e3 * tokens_per_rank / run_tokens
+
+
+def compute_by_measuring(shape: dict, per_rank_batch: int, steps: int, ranks: int, data_dir: str,
+                         timeout: float = 600) -> float:
+    """Seconds of one rank's compute per step, from ``steps`` steps of ``hvdlm train`` on ``ranks``
+    local ranks at this per-rank batch (the first 2 steps not counted)."""
+    if steps < 3:
+        raise HvdlmError(f"--measure {steps} is too few: at least 3 steps (the first 2 are not counted)")
+    launcher = [] if ranks == 1 else [str(BIN / "horovodrun"), "-np", str(ranks), "--gloo"]
+    flags = ["--data_dir", data_dir, "--n_layer", str(shape["n_layer"]), "--n_head", str(shape["n_head"]),
+             "--n_embd", str(shape["n_embd"]), "--block_size", str(shape["block_size"]),
+             "--batch_size", str(per_rank_batch), "--global_batch_size", str(per_rank_batch * ranks),
+             "--max_steps", str(steps), "--warmup_steps", "1", "--eval_interval", "0", "--eval_sequences", "1",
+             "--sample_tokens", "0", "--progress", "false", "--resume", "false", "--log_interval", "1",
+             "--tensorboard", "false", "--checkpoint_interval", "0"]
+    threads = max(1, (os.cpu_count() or 1) // ranks)
+    with tempfile.TemporaryDirectory(prefix="hvdlm-plan-") as tmp:
+        run = measure(RunSpec(f"measure on {ranks} rank(s)", launcher, ranks, threads), flags, Path(tmp), 2, timeout)
+    return run["compute_ms"] / 1e3
+
+
+def compute_from_gpu(shape: dict, tokens_per_rank: int, gpu: str, mfu: float, precision: str) -> float:
+    peak = gpu_peak(gpu, precision)
+    if peak is None:
+        raise HvdlmError(f"--gpu {gpu!r} with {precision} is not in hvdlm.mfu.GPU_PEAKS")
+    if not 0 < mfu <= 1:
+        raise HvdlmError(f"--mfu {mfu:g} is out of range: a fraction in (0, 1], e.g. 0.4")
+    return flops_per_token(shape) * tokens_per_rank / (peak * mfu)
+
+
+def preflight_bandwidth(path: str) -> float:
+    """Bytes/s between hosts from ``hvdlm preflight --json``: the slowest rank's point-to-point
+    figure (it records no latency: that stays --link's)."""
+    try:
+        ranks = json.loads(Path(path).read_text())["per_rank"]
+        return min(float(r["p2p_gbps"]) for r in ranks) * 1e9
+    except (OSError, ValueError, KeyError, TypeError):
+        raise HvdlmError(f"--preflight {path} is not the JSON of `hvdlm preflight --json` with per-rank "
+                         "figures") from None
+
+
+def memory_bandwidth(gpu: str) -> float:
+    """Bytes/s for memory-bound copies: the GPU's HBM, or a copy timed here (the best of a few)."""
+    for fragment, bw in GPU_MEMORY_BW:
+        if gpu and fragment.lower() in gpu.lower():
+            return bw
+    a = torch.empty(8 << 20)
+    b = torch.empty_like(a)
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        b.copy_(a)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * a.numel() * 4 / best  # read + write

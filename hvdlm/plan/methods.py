@@ -1,0 +1,210 @@
+"""One predicted row per method: compute, exchange, the exchange not hidden, step time, bytes.
+
+Per optimizer step of one rank (C = its compute: forward, backward and optimizer over its
+micro-steps; backward is 2/3 of forward + backward, ``mfu.flops_per_token``'s 6N = 2N + 4N):
+
+  none, fp16  Horovod's DistributedOptimizer: the last micro-step's backward queues each gradient
+              (fp32, or fp16: 2 bytes) as it is ready; ``overlap.simulate`` runs the background
+              thread; exposed = how long the last buffer ends after backward.
+  bf16        ``sync.allreduce.Bf16Allreduce``: after backward, one flat buffer of 2-byte values
+              through ``network.alltoall_exchange`` (alltoall, then allgather: two collectives, each
+              waiting half a cycle and a negotiation), plus the copies around it (flatten, encode,
+              decode, unflatten: ~24 bytes of memory traffic per element); all of it exposed.
+  powersgd r  ``sync.powersgd``: after backward, allreduce #1 of every P (n x r) and the small
+              tensors (fp32), QR of each P, allreduce #2 of every Q (m x r); plus its matmuls (M Q,
+              M^T P, P Q^T: 6 n m r FLOPs at the rate the model's own compute runs) or their memory
+              traffic (~24 bytes per compressed element), whichever is longer; all exposed.
+  local_sgd H, diloco H wire [overlap T]
+              ``sync.periodic``: every H steps one exchange of every parameter (local_sgd fp32;
+              diloco's pseudo-gradient in fp32/fp16 by ring allreduce, bf16/int8 by the alltoall
+              exchange), at hvdlm's periodic cycle (``distributed.PERIODIC_CYCLE_MS``). On time:
+              the step that syncs waits for all of it (exposed / H per step). Overlapped over T
+              steps: T slices, one started per step, run one after another behind the inner steps;
+              exposed = how long the last slice ends after the T-th step, / H.
+
+Every method also has the step's stop check (``distributed.StopCheck``): a one-number allreduce
+started with the step and read at its end; Horovod serves it at the next cycle, so a step shorter
+than the cycle waits for the rest of it (the steps fall in phase with the cycles). A 4-byte
+message is latency only: it costs what the negotiation does (a tree), not a ring's 2(N-1) hops.
+
+Bytes each rank sends per step are what hvdlm's counters add up (``sync.base.ring_bytes``, the
+``sync_bytes`` of metrics.jsonl): 2(N-1)/N x elements x bytes per element, per exchange.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from hvdlm.plan import network, overlap
+from hvdlm.plan.network import Cluster
+from hvdlm.sync.base import ring_bytes
+from hvdlm.sync.periodic import WIRE_BYTES
+from hvdlm.sync.powersgd import compressed_shape
+from hvdlm.wire import Int8
+
+BACKWARD = 2 / 3  # of forward + backward (6N FLOPs per token: 2N forward, 4N backward)
+COPY_BYTES = 24  # memory traffic per element of hvdlm's own flatten/encode/decode/unflatten, or PowerSGD's passes
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str  # none, fp16, bf16, powersgd, local_sgd, diloco
+    rank: int = 0  # powersgd
+    every: int = 1  # local_sgd, diloco: H
+    wire: str = "none"  # diloco's outer exchange
+    overlap: int = 0  # local_sgd, diloco: T
+
+    @property
+    def label(self) -> str:
+        if self.name == "powersgd":
+            return f"powersgd r{self.rank}"
+        if self.name in ("local_sgd", "diloco"):
+            wire = f" {self.wire}" if self.name == "diloco" else ""
+            return f"{self.name} H={self.every}{wire}" + (f" overlap {self.overlap}" if self.overlap else "")
+        return self.name
+
+
+@dataclass(frozen=True)
+class Setting:
+    """What every row shares."""
+    params: tuple  # ((name, shape), ...) of the model, in registration order
+    shape: dict  # model_shape
+    cluster: Cluster
+    compute: float  # seconds of one rank's compute per optimizer step
+    accum: int  # micro-steps per optimizer step
+    tokens_per_step: int  # over all ranks
+    cycle: float  # Horovod's cycle, every-step sync (seconds)
+    periodic_cycle: float  # hvdlm's cycle under local_sgd/diloco
+    threshold: float  # fusion threshold, bytes
+    mem_bw: float  # bytes/s, for the copies and PowerSGD's passes
+    flops: float  # FLOP/s the model's compute runs at (PowerSGD's matmuls)
+    min_compression: float  # --powersgd_min_compression
+
+    @property
+    def numel(self) -> int:
+        return sum(numel(s) for _, s in self.params)
+
+
+@dataclass
+class Row:
+    method: Method
+    compute: float
+    exchange: float  # seconds per step the exchange takes, hidden or not (averaged over H)
+    exposed: float  # seconds per step the step waits for it
+    sent: float  # bytes one rank sends per step (hvdlm's counter)
+    nic: float  # bytes one host's NIC sends per step
+
+    @property
+    def step(self) -> float:
+        return self.compute + self.exposed
+
+
+def numel(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def collective(s: Setting, cycle: float, cost: float) -> float:
+    """A collective started outside a cycle: half a cycle to the next, the negotiation, the transfer."""
+    return cycle / 2 + network.negotiation(s.cluster) + cost
+
+
+def stop_check(s: Setting, cycle: float) -> float:
+    """What the step's one-number stop check adds to a step shorter than Horovod's cycle."""
+    if s.cluster.ranks == 1:
+        return 0.0
+    done = cycle + 2 * network.negotiation(s.cluster)  # a 4-byte allreduce: a tree's latency, as the negotiation
+    return max(0.0, done - s.compute)
+
+
+def predict(s: Setting, m: Method) -> Row:
+    c, n = s.cluster, s.cluster.ranks
+    if m.name in ("none", "fp16"):
+        bpe = 2 if m.name == "fp16" else 4
+        backward = s.compute * BACKWARD / s.accum
+        ready = overlap.ready_times(list(s.params), s.shape, backward, bpe)
+        tl = overlap.simulate(ready, s.cycle, s.threshold, lambda b: network.allreduce(c, b), network.negotiation(c))
+        exposed = max(tl.finish - backward, stop_check(s, s.cycle)) if n > 1 else 0.0
+        return Row(m, s.compute, tl.busy if n > 1 else 0.0, exposed, ring_bytes(s.numel, bpe, n),
+                   network.nic_bytes_allreduce(c, s.numel * bpe))
+    if m.name == "bf16":
+        nbytes = s.numel * 2
+        ex = 0.0
+        if n > 1:
+            ex = (2 * collective(s, s.cycle, 0.0) + network.alltoall_exchange(c, nbytes)
+                  + s.numel * COPY_BYTES / s.mem_bw)
+        return Row(m, s.compute, ex, ex + stop_check(s, s.cycle), ring_bytes(s.numel, 2, n),
+                   network.nic_bytes_exchange(c, nbytes))
+    if m.name == "powersgd":
+        return _powersgd(s, m)
+    return _periodic(s, m)
+
+
+def _powersgd(s: Setting, m: Method) -> Row:
+    c, n = s.cluster, s.cluster.ranks
+    first = second = compressed = 0
+    for _, shape in s.params:
+        nmr = compressed_shape(tuple(shape), m.rank, s.min_compression)
+        if nmr:
+            rows, cols, r = nmr
+            first, second, compressed = first + rows * r, second + cols * r, compressed + rows * cols
+        else:
+            first += numel(shape)
+    matmul = max(6 * compressed * m.rank / s.flops, compressed * COPY_BYTES / s.mem_bw)
+    ex = 0.0
+    if n > 1:
+        ex = (collective(s, s.cycle, network.allreduce(c, first * 4)) + matmul
+              + collective(s, s.cycle, network.allreduce(c, second * 4)))
+    sent = ring_bytes(first, 4, n) + ring_bytes(second, 4, n)
+    nic = network.nic_bytes_allreduce(c, first * 4) + network.nic_bytes_allreduce(c, second * 4)
+    return Row(m, s.compute, ex, ex + stop_check(s, s.cycle), sent, nic)
+
+
+def _periodic(s: Setting, m: Method) -> Row:
+    c, n, h = s.cluster, s.cluster.ranks, m.every
+    wire = "none" if m.name == "local_sgd" else m.wire
+    own = wire in ("bf16", "int8")  # hvdlm's alltoall exchange; fp32/fp16 go by ring allreduce
+    encoded = Int8.encoded_numel(s.numel) if wire == "int8" else s.numel * WIRE_BYTES[wire]
+    parts = max(1, m.overlap)
+
+    def one(nbytes: float) -> float:
+        if own:
+            return 2 * collective(s, s.periodic_cycle, 0.0) + network.alltoall_exchange(c, nbytes)
+        return collective(s, s.periodic_cycle, network.allreduce(c, nbytes))
+
+    ex = exposed = 0.0
+    if n > 1:
+        copies = s.numel * COPY_BYTES / s.mem_bw  # flatten, the payload, unflatten (and encode/decode)
+        slice_time = one(encoded / parts)
+        ex = parts * slice_time + copies
+        if m.overlap:
+            finish = 0.0
+            for k in range(parts):  # slice k starts with inner step k, after the one before it
+                finish = max(finish, k * s.compute) + slice_time
+            exposed = max(0.0, finish - parts * s.compute) + copies
+        else:
+            exposed = ex
+    sent = ring_bytes(s.numel, WIRE_BYTES[wire], n) / h
+    nic = (network.nic_bytes_exchange(c, encoded) if own else network.nic_bytes_allreduce(c, encoded)) / h
+    return Row(m, s.compute, ex / h, exposed / h + stop_check(s, s.periodic_cycle), sent, nic)
+
+
+def bottleneck(s: Setting, m: Method) -> str:
+    """What the exposed time is mostly made of: the term whose removal saves the most."""
+    base = predict(s, m)
+    if base.exposed < 0.05 * base.step:
+        return "compute"
+    c = s.cluster
+    trials = {
+        "latency": replace(s, cluster=replace(c, inter=replace(c.inter, latency=0.0),
+                                              intra=replace(c.intra, latency=0.0))),
+        "bandwidth": replace(s, cluster=replace(c, inter=replace(c.inter, bandwidth=float("inf")),
+                                                intra=replace(c.intra, bandwidth=float("inf")))),
+        "cycle": replace(s, cycle=0.0, periodic_cycle=0.0),
+        "fusion buffer": replace(s, threshold=float("inf")),
+        "memory copies": replace(s, mem_bw=float("inf"), flops=float("inf")),
+    }
+    saved = {k: base.exposed - predict(t, m).exposed for k, t in trials.items()}
+    return max(saved, key=saved.get)

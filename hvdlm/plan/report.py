@@ -1,0 +1,86 @@
+"""The rows ``hvdlm plan`` prints: every method, then the fastest within the loss budget."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from hvdlm.plan import penalty
+from hvdlm.plan.methods import Method, Row, Setting, bottleneck, predict
+
+
+def methods(powersgd_ranks: list[int], sync_every: list[int], overlap_steps: int) -> list[Method]:
+    out = [Method("none"), Method("fp16"), Method("bf16")]
+    out += [Method("powersgd", rank=r) for r in powersgd_ranks]
+    for h in sync_every:
+        for t in (0, min(overlap_steps, h)):
+            out.append(Method("local_sgd", every=h, overlap=t))
+            out += [Method("diloco", every=h, wire=w, overlap=t) for w in ("none", "fp16", "bf16", "int8")]
+    return list(dict.fromkeys(out))
+
+
+def num(x: float) -> str:
+    """4 significant digits, thousands separated, never an exponent: 1107514 -> '1,107,514'."""
+    return f"{x:,.0f}" if x >= 1000 else f"{x:.4g}"
+
+
+def rows(s: Setting, ms: list[Method]) -> list[Row]:
+    return [predict(s, m) for m in ms]
+
+
+def describe(s: Setting, share: int, source: str) -> str:
+    c = s.cluster
+    numel = s.numel
+    link = lambda k: f"{k.bandwidth * 8 / 1e9:g} Gbit/s, {k.latency * 1e6:g} us"  # noqa: E731
+    shape = s.shape
+    return (f"hvdlm plan: {shape['n_layer']} layers x {shape['n_embd']} wide, {shape['n_head']} heads, context "
+            f"{shape['block_size']}, vocab {shape['vocab_size']}: {numel / 1e6:.1f}M parameters; {c.ranks} ranks "
+            f"({c.hosts} host(s) x {c.local}); {share} sequence(s) a rank in {s.accum} micro-step(s); compute "
+            f"{s.compute * 1e3:.4g} ms a step ({source}); between hosts {link(c.inter)}, inside {link(c.intra)}"
+            f"{', hierarchical allreduce' if c.hierarchical else ''}; cycle {s.cycle * 1e3:g} ms "
+            f"(periodic {s.periodic_cycle * 1e3:g} ms), fusion {s.threshold / 2 ** 20:g} MiB, memory "
+            f"{s.mem_bw / 1e9:.3g} GB/s")
+
+
+def table(s: Setting, ms: list[Method]) -> tuple[list[str], list[list[str]], list[dict]]:
+    header = ["method", "compute ms", "exchange ms", "exposed ms", "step ms", "tokens/s", "efficiency",
+              "MB sent/rank/step", "NIC MB/host/step", "bound by", "loss penalty"]
+    body, docs = [], []
+    for r in rows(s, ms):
+        known = penalty.measured(r.method)
+        tps = s.tokens_per_step / r.step
+        bound = bottleneck(s, r.method)
+        body.append([r.method.label, num(r.compute * 1e3), num(r.exchange * 1e3), num(r.exposed * 1e3),
+                     num(r.step * 1e3), f"{tps:,.0f}", f"{r.compute / r.step:.0%}", num(r.sent / 1e6),
+                     num(r.nic / 1e6), bound, f"+{known[0]:g}%" if known else "not measured"])
+        docs.append({"method": r.method.label, "compute_ms": r.compute * 1e3, "exchange_ms": r.exchange * 1e3,
+                     "exposed_ms": r.exposed * 1e3, "step_ms": r.step * 1e3, "tokens_per_s": tps,
+                     "efficiency": r.compute / r.step, "sent_bytes_per_step": r.sent, "nic_bytes_per_step": r.nic,
+                     "bound_by": bound, "loss_penalty_pct": known[0] if known else None,
+                     "loss_penalty_source": known[1] if known else None})
+    return header, body, docs
+
+
+def report(args: argparse.Namespace, ms: list[Method], s: Setting, share: int, source: str) -> None:
+    header, body, docs = table(s, ms)
+    setting = describe(s, share, source)
+    print(setting)
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for line in body:
+        print("| " + " | ".join(line) + " |")
+    within = [d for d in docs if d["loss_penalty_pct"] is not None and d["loss_penalty_pct"] <= args.max_loss_penalty]
+    best = max(within, key=lambda d: d["tokens_per_s"])
+    print(f"hvdlm: fastest within --max_loss_penalty {args.max_loss_penalty:g}%: {best['method']}, "
+          f"{best['tokens_per_s']:,.0f} tokens/s ({best['efficiency']:.0%} scaling efficiency), measured loss "
+          f"penalty +{best['loss_penalty_pct']:g}% ({best['loss_penalty_source']}). Penalties are from 2-4 ranks "
+          f"of small models; local_sgd/diloco's grew with the rank count")
+    fastest = max(docs, key=lambda d: d["tokens_per_s"])
+    if fastest is not best:
+        known, where = fastest["loss_penalty_pct"], fastest["loss_penalty_source"]
+        loss = "not measured" if known is None else f"+{known:g}% ({where})"
+        print(f"hvdlm: fastest of all: {fastest['method']}, {fastest['tokens_per_s']:,.0f} tokens/s "
+              f"({fastest['efficiency']:.0%}), loss penalty {loss}")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"setting": setting, "rows": docs, "choice": best["method"]}, fh, indent=1)
