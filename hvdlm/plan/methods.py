@@ -40,7 +40,7 @@ from hvdlm.plan.network import Cluster
 from hvdlm.sync.base import ring_bytes
 from hvdlm.sync.periodic import WIRE_BYTES
 from hvdlm.sync.powersgd import compressed_shape
-from hvdlm.wire import Int8
+from hvdlm.distributed.codecs import Int8
 
 BACKWARD = 2 / 3  # of forward + backward (6N FLOPs per token: 2N forward, 4N backward)
 COPY_BYTES = 24  # memory traffic per element of hvdlm's own flatten/encode/decode/unflatten, or PowerSGD's passes
