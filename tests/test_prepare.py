@@ -265,7 +265,9 @@ def test_a_task_larger_than_the_bytes_in_flight_runs_alone(monkeypatch):
     tasks = [("f.jsonl", True, "text", b"x" * n, 1, i, False) for i, n in enumerate(sizes)]
     with prep._Workers(2, prep._Job(0, 0.0)) as w:
         pids: set[int] = set()
+        deadline = time.monotonic() + 120
         while len(pids) < 2:  # both workers started (a spawned worker takes a while to import)
+            assert time.monotonic() < deadline, f"only worker(s) {pids} ran a task in 120 s: the other never started"
             pids |= {pid for _, pid, _, _ in w.map(_timed, tasks[:4])}
         done = list(w.map(_timed, tasks))
     assert [n for n, *_ in done] == sizes  # in order
