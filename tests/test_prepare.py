@@ -23,6 +23,7 @@ from hvdlm.data import (
 )
 from hvdlm.atomic import write_atomic
 from hvdlm.errors import HvdlmError
+from support.split import in_val
 
 # the module, not the function: hvdlm.data re-exports prepare(), which shadows the submodule attribute
 prep = importlib.import_module("hvdlm.data.prepare")
@@ -51,7 +52,7 @@ def shard_bytes(out: Path) -> dict[str, bytes]:
 
 def split_docs(docs: list[str], seed: int, val_fraction: float) -> dict[str, list[str]]:
     """Which documents (one per small file, in input order) go to train and val."""
-    val = prep._uniform(np.arange(len(docs)), seed) < val_fraction
+    val = in_val(len(docs), seed, val_fraction)
     return {"train": [d for d, v in zip(docs, val) if not v], "val": [d for d, v in zip(docs, val) if v]}
 
 
