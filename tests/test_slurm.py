@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from support.cluster import ROOT, SIZE, STATE, cluster, env, sh
-from support.launch import BIN
+from support.launch import BIN, TINY_WITH_PROGRESS
 from support.progress import STALL, files_state, wait_for
 from support.text import words
 
@@ -29,9 +29,7 @@ BENCH = ROOT / "slurm" / "bench_allreduce.sbatch"
 HOSTS = [f"hvdnode{i}" for i in range(1, SIZE + 1)]
 DONE = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL",
         "DEADLINE")
-TINY = ["--n_layer", "2", "--n_head", "2", "--n_embd", "32", "--block_size", "32", "--batch_size", "8",
-        "--eval_sequences", "16", "--sample_tokens", "0", "--warmup_steps", "2", "--eval_interval", "0",
-        "--log_interval", "10"]
+TINY = [*TINY_WITH_PROGRESS, "--eval_interval", "0", "--log_interval", "10"]
 # Preflight thresholds for this machine (2 cores shared by 3 hosts), in GB/s. Measured here with
 # 512 KiB messages: healthy point-to-point 0.1-0.7, allreduce busbw 0.01-0.06; with hvdnode2's link
 # at 20 Mbit/s its point-to-point drops to ~0.0013 and the allreduce to ~0.002.
