@@ -183,6 +183,27 @@ def test_train_template_horovodrun_two_hosts(slurm_cluster, data, tmp_path):
     assert (out / "checkpoint.pt").is_file() and metrics(out, "summary")[-1]["ranks"] == 2
 
 
+def test_more_cpus_per_task_than_a_node_has_pends_as_the_template_warns(slurm_cluster, tmp_path):
+    """The template's --cpus-per-task, unchanged, on the test cluster's smaller nodes: SLURM never
+    starts the job (Reason=PartitionConfig), which the template says at that directive."""
+    lines = TRAIN.read_text().splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("#SBATCH --cpus-per-task="))
+    asked = int(lines[at].split("=")[1].split()[0])
+    node_cpus = min(int(c) for c in sh(["sinfo", "-h", "-N", "-o", "%c"]).stdout.split())
+    assert node_cpus < asked, f"the test cluster's nodes have {node_cpus} CPUs: nothing to check"
+    assert "Reason=PartitionConfig" in " ".join(lines[at:at + 3]), lines[at:at + 3]
+    job = submit(TRAIN, tmp_path, ["--time", "10"], ["--max_steps", "1"], DATA_DIR=tmp_path, OUT_DIR=tmp_path / "o")
+    try:
+        def reason() -> str:
+            job.info = sh(["scontrol", "show", "job", "-o", job.id]).stdout
+            return job.field("Reason")
+        wait_for(lambda: reason() not in ("", "None"), f"job {job.id}'s pending reason", lambda: job.info,
+                 stall=30, poll=0.5)
+        assert (job.field("JobState"), job.field("Reason")) == ("PENDING", "PartitionConfig"), job.info
+    finally:
+        sh(["scancel", job.id], check=False)
+
+
 def test_bench_template_writes_csv_from_both_hosts(slurm_cluster, tmp_path):
     out = tmp_path / "bench"
     job = submit(BENCH, tmp_path, two_nodes() + ["--exclusive"],
