@@ -67,7 +67,6 @@ def test_bench_sync_compares_methods(corpus, tmp_path):
 RATE_MBIT = 10  # hvdnode2's link: 1.25 MB/s each way, a fp32 gradient of tiny in ~2.7 s
 
 
-@pytest.mark.timeout(1200)
 def test_bench_sync_on_a_shaped_link_of_the_test_cluster(slurm_cluster, corpus, tmp_path):
     """Two hosts of the test cluster, hvdnode2's link shaped with tc tbf (slurm/cluster.sh slow). The
     hosts' own interface counters show the gradient crossing the link each step (and an eighth of it
