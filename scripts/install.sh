@@ -6,7 +6,7 @@
 #
 # Steps: an MPI (Debian's OpenMPI when no mpicc is found and apt-get is usable; on a cluster,
 # load your MPI module first), a venv, torch (the cluster's own if the base python has one),
-# numpy/mpi4py/pytest/tqdm/tokenizers/zstandard/orjson/tensorboard (and transformers/safetensors, hvdlm's [hf]
+# numpy/mpi4py/pytest/pytest-timeout/tqdm/tokenizers/zstandard/orjson/tensorboard (and transformers/safetensors, hvdlm's [hf]
 # extra, for the tests), then Horovod 0.28.1 built from its sdist with the C++17 fix, with PyTorch + MPI
 # + Gloo always, and NCCL when this machine can build and use it: torch with CUDA AND a CUDA toolkit
 # (nvcc on PATH, in $CUDA_HOME/bin or /usr/local/cuda/bin) AND a GPU (`nvidia-smi -L` lists one, or
@@ -116,7 +116,7 @@ if ! "$PY" -c 'import torch' >/dev/null 2>&1; then
   say "installing $TORCH_SPEC"
   "${PIP[@]}" "$TORCH_SPEC"
 fi
-"${PIP[@]}" numpy mpi4py matplotlib pytest tqdm tokenizers zstandard orjson tensorboard cloudpickle psutil pyyaml packaging cffi wheel setuptools
+"${PIP[@]}" numpy mpi4py matplotlib pytest pytest-timeout tqdm tokenizers zstandard orjson tensorboard cloudpickle psutil pyyaml packaging cffi wheel setuptools
 # The tests also check `hvdlm export` (the [hf] extra): transformers must load what it writes.
 "${PIP[@]}" transformers safetensors
 

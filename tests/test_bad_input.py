@@ -2,35 +2,12 @@
 
 from __future__ import annotations
 
-import re
 import sys
 
 import pytest
 
-from support.launch import HVDLM, PROBE, TINY, check, launch
+from support.launch import HVDLM, LIMIT, PROBE, TINY, assert_one_clear_error, check, launch, rank_output
 from hvdlm.data import prepare
-
-LIMIT = 60  # seconds: "within seconds", with room for loading torch on a busy 2-core machine
-
-
-def rank_output(run) -> str:
-    """What the ranks printed. horovodrun tags each rank's lines ("[1]<stderr>:") and, when a rank
-    exits non-zero, adds a traceback of its own (its launcher's RuntimeError): that one is not ours."""
-    if not run.launcher.startswith("horovodrun"):
-        return run.output
-    return "\n".join(line for line in run.output.splitlines() if re.match(r"\[\d+(,\d+)?\]<std", line))
-
-
-def assert_one_clear_error(run, *words):
-    assert run.returncode != 0, run.output
-    assert run.seconds < LIMIT, f"took {run.seconds:.0f}s"
-    ours = rank_output(run)
-    lines = [line for line in ours.splitlines() if "hvdlm: error:" in line or "failed:" in line]
-    assert len(lines) == 1, run.output
-    for word in words:
-        assert word in lines[0], lines[0]
-    assert "Traceback" not in ours, run.output
-
 
 def test_prepare_missing_input():
     run = launch("single", [HVDLM, "prepare", "/no/such/corpus", "--out_dir", "/tmp/unused"])

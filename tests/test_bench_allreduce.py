@@ -4,15 +4,15 @@ under horovodrun (Gloo and MPI) and mpirun. Nothing here asserts on speed."""
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from support.launch import BIN, HVDLM, check, launch
+from support.launch import BIN, HVDLM, launch
 from hvdlm.bench import allreduce as ar
 from hvdlm.bench import report
 from hvdlm.errors import HvdlmError
@@ -107,10 +107,15 @@ def test_a_corrupted_result_is_counted_wrong(dtype):
 
 
 def test_time_calls_times_each_iteration_after_warmup():
+    """Calls of known least durations: 3 untimed warm-up calls of 1 s, then 0.01 s, 0.05 s and
+    0.01 s. A sleep only ever takes longer than asked (a loaded machine): lower bounds, and an upper
+    bound 20x above what was asked that only the warm-ups, if timed, would break."""
+    naps = [1.0] * 3 + [0.01, 0.05, 0.01]
     calls = []
-    avg, lo, hi = ar.time_calls(lambda: calls.append(1), warmup=3, iters=7)
-    assert len(calls) == 10
-    assert 0 <= lo <= avg <= hi
+    avg, lo, hi = ar.time_calls(lambda: time.sleep(naps[len(calls)]) or calls.append(1), warmup=3, iters=3)
+    assert len(calls) == 6
+    assert lo >= 0.01 and hi >= 0.05 and avg >= 0.07 / 3, (avg, lo, hi)
+    assert hi < 1.0, (avg, lo, hi)  # the warm-ups were not timed
 
 
 def test_launcher_detection():
@@ -168,9 +173,10 @@ def sweep(launcher: str, tmp_path: Path, *flags: str, rc: int = 0):
     return run, report.read_csv(out / "allreduce.csv"), json.loads((out / "allreduce.json").read_text()), out
 
 
+# Horovod's two controllers; horovodrun --mpi would run mpirun's case again (the same MPI
+# controller and backends, under one more wrapper)
 @pytest.mark.parametrize("launcher, backends", [
     ("mpirun", {"mpi4py", "horovod", "torch-gloo", "memcpy"}),
-    ("horovodrun-mpi", {"mpi4py", "horovod", "torch-gloo", "memcpy"}),
     ("horovodrun-gloo", {"horovod", "torch-gloo", "memcpy"}),
 ])
 def test_small_sweep_on_two_ranks_parses_and_is_right(launcher, backends, tmp_path):
@@ -194,7 +200,6 @@ def test_small_sweep_on_two_ranks_parses_and_is_right(launcher, backends, tmp_pa
         assert r["wrong"] == 0, r
         assert r["count"] * ar.DTYPES[r["dtype"]].itemsize == r["bytes"]
         assert r["op"] == ("copy" if r["backend"] == "memcpy" else "sum")
-        assert r["time_min_us"] <= r["time_avg_us"] <= r["time_max_us"]
         assert r["algbw_GBps"] == pytest.approx(r["bytes"] / (r["time_avg_us"] * 1e-6) / 1e9, rel=1e-6)
         factor = 1.0 if r["backend"] == "memcpy" else 2 * (2 - 1) / 2
         assert r["busbw_GBps"] == pytest.approx(r["algbw_GBps"] * factor, rel=1e-9)

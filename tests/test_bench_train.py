@@ -28,35 +28,38 @@ def test_bench_train_compares_horovod_with_ddp_and_one_rank(corpus, tmp_path):
     assert [r["run"] for r in table] == [all_cores, one_slice, beside, bare_name, hvd_name, ddp_name], run.output
     for r in table:
         assert r["global_batch"] == 4, r
-        for figure in ("tokens_per_s", "tokens_per_s_per_rank", "step_ms", "compute_ms"):
+        for figure in ("tokens_per_s", "step_ms", "compute_ms", "wall_s", "cpu_s"):
             assert math.isfinite(r[figure]) and r[figure] > 0, (figure, r)
-        assert r["tokens_per_s_per_rank"] * r["ranks"] == pytest.approx(r["tokens_per_s"], rel=1e-6), r
-        assert r["compute_ms"] <= r["step_ms"] * (1 + 1e-9), r
-        # each ratio against its own baseline row: all cores in 1 rank, and 1 rank on one rank's share
-        assert r["vs_1_rank_all_cores"] == pytest.approx(r["tokens_per_s"] / rows[all_cores]["tokens_per_s"], rel=1e-6)
-        assert r["scaling_efficiency"] == pytest.approx(
-            r["tokens_per_s"] / (r["ranks"] * rows[one_slice]["tokens_per_s"]), rel=1e-6), r
+        # the loop's tokens/s against the documented step: --global_batch sequences of --block_size
+        # tokens (side by side is two runs of half the batch, their tokens/s summed)
+        if r["run"] != beside:
+            assert r["tokens_per_s"] * r["step_ms"] / 1e3 == pytest.approx(4 * 32, rel=1e-3), r
+        # a run's 4 steps happen within its wall time, and its children's CPU time within its cores
+        assert r["wall_s"] >= 4 * r["step_ms"] / 1e3, r
+        assert r["cpu_s"] <= r["wall_s"] * cores * 1.05 + 0.5, (r, cores)
     hvd, ddp = rows[hvd_name], rows[ddp_name]
-    # the ceiling of 2 ranks: two one-rank runs at once, each with half the batch, summed
+    # the ratios take the right baseline row: 1 rank with all the cores, 1 rank with one rank's share
+    assert hvd["vs_1_rank_all_cores"] == pytest.approx(hvd["tokens_per_s"] / rows[all_cores]["tokens_per_s"], rel=1e-6)
+    assert hvd["scaling_efficiency"] == pytest.approx(hvd["tokens_per_s"] / (2 * rows[one_slice]["tokens_per_s"]),
+                                                      rel=1e-6)
+    # the ceiling of 2 ranks: two one-rank runs at once, each with half the batch
     two = rows[beside]
     assert (two["ranks"], two["micro_batch"], two["threads_per_rank"]) == (2, 2, half), two
-    for r in (hvd, ddp, two):
-        assert r["vs_side_by_side"] == pytest.approx(r["tokens_per_s"] / two["tokens_per_s"], rel=1e-6), r
+    assert ddp["vs_side_by_side"] == pytest.approx(ddp["tokens_per_s"] / two["tokens_per_s"], rel=1e-6), ddp
     assert math.isnan(rows[one_slice]["vs_side_by_side"])  # 1 rank is not compared with 2
     assert (hvd["ranks"], hvd["micro_batch"], ddp["ranks"], ddp["micro_batch"]) == (2, 2, 2, 2)
     assert (rows[all_cores]["threads_per_rank"], rows[one_slice]["threads_per_rank"], hvd["threads_per_rank"]) == \
         (cores, half, half)
-    # Horovod reports how long each step waited for its allreduce, and the rest was compute;
-    # DDP overlaps the allreduce with backward and reports no wait
+    # Horovod reports how long each step waited for its allreduce, within the step; DDP overlaps
+    # the allreduce with backward and reports no wait
     assert math.isfinite(hvd["allreduce_wait_ms"]) and 0 < hvd["allreduce_wait_ms"] < hvd["step_ms"], hvd
-    assert hvd["compute_ms"] + hvd["allreduce_wait_ms"] == pytest.approx(hvd["step_ms"], rel=1e-6), hvd
-    assert math.isnan(ddp["allreduce_wait_ms"]) and ddp["compute_ms"] == pytest.approx(ddp["step_ms"]), ddp
+    assert hvd["compute_ms"] < hvd["step_ms"], hvd
+    assert math.isnan(ddp["allreduce_wait_ms"]), ddp
     # every run of every repeat is kept beside the table, and the table is printed and plotted
     meta = json.loads((out / "train.json").read_text())
     assert sorted(r["run"] for r in meta["meta"]["all_runs"]) == sorted(rows), meta
     # the bare PyTorch loop beside hvdlm on one rank with the same threads: step, wall and CPU time
     single, bare = rows[all_cores], rows[bare_name]
-    assert math.isfinite(bare["wall_s"]) and bare["wall_s"] > 0 and single["wall_s"] > 0
     assert single["bare_wall_ratio"] == pytest.approx(bare["wall_s"] / single["wall_s"], rel=1e-6)
     assert single["bare_step_ratio"] == pytest.approx(bare["step_ms"] / single["step_ms"], rel=1e-6)
     assert math.isnan(rows[hvd_name]["bare_step_ratio"])  # compared only at one rank

@@ -225,7 +225,7 @@ def test_diloco_across_3_hosts_each_rank_writes_its_own_file_and_a_resume_is_exa
     """3 hosts, one rank each, DiLoCo with an int8 exchange (uneven chunks): stopped between syncs,
     each rank's own state goes to its own file from its own host; the resume reproduces an unbroken
     run's losses and parameters."""
-    from test_sync import G12, assert_same_params, flags, losses
+    from support.runs import G12, assert_same_params, flags, losses
 
     def train(out, *extra):
         return in_host("hvdnode1", str(Path(PY).parent / "horovodrun"), "-np", "3", "-H",

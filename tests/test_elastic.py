@@ -25,6 +25,7 @@ import torch
 from hvdlm import checkpoint
 from support.elastic import start_elastic, train_rows
 from support.launch import HVDLM, PROBE, TINY, check, launch
+from support.runs import reference_params
 
 STEPS = 240
 FLAGS = [*TINY, "--max_steps", str(STEPS), "--log_interval", "5", "--eval_interval", "0",
@@ -35,10 +36,7 @@ FLAGS = [*TINY, "--max_steps", str(STEPS), "--log_interval", "5", "--eval_interv
 @pytest.fixture(scope="module")
 def uninterrupted(corpus, tmp_path_factory):
     """The same run on 2 ranks, not elastic: the parameters the elastic runs must reach."""
-    out = tmp_path_factory.mktemp("whole")
-    check(launch("horovodrun-gloo", [HVDLM, "train", "--data_dir", str(corpus), "--out_dir", str(out), *FLAGS],
-                 timeout=300))
-    return torch.load(out / "checkpoint.pt", weights_only=True)["model"]
+    return reference_params(tmp_path_factory, lambda out: ["--data_dir", corpus, "--out_dir", out, *FLAGS], timeout=300)
 
 
 def at_size(out: Path, size: int, after_step: int = 0, steps: int = 0):

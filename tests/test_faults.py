@@ -24,6 +24,7 @@ import torch
 
 from support.launch import HVDLM, LAUNCHERS, PROBE, TINY, check, launch, launch_env
 from support.faults import Job
+from support.runs import reference_params, saved
 from hvdlm import checkpoint, watchdog
 from hvdlm.metrics import read_jsonl
 
@@ -120,15 +121,13 @@ def test_a_rank_that_stops_making_progress_names_itself(corpus, tmp_path):
 @pytest.fixture(scope="module")
 def uninterrupted(corpus, tmp_path_factory):
     """The reference: 2 ranks (Gloo), 12 steps without a fault."""
-    out = tmp_path_factory.mktemp("whole")
-    check(launch("horovodrun-gloo", [HVDLM, "train", *train_flags(corpus, out), "--max_steps", "12"]))
-    return torch.load(out / "checkpoint.pt", weights_only=True)["model"]
+    return reference_params(tmp_path_factory, lambda out: [*train_flags(corpus, out), "--max_steps", "12"])
 
 
 def resume_and_compare(corpus, out: Path, reference: dict, from_step: int) -> None:
     run = check(launch("horovodrun-gloo", [HVDLM, "train", *train_flags(corpus, out), "--max_steps", "12"]))
     assert f"resuming at step {from_step}" in run.output, run.output
-    got = torch.load(out / "checkpoint.pt", weights_only=True)
+    got = saved(out)
     assert got["step"] == 12
     for name, ref in reference.items():
         torch.testing.assert_close(got["model"][name], ref, rtol=1e-6, atol=1e-7, msg=name)

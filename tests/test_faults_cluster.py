@@ -19,6 +19,7 @@ from support.cluster import CLUSTER, cluster
 from support.elastic import start_elastic, train_rows
 from support.faults import Job
 from support.launch import BIN, HVDLM, TINY, check, launch, launch_env
+from support.runs import final_params
 
 LIMIT = 60
 ACROSS = {  # 2 ranks, one per host, launched from hvdnode1
@@ -110,6 +111,6 @@ def test_elastic_loses_a_host_goes_on_and_takes_it_back(slurm_cluster, corpus, t
     back = [r["loss"] for r in rows()[sizes.index(1):] if r["ranks"] == 2]
     assert sum(loss[2][:6]) / 6 > sum(loss[1]) / len(loss[1]) > sum(back) / len(back)
     got = checkpoint.load(out / "checkpoint.pt")["model"]
-    for name, ref in torch.load(whole / "checkpoint.pt", weights_only=True)["model"].items():
+    for name, ref in final_params(whole).items():
         torch.testing.assert_close(got[name], ref, rtol=1e-4, atol=1e-5, msg=name)
     print(f"elastic: went on at 1 rank {recovered:.1f}s after the kill")

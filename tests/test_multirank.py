@@ -9,16 +9,17 @@ import pytest
 import torch
 
 from support.launch import HVDLM, PROBE, TINY, check, launch
+from support.runs import final_params, losses, saved
 from hvdlm.metrics import read_jsonl
 
 TWO_RANKS = ["horovodrun-gloo", "mpirun"]
 
 
-@pytest.mark.parametrize("launcher", TWO_RANKS)
-def test_ranks_read_disjoint_samples_that_cover_the_epoch(launcher, tmp_path):
+def test_ranks_read_disjoint_samples_that_cover_the_epoch(tmp_path):
+    # one launcher: a rank's share follows from its rank and the size alone, whoever launched it
     out = tmp_path / "samples.json"
     num_seqs, batch = 103, 5  # 10 global batches of 10, and a tail of 3 that no rank reads
-    check(launch(launcher, [sys.executable, PROBE, "samples", str(out), str(num_seqs), str(batch), "7"]))
+    check(launch("horovodrun-gloo", [sys.executable, PROBE, "samples", str(out), str(num_seqs), str(batch), "7"]))
     ranks = json.loads(out.read_text())
     assert [r["rank"] for r in ranks] == [0, 1]
     seen = [[i for step in r["epoch"] for i in step] for r in ranks]
@@ -52,10 +53,6 @@ def test_parameters_stay_bitwise_identical_across_ranks(launcher, extra, corpus,
     assert ranks[0]["sha256"] == ranks[1]["sha256"], ranks
 
 
-def final_params(out_dir):
-    return torch.load(out_dir / "checkpoint.pt", weights_only=True)["model"]
-
-
 def test_two_ranks_with_half_the_batch_equal_one_rank(corpus, tmp_path):
     """Gradient averaging is exact: N ranks x B/N gives one rank x B's parameters.
 
@@ -68,7 +65,7 @@ def test_two_ranks_with_half_the_batch_equal_one_rank(corpus, tmp_path):
     one = tmp_path / "one"
     check(launch("single", [HVDLM, "train", *common, "--out_dir", str(one), "--batch_size", "8"]))
     reference = final_params(one)
-    start = torch.load(one / "checkpoint.pt", weights_only=True)
+    start = saved(one)
     assert start["step"] == 5
     # the same global batch three ways: 2 x 4; and 2 ranks x 2 sequences x 2 accumulated micro-steps
     for launcher, split in (("horovodrun-gloo", ["--batch_size", "4"]), ("mpirun", ["--batch_size", "4"]),
@@ -89,12 +86,9 @@ def test_resume_continues_exactly_where_it_stopped(corpus, tmp_path):
     whole, split = tmp_path / "whole", tmp_path / "split"
     check(launch("horovodrun-gloo", [HVDLM, "train", *common, "--out_dir", str(whole)]))
     first = check(launch("horovodrun-gloo", [HVDLM, "train", *common, "--out_dir", str(split), "--stop_after", "6"]))
-    assert torch.load(split / "checkpoint.pt", weights_only=True)["step"] == 6, first.output
+    assert saved(split)["step"] == 6, first.output
     second = check(launch("horovodrun-gloo", [HVDLM, "train", *common, "--out_dir", str(split)]))
     assert "resuming at step 6" in second.output
-
-    def losses(out_dir):
-        return {r["step"]: r["loss"] for r in read_jsonl(out_dir / "metrics.jsonl", "train")}
 
     expected, got = losses(whole), losses(split)
     assert sorted(got) == list(range(1, 13))
@@ -133,14 +127,11 @@ def test_a_signal_on_one_rank_stops_all_with_a_checkpoint_and_resumes_on_another
     stopped = launch("mpirun", [sys.executable, PROBE, "signal", "unused", "--", *common, "--out_dir", str(split)])
     assert stopped.returncode == 75, stopped.output
     assert "hvdlm: stopped at step 3/8 on SIGUSR1: checkpoint written" in stopped.output
-    state = torch.load(split / "checkpoint.pt", weights_only=True)
+    state = saved(split)
     assert state["step"] == 3 and state["train"]["global_batch"] == 16
 
     resumed = check(launch("single", [HVDLM, "train", *common, "--out_dir", str(split)]))
     assert "resuming at step 3" in resumed.output and "(1 x 8 x 2 micro-steps)" in resumed.output
-
-    def losses(out_dir):
-        return {r["step"]: r["loss"] for r in read_jsonl(out_dir / "metrics.jsonl", "train")}
 
     expected, got = losses(whole), losses(split)
     assert sorted(got) == list(range(1, 9))

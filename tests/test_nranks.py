@@ -10,12 +10,11 @@ import sys
 import pytest
 import torch
 
-from support.launch import HVDLM, check, launch
+from support.launch import HVDLM, check, launch, rank_output
 from hvdlm import checkpoint
 from hvdlm.metrics import read_jsonl
 from hvdlm.sync.powersgd import PowerSGD
-from test_bad_input import rank_output
-from test_sync import G12, SYNC_PROBE, assert_same_params, flags
+from support.runs import G12, SYNC_PROBE, assert_same_params, flags
 
 
 

@@ -23,6 +23,7 @@ from hvdlm.data import (
 )
 from hvdlm.atomic import write_atomic
 from hvdlm.errors import HvdlmError
+from support.split import in_val
 
 # the module, not the function: hvdlm.data re-exports prepare(), which shadows the submodule attribute
 prep = importlib.import_module("hvdlm.data.prepare")
@@ -51,7 +52,7 @@ def shard_bytes(out: Path) -> dict[str, bytes]:
 
 def split_docs(docs: list[str], seed: int, val_fraction: float) -> dict[str, list[str]]:
     """Which documents (one per small file, in input order) go to train and val."""
-    val = prep._uniform(np.arange(len(docs)), seed) < val_fraction
+    val = in_val(len(docs), seed, val_fraction)
     return {"train": [d for d, v in zip(docs, val) if not v], "val": [d for d, v in zip(docs, val) if v]}
 
 
@@ -265,7 +266,9 @@ def test_a_task_larger_than_the_bytes_in_flight_runs_alone(monkeypatch):
     tasks = [("f.jsonl", True, "text", b"x" * n, 1, i, False) for i, n in enumerate(sizes)]
     with prep._Workers(2, prep._Job(0, 0.0)) as w:
         pids: set[int] = set()
+        deadline = time.monotonic() + 120
         while len(pids) < 2:  # both workers started (a spawned worker takes a while to import)
+            assert time.monotonic() < deadline, f"only worker(s) {pids} ran a task in 120 s: the other never started"
             pids |= {pid for _, pid, _, _ in w.map(_timed, tasks[:4])}
         done = list(w.map(_timed, tasks))
     assert [n for n, *_ in done] == sizes  # in order

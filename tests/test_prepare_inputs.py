@@ -18,6 +18,7 @@ from hvdlm.data import load_meta, load_tokenizer, open_tokens, prepare
 from hvdlm.errors import HvdlmError
 
 from support.launch import HVDLM, launch_env
+from support.split import in_val, uniform
 
 prep = importlib.import_module("hvdlm.data.prepare")
 
@@ -61,7 +62,7 @@ def test_stream_equals_direct_encoding(tmp_path, monkeypatch, kind):
     meta = prepare([tmp_path / "src"], tmp_path / "out", tokenizer=kind, vocab_size=400, workers=2, val_fraction=0.2)
     docs = [r["text"] for r in recs[:250]] + ["a text file, é 🙂\nsecond line\n"] + [r["text"] for r in recs[250:]]
     # unit numbers: a.jsonl's lines, then b.txt (one block), then c.jsonl's lines
-    val = prep._uniform(np.arange(len(docs)), meta["seed"]) < 0.2
+    val = np.array(in_val(len(docs), meta["seed"], 0.2))
     tok = load_tokenizer(tmp_path / "out")
     assert tokens(tmp_path / "out", "train") == direct(tok, [d for d, v in zip(docs, val) if not v])
     assert tokens(tmp_path / "out", "val") == direct(tok, [d for d, v in zip(docs, val) if v])
@@ -103,7 +104,7 @@ def test_a_long_document_goes_to_the_writer_in_bounded_pieces(tmp_path, monkeypa
     real = prep.ShardWriter.write
     monkeypatch.setattr(prep.ShardWriter, "write", lambda self, ids: written.append(len(ids)) or real(self, ids))
     meta = prepare([tmp_path / "d.jsonl"], tmp_path / "out", workers=2, val_fraction=0.2)
-    val = prep._uniform(np.arange(30), meta["seed"]) < 0.2
+    val = in_val(30, meta["seed"], 0.2)
     assert not val[10]  # the long document is in train
     tok = load_tokenizer(tmp_path / "out")
     assert tokens(tmp_path / "out", "train") == direct(tok, [r["text"] for r, v in zip(recs, val) if not v])
@@ -170,29 +171,36 @@ def test_zstd_multiple_frames(tmp_path):
     assert a["shards"] == b["shards"]
 
 
+def bpe_sample(docs: list[str], seed: int, p: float, budget: int) -> list[str]:
+    """The README's BPE sample: each document drawn with probability ``p`` (its own seeded draw,
+    independent of the validation split's), in input order, up to the first that fills ``budget``."""
+    drawn, taken = [], 0
+    for i, d in enumerate(docs):
+        if taken < budget and uniform(i, seed, prep._SAMPLE_SALT) < p:
+            drawn.append(d)
+            taken += len(d)
+    return drawn
+
+
 def test_bpe_learns_from_a_bounded_seeded_sample(tmp_path):
     write_jsonl(tmp_path / "d.jsonl", records(2000))
     write_jsonl(tmp_path / "d.jsonl.gz", records(2000))
     budget = (tmp_path / "d.jsonl").stat().st_size // 10
-    seen = []
+    all_docs = [r["text"] + "\n\n" for r in records(2000)]
+    learned = {}
     for name, workers in (("d.jsonl", 1), ("d.jsonl", 2), ("d.jsonl.gz", 1)):
         prepare([tmp_path / name], tmp_path / f"{name}-{workers}", tokenizer="bpe", vocab_size=300,
                 bpe_sample_bytes=budget, workers=workers)
-        # what the training process learned from (prepare draws it in a child process)
-        seen.append(prep._bpe_sample([prep.Source.of(tmp_path / name)], "text", workers, 1337, budget,
-                                     prep._Progress(False, 0)))
-    plain1, plain2, packed = seen
-    assert plain1 == plain2  # the same sample, whatever the number of workers
-    assert ((tmp_path / "d.jsonl-1" / "tokenizer.json").read_bytes()
-            == (tmp_path / "d.jsonl-2" / "tokenizer.json").read_bytes())
-    learned = (tmp_path / "d.jsonl-1" / "tokenizer.json").read_text()
-    assert learned == prep.train_tokenizer("bpe", plain1, 300).tk.to_str()
-    all_docs = [r["text"] + "\n\n" for r in records(2000)]
+        learned[name, workers] = (tmp_path / f"{name}-{workers}" / "tokenizer.json").read_text()
+    assert learned["d.jsonl", 1] == learned["d.jsonl", 2]  # the same sample, whatever the number of workers
     # each document drawn with probability budget / file size: about a tenth of them, from across the file
-    assert set(plain1) <= set(all_docs) and 100 < len(plain1) < 300 and sum(map(len, plain1)) <= budget
-    assert plain1 != all_docs[:len(plain1)]
-    # compressed, the text is more than the file size suggests: the sample stops once full
+    plain = bpe_sample(all_docs, 1337, budget / (tmp_path / "d.jsonl").stat().st_size, budget)
+    assert 100 < len(plain) < 300 and sum(map(len, plain)) <= budget and plain != all_docs[:len(plain)]
+    assert learned["d.jsonl", 1] == prep.train_tokenizer("bpe", plain, 300).tk.to_str()
+    # compressed, the text is more than the file size suggests (4x is assumed): the sample stops once full
+    packed = bpe_sample(all_docs, 1337, budget / (4 * (tmp_path / "d.jsonl.gz").stat().st_size), budget)
     assert budget <= sum(map(len, packed)) < budget + max(map(len, all_docs))
+    assert learned["d.jsonl.gz", 1] == prep.train_tokenizer("bpe", packed, 300).tk.to_str()
 
 
 def truncated(suffix: str, data: bytes) -> bytes:

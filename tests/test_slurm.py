@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from support.cluster import ROOT, SIZE, STATE, cluster, env, sh
-from support.launch import BIN
+from support.launch import BIN, TINY_WITH_PROGRESS
 from support.progress import STALL, files_state, wait_for
 from support.text import words
 
@@ -29,9 +29,7 @@ BENCH = ROOT / "slurm" / "bench_allreduce.sbatch"
 HOSTS = [f"hvdnode{i}" for i in range(1, SIZE + 1)]
 DONE = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL",
         "DEADLINE")
-TINY = ["--n_layer", "2", "--n_head", "2", "--n_embd", "32", "--block_size", "32", "--batch_size", "8",
-        "--eval_sequences", "16", "--sample_tokens", "0", "--warmup_steps", "2", "--eval_interval", "0",
-        "--log_interval", "10"]
+TINY = [*TINY_WITH_PROGRESS, "--eval_interval", "0", "--log_interval", "10"]
 # Preflight thresholds for this machine (2 cores shared by 3 hosts), in GB/s. Measured here with
 # 512 KiB messages: healthy point-to-point 0.1-0.7, allreduce busbw 0.01-0.06; with hvdnode2's link
 # at 20 Mbit/s its point-to-point drops to ~0.0013 and the allreduce to ~0.002.
@@ -183,6 +181,27 @@ def test_train_template_horovodrun_two_hosts(slurm_cluster, data, tmp_path):
     assert re.search(r"ssh .* hvdnode2 .*HOROVOD_HOSTNAME=hvdnode2 HOROVOD_RANK=1 ", log), log
     assert "hvdlm: done at step 10/10" in log, log
     assert (out / "checkpoint.pt").is_file() and metrics(out, "summary")[-1]["ranks"] == 2
+
+
+def test_more_cpus_per_task_than_a_node_has_pends_as_the_template_warns(slurm_cluster, tmp_path):
+    """The template's --cpus-per-task, unchanged, on the test cluster's smaller nodes: SLURM never
+    starts the job (Reason=PartitionConfig), which the template says at that directive."""
+    lines = TRAIN.read_text().splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("#SBATCH --cpus-per-task="))
+    asked = int(lines[at].split("=")[1].split()[0])
+    node_cpus = min(int(c) for c in sh(["sinfo", "-h", "-N", "-o", "%c"]).stdout.split())
+    assert node_cpus < asked, f"the test cluster's nodes have {node_cpus} CPUs: nothing to check"
+    assert "Reason=PartitionConfig" in " ".join(lines[at:at + 3]), lines[at:at + 3]
+    job = submit(TRAIN, tmp_path, ["--time", "10"], ["--max_steps", "1"], DATA_DIR=tmp_path, OUT_DIR=tmp_path / "o")
+    try:
+        def reason() -> str:
+            job.info = sh(["scontrol", "show", "job", "-o", job.id]).stdout
+            return job.field("Reason")
+        wait_for(lambda: reason() not in ("", "None"), f"job {job.id}'s pending reason", lambda: job.info,
+                 stall=30, poll=0.5)
+        assert (job.field("JobState"), job.field("Reason")) == ("PENDING", "PartitionConfig"), job.info
+    finally:
+        sh(["scancel", job.id], check=False)
 
 
 def test_bench_template_writes_csv_from_both_hosts(slurm_cluster, tmp_path):

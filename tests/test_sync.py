@@ -6,42 +6,15 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-from support.launch import HVDLM, TINY, check, launch
+from support.launch import HVDLM, assert_one_clear_error, check, launch
+from support.runs import G12, SYNC_PROBE, assert_same_params, flags, losses, saved
 from hvdlm.config import load_config
 from hvdlm.errors import HvdlmError
 from hvdlm.metrics import read_jsonl
-from test_bad_input import assert_one_clear_error
-
-SYNC_PROBE = str(Path(__file__).parent / "sync_probe.py")
-
-
-G12 = ["--global_batch_size", "12", "--batch_size", "4"]  # splits over 2, 3 and 4 ranks
-
-
-def flags(corpus, out_dir, *extra):
-    where = ["--out_dir", str(out_dir)] if out_dir else []
-    return ["--data_dir", str(corpus), *where, *TINY, "--max_steps", "8", "--log_interval", "1",
-            "--eval_interval", "0", *extra]
-
-
-def final_params(out_dir):
-    return torch.load(Path(out_dir) / "checkpoint.pt", weights_only=True)["model"]
-
-
-def assert_same_params(got_dir, want_dir, rtol, atol):
-    want = final_params(want_dir)
-    for name, got in final_params(got_dir).items():
-        torch.testing.assert_close(got, want[name], rtol=rtol, atol=atol, msg=name)
-
-
-def losses(out_dir):
-    return {r["step"]: r["loss"] for r in read_jsonl(Path(out_dir) / "metrics.jsonl", "train")}
-
 
 @pytest.mark.parametrize("launcher, np", [("horovodrun-gloo", 2), ("horovodrun-mpi", 3)])
 def test_powersgd_bf16_and_int8_compute_what_they_promise(launcher, np, tmp_path):
@@ -99,10 +72,10 @@ def test_an_overlapped_exchange_is_applied_later_with_the_steps_taken_meanwhile(
     out = tmp_path / "exchanges"
     check(launch(launcher, [sys.executable, SYNC_PROBE, "exchanges", str(out), "--",
                             *flags(corpus, tmp_path / "run", *extra, "--sync_every", "3", "--overlap_steps", "2")]))
-    saved = [torch.load(f"{out}.{r}", weights_only=True) for r in range(2)]
+    probed = [torch.load(f"{out}.{r}", weights_only=True) for r in range(2)]
     # one exchange in H steps: Horovod's background thread cycles every 20 ms, not 1 ms (idle traffic)
-    assert [s["cycle_ms"] for s in saved] == ["20", "20"]
-    ranks = [s["events"] for s in saved]
+    assert [s["cycle_ms"] for s in probed] == ["20", "20"]
+    ranks = [s["events"] for s in probed]
     sends = [[e for e in events if "send" in e] for events in ranks]
     applies = [[e for e in events if "applied" in e] for events in ranks]
     # overlapped, an exchange goes in one slice per step until it is due: 2 here; the last sync in one
@@ -167,13 +140,13 @@ def test_resume_reproduces_an_unbroken_run(launcher, np, extra, corpus, tmp_path
     whole, split = tmp_path / "whole", tmp_path / "split"
     check(launch(launcher, [HVDLM, "train", *common, "--out_dir", str(whole)], np=np))
     check(launch(launcher, [HVDLM, "train", *common, "--out_dir", str(split), "--stop_after", "5"], np=np))
-    saved = torch.load(split / "checkpoint.pt", weights_only=True)
-    assert saved["step"] == 5
+    state = saved(split)
+    assert state["step"] == 5
     if extra[1] != "bf16":  # per-rank state: one file per rank, named in the main file's manifest; they differ
-        files = saved["rank_files"]["files"]
+        files = state["rank_files"]["files"]
         assert [f["name"] for f in files] == [f"ranks/step00000005-rank0000{r}-of0000{np}.pt" for r in range(np)]
         ranks = [torch.load(split / f["name"], weights_only=True)["state"] for f in files]
-        assert "sync_ranks" not in saved and "params" not in saved["sync"]["state"]
+        assert "sync_ranks" not in state and "params" not in state["sync"]["state"]
         first = next(iter(ranks[0]["errors"].values())) if "errors" in ranks[0] else ranks[0]["params"]
         other = next(iter(ranks[1]["errors"].values())) if "errors" in ranks[1] else ranks[1]["params"]
         assert not torch.equal(first, other)
@@ -220,9 +193,9 @@ def test_combinations_that_make_no_sense_are_refused(settings, message):
         load_config(None, settings)
 
 
-@pytest.mark.parametrize("launcher", ["horovodrun-gloo", "mpirun"])
-def test_a_refusal_is_one_line_on_every_rank_before_training(launcher, corpus, tmp_path):
-    run = launch(launcher, [HVDLM, "train", *flags(corpus, tmp_path / "o", "--compression", "powersgd",
+def test_a_refusal_is_one_line_on_every_rank_before_training(corpus, tmp_path):
+    # one launcher: how each launcher passes on a refusal on every rank is test_bad_input's
+    run = launch("horovodrun-gloo", [HVDLM, "train", *flags(corpus, tmp_path / "o", "--compression", "powersgd",
                                                    "--sync", "local_sgd")])
     assert_one_clear_error(run, "compression powersgd")
     assert not (tmp_path / "o" / "metrics.jsonl").exists()

@@ -134,8 +134,9 @@ class Panel:
 
 
 def plot_panels(path: str | os.PathLike, panels: Sequence[Panel], title: str = "", ncols: int = 2,
-                note: str = "") -> Path:
-    """Write a PNG with one subplot per panel (matplotlib, Agg backend: no display needed)."""
+                note: str = "", sharey: bool = False) -> Path:
+    """Write a PNG with one subplot per panel (matplotlib, Agg backend: no display needed);
+    ``sharey``: one y axis for all panels, so they compare at a glance."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -146,7 +147,8 @@ def plot_panels(path: str | os.PathLike, panels: Sequence[Panel], title: str = "
     path.parent.mkdir(parents=True, exist_ok=True)
     ncols = max(1, min(ncols, len(panels)))
     nrows = math.ceil(len(panels) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(6.4 * ncols, 4.6 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(6.4 * ncols, 4.6 * nrows), squeeze=False,
+                             sharey=sharey)
     for ax, panel in zip(axes.flat, panels):
         for label, (xs, ys) in panel.series.items():
             pts = [(x, y) for x, y in zip(xs, ys) if y is not None and (y > 0 or not panel.logy)]

@@ -21,7 +21,7 @@ are not counted); tokens/s over that window (the steady state) and over the whol
 validation loss at every ``--eval_interval`` steps and at the end; the ratios the issue's targets
 are read against (bytes and tokens/s against ``none`` on the free link, val loss against ``none``
 on the same link). Writes sync.csv, sync.json and sync.png (val loss against wall time, one panel
-per link) to ``--out_dir``.
+per link, one y axis for all, each with the free link's ``none``) to ``--out_dir``.
 
 A shaped link changes how fast a run goes, never what it computes: the same steps give the same
 losses on every link (each shaped run's evaluations are checked against the free link's, column
@@ -41,7 +41,8 @@ import sys
 import time
 from pathlib import Path
 
-from hvdlm.bench.report import Panel, format_grid, plot_panels, write_csv, write_json
+from hvdlm.bench.report import format_grid, plot_panels, write_csv, write_json
+from hvdlm.bench.sync_plot import loss_panels
 from hvdlm.errors import HvdlmError
 
 BIN = Path(sys.executable).parent
@@ -308,30 +309,6 @@ def run_flags(method: str, link: str, args) -> dict:
     return {"method": method, "link": link, **{k: getattr(args, k) for k in keys}}
 
 
-COLORS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:gray"]
-
-
-def loss_panel(link: str, here: list[dict], rows: list[dict]) -> Panel:
-    """Val loss against wall time, from the first evaluation after step 0 (the untrained model's
-    loss would squash the differences). A shaped run that stopped early, whose losses are the free
-    run's (checked), continues dashed: the free run's later losses at this run's measured speed."""
-    series, styles = {}, {}
-    for r in here:
-        color = COLORS[[x["method"] for x in rows].index(r["method"]) % len(COLORS)]
-        evals = [e for e in r["evals"] if e[0] > 0]
-        series[r["method"]], styles[r["method"]] = ([e[1] for e in evals], [e[2] for e in evals]), {"color": color}
-        twin = find(rows, r["method"], "free")
-        if r["link"] != "free" and twin and r.get("same_as_free") and evals and r["steps"] < twin["steps"]:
-            step, t, _ = evals[-1]
-            per_step = r["tokens"] / r["steps"] / r["tokens_per_s"]
-            later = [(t + (e[0] - step) * per_step, e[2]) for e in twin["evals"] if e[0] > step]
-            name = f"{r['method']} (projected)"
-            series[name] = ([t] + [x for x, _ in later], [evals[-1][2]] + [y for _, y in later])
-            styles[name] = {"color": color, "linestyle": "--", "marker": None}
-    return Panel(f"link: {link}", "wall time (s)", "validation loss", series, logx=None, logy=False, x_bytes=False,
-                 styles=styles)
-
-
 def report(rows: list[dict], args, out: Path) -> None:
     counted = "bytes_per_step_tx" in rows[0]
     fmt = lambda v, f: "-" if v is None or v != v else f.format(v)  # noqa: E731
@@ -354,9 +331,9 @@ def report(rows: list[dict], args, out: Path) -> None:
     print(format_grid(header, body))
     write_csv(out / "sync.csv", [{k: v for k, v in r.items() if k != "evals"} for r in rows])
     write_json(out / "sync.json", {"args": vars(args), "bytes_source": "tx counters" if counted else "computed"}, rows)
-    panels = [loss_panel(link, [r for r in rows if r["link"] == link], rows) for link in dict.fromkeys(r["link"] for r in rows)]
-    plot_panels(out / "sync.png", panels, title=f"hvdlm bench sync: {args.preset}, {args.steps} steps (dashed: "
-                "the free run's losses at the shaped link's measured speed)")
+    plot_panels(out / "sync.png", loss_panels(rows), sharey=True,
+                title=f"hvdlm bench sync: {args.preset}, {args.steps} steps (dashed: the free run's losses at the "
+                      f"shaped link's measured speed; dotted: none on the free link)")
     print(f"wrote {out / 'sync.csv'}, {out / 'sync.json'}, {out / 'sync.png'}")
 
 

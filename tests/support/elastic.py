@@ -32,17 +32,24 @@ def elastic_command(flags: list[str], data_dir: Path, out_dir: Path, discovery_s
     return cmd[:at] + [PROBE, "fault", "unused", "--"] + cmd[at + 3:]
 
 
+def discovery_script(workdir: Path, hosts: str) -> tuple[Path, Path]:
+    """A discovery script in ``workdir`` that prints a hosts file, and that file, holding ``hosts``
+    ("localhost:2\n"; rewrite it to move hosts in and out)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    hosts_file, script = workdir / "hosts.txt", workdir / "discover.sh"
+    hosts_file.write_text(hosts)
+    script.write_text(f"#!/bin/sh\ncat {hosts_file}\n")
+    script.chmod(0o755)
+    return script, hosts_file
+
+
 def start_elastic(flags: list[str], data_dir: Path, workdir: Path, hosts: str, prefix: list[str] = (),
                   marker: bool = False, **launcher) -> tuple[Job, Path, Path]:
     """Start it (after ``prefix``, e.g. `cluster.sh exec hvdnode1`); returns the job, its out_dir
     and the hosts file the discovery script prints (rewrite it to move hosts in and out).
     ``marker``: find the ranks by the out_dir on their command line (ranks started over ssh)."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    hosts_file, out = workdir / "hosts.txt", workdir / "run"
-    hosts_file.write_text(hosts)
-    script = workdir / "discover.sh"
-    script.write_text(f"#!/bin/sh\ncat {hosts_file}\n")
-    script.chmod(0o755)
+    script, hosts_file = discovery_script(workdir, hosts)
+    out = workdir / "run"
     cmd = elastic_command(flags, data_dir, out, script, **launcher)
     env = dict(launch_env(), HVDLM_PROBE_STEP_SLEEP=STEP_SLEEP)
     job = Job([*prefix, *cmd], workdir, env=env, marker=str(out) if marker else None).start()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -34,9 +35,11 @@ def launcher(name: str, np: int = 2) -> list[str]:
     return [str(np) if arg == "2" and i and LAUNCHERS[name][i - 1] == "-np" else arg
             for i, arg in enumerate(LAUNCHERS[name])]
 
-# Flags for a model that trains in seconds.
-TINY = ["--n_layer", "2", "--n_head", "2", "--n_embd", "32", "--block_size", "32", "--batch_size", "8",
-        "--eval_sequences", "16", "--progress", "false", "--sample_tokens", "0", "--warmup_steps", "2"]
+# Flags for a model that trains in seconds; TINY_WITH_PROGRESS keeps the progress lines (the
+# default), which the tests of the loop's output read.
+TINY_WITH_PROGRESS = ["--n_layer", "2", "--n_head", "2", "--n_embd", "32", "--block_size", "32", "--batch_size", "8",
+                      "--eval_sequences", "16", "--sample_tokens", "0", "--warmup_steps", "2"]
+TINY = [*TINY_WITH_PROGRESS, "--progress", "false"]
 
 
 def launch_env() -> dict:
@@ -77,6 +80,10 @@ def launch(launcher_name: str, command: list[str], timeout: float = 240, cwd=Non
             p.wait()
             out.seek(0), err.seek(0)
             pytest.fail(f"{e}:\n{out.read()}\n{err.read()}")
+        except BaseException:  # the per-test timeout (pytest.ini), ^C: no ranks left behind
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+            raise
         out.seek(0), err.seek(0)
         return Run(launcher_name, p.returncode, out.read(), err.read(), time.monotonic() - start)
 
@@ -84,3 +91,26 @@ def launch(launcher_name: str, command: list[str], timeout: float = 240, cwd=Non
 def check(run: Run) -> Run:
     assert run.returncode == 0, run.output
     return run
+
+
+LIMIT = 60  # seconds for bad input to fail: "within seconds", with room for loading torch on a busy 2-core machine
+
+
+def rank_output(run: Run) -> str:
+    """What the ranks printed. horovodrun tags each rank's lines ("[1]<stderr>:") and, when a rank
+    exits non-zero, adds a traceback of its own (its launcher's RuntimeError): that one is not ours."""
+    if not run.launcher.startswith("horovodrun"):
+        return run.output
+    return "\n".join(line for line in run.output.splitlines() if re.match(r"\[\d+(,\d+)?\]<std", line))
+
+
+def assert_one_clear_error(run: Run, *words) -> None:
+    """Bad input: a non-zero exit within LIMIT, one `hvdlm: error:` line naming ``words``, no traceback."""
+    assert run.returncode != 0, run.output
+    assert run.seconds < LIMIT, f"took {run.seconds:.0f}s"
+    ours = rank_output(run)
+    lines = [line for line in ours.splitlines() if "hvdlm: error:" in line or "failed:" in line]
+    assert len(lines) == 1, run.output
+    for word in words:
+        assert word in lines[0], lines[0]
+    assert "Traceback" not in ours, run.output
