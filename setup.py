@@ -14,6 +14,6 @@ setup(
     install_requires=["torch>=2.1", "numpy", "mpi4py", "tqdm", "tokenizers", "tensorboard", "matplotlib", "zstandard",
                       "orjson"],
     # `hvdlm export --format hf` writes safetensors; transformers loads the result
-    extras_require={"test": ["pytest"], "hf": ["transformers", "safetensors"]},
+    extras_require={"test": ["pytest", "pytest-timeout"], "hf": ["transformers", "safetensors"]},
     entry_points={"console_scripts": ["hvdlm = hvdlm.cli:main"]},
 )
