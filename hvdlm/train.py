@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from hvdlm import checkpoint, loop, sync, watchdog
+from hvdlm import checkpoint, loop, pretrained, sync, watchdog
 from hvdlm import distributed as dist
 from hvdlm.config import Config, model_shape, save_toml
 from hvdlm.data import load_meta
@@ -60,7 +60,8 @@ def train(cfg: Config) -> dict:
 
     # Inputs first, on every rank, so bad input stops the job before any training.
     meta = dist.agree(lambda: load_meta(cfg.data.data_dir))
-    shape = model_shape(cfg.model, meta["vocab_size"])
+    start = dist.on_root(lambda: pretrained.inspect(cfg, meta)) if cfg.train.init_from else None  # rank 0 reads
+    shape = start.shape if start else model_shape(cfg.model, meta["vocab_size"])
     data = dist.agree(lambda: load_data(cfg, shape["block_size"]))
     dist.on_root(lambda: prepare_out_dir(cfg.train.out_dir))
     resume = dist.on_root(lambda: load_resume_state(cfg, shape, data.meta))
@@ -70,6 +71,7 @@ def train(cfg: Config) -> dict:
     # 2. Shard the data by rank: each rank's sampler reads its slice of every global batch.
     state = TrainState(plan, num_train_seqs, cfg.train.seed, cfg.data.batch_size)
     job = build_job(cfg, world, watch, data, shape, state, resume)
+    pretrained.start_from(start, job.model, resume, world.is_root)  # --init_from: rank 0's weights, broadcast next
     t = cfg.train
     state.last_step = t.max_steps if not t.stop_after else min(t.max_steps, state.step + t.stop_after)
 
