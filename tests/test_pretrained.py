@@ -18,6 +18,7 @@ from hvdlm import hf, pretrained
 from hvdlm.config import load_config
 from hvdlm.data import load_meta, open_tokens, prepare
 from hvdlm.data.sampler import get_batch, num_sequences
+from hvdlm.data.tokenizers import pretrained_tokenizer
 from hvdlm.errors import HvdlmError
 from hvdlm.model import GPT, GPTConfig
 
@@ -123,13 +124,34 @@ def test_prepare_with_the_folder_tokenizer_gives_its_ids_and_end_of_text(gpt2, d
     assert not doc and found == expected
 
 
+def test_gpt2_vocab_and_merges_give_the_ids_of_transformers_gpt2_tokenizer(gpt2, tmp_path):
+    """A folder with GPT-2's vocab.json + merges.txt (no tokenizer.json) reads as the same byte-level BPE."""
+    Tokenizer.from_file(str(gpt2 / "tokenizer.json")).model.save(str(tmp_path))  # vocab.json, merges.txt
+    reference = transformers.GPT2Tokenizer(str(tmp_path / "vocab.json"), str(tmp_path / "merges.txt"))
+    ours = pretrained_tokenizer(str(tmp_path))
+    text = words(2000, seed=5) + " naïve café  \n\ttabs"
+    assert ours.encode(text) == reference.encode(text) and ours.decode(ours.encode(text)) == text
+    assert ours.separator == "<|endoftext|>" and ours.encode("a<|endoftext|>") == reference.encode("a<|endoftext|>")
+
+
+def test_gpt2_by_name_needs_tiktoken_or_says_what_to_do_offline(texts, tmp_path):
+    try:
+        import tiktoken  # noqa: F401
+    except ImportError:
+        with pytest.raises(HvdlmError, match="pip install tiktoken.*--tokenizer DIR"):
+            prepare([texts], tmp_path / "data", tokenizer="gpt2")
+        assert not (tmp_path / "data").exists()
+    else:
+        pytest.skip("tiktoken is installed: its offline error is not reachable here")
+
+
 def test_two_ranks_train_from_the_folder_and_sample(gpt2, data, tmp_path):
     out = tmp_path / "run"
-    run = check(launch("horovodrun-gloo", [HVDLM, "train", "--init_from", str(gpt2), "--data_dir", str(data),
-                                           "--out_dir", str(out), "--max_steps", "3", "--sample_tokens", "0",
-                                           *FLAGS]))
+    command = [HVDLM, "train", "--init_from", str(gpt2), "--data_dir", str(data), "--out_dir", str(out),
+               "--max_steps", "4", "--sample_tokens", "0", *FLAGS]
+    run = check(launch("horovodrun-gloo", [*command, "--stop_after", "3"]))
     assert f"started from {gpt2}" in run.output
-    evals = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "eval"]
+    evals = _evals(out)
     assert evals[0]["step"] == 0 and evals[-1]["step"] == 3
     assert evals[0]["val_loss"] == pytest.approx(_hf_val_loss(gpt2, data, sequences=8), abs=1e-4)
     sample = check(launch("single", [HVDLM, "sample", "--out_dir", str(out), "--tokens", "20", "--prompt", "Ka"]))
@@ -141,6 +163,14 @@ def test_two_ranks_train_from_the_folder_and_sample(gpt2, data, tmp_path):
     trained = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)["model"]
     for name, tensor in started(dest, data).state_dict().items():
         assert torch.equal(tensor, trained[name]), name
+    # the same command again resumes the run from its own checkpoint, not from the folder
+    again = check(launch("single", command))
+    assert "applies only to the run's first start" in again.output and "started from" not in again.output
+    assert _evals(out)[-1]["step"] == 4
+
+
+def _evals(out: Path) -> list[dict]:
+    return [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "eval"]
 
 
 def _hf_val_loss(folder: Path, data: Path, sequences: int) -> float:
