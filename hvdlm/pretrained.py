@@ -48,7 +48,7 @@ def inspect(cfg: Config, meta: dict) -> Start | None:
         _check_hf_tokenizer(path, meta, cfg.data.data_dir)
         kind = "hf"
     elif checkpoint.path_in(folder).is_file():
-        state = checkpoint.load(checkpoint.path_in(folder))
+        state = _checkpoint(folder)
         shape = {k: v for k, v in state["model_shape"].items() if k != "dropout"}
         positions, weights = shape["block_size"], state["model"]
         if state.get("tokenizer") != meta["tokenizer"]:
@@ -85,11 +85,15 @@ def start_from(start: Start | None, model: torch.nn.Module, resume: dict | None,
     if start.kind == "hf":
         state = hf.from_hf(_hf_weights(Path(start.folder)), start.shape, start.positions, start.folder)
     else:
-        state = checkpoint.load(checkpoint.path_in(start.folder))["model"]
+        state = _checkpoint(start.folder)["model"]
         state["pos_emb.weight"] = state["pos_emb.weight"][:start.shape["block_size"]]
     with torch.no_grad():
         model.load_state_dict(state)  # copies onto each parameter's own device
     say(start.note)
+
+
+def _checkpoint(folder: str) -> dict:
+    return checkpoint.upgrade(checkpoint.load(checkpoint.path_in(folder)))  # older formats read as today's
 
 
 def _hf_folder(path: Path) -> tuple[dict, int, dict]:
@@ -136,8 +140,6 @@ def _with_flags(shape: dict, positions: int, cfg: Config, folder: str) -> dict:
 
 def _check_hf_tokenizer(path: Path, meta: dict, data_dir: str) -> None:
     """The data's ids must be the model's: the same tokenizer, where the folder has one."""
-    from hvdlm.hf import hf_tokenizer
-
     model_tk = folder_tokenizer(path)
     data = meta["tokenizer"]
     if model_tk is None:
@@ -148,7 +150,7 @@ def _check_hf_tokenizer(path: Path, meta: dict, data_dir: str) -> None:
     elif data.get("kind") == "bpe":
         same = data.get("sha256") == digest(model_tk)
     else:  # byte or char data: the same tokenizer as hvdlm's export writes it
-        data_tk = hf_tokenizer(data, Path(data_dir))
+        data_tk = hf.hf_tokenizer(data, Path(data_dir))
         same = data_tk is not None and digest(data_tk) == digest(model_tk)
     if not same:
         raise HvdlmError(f"{data_dir} was prepared with {_tokens(data)}, not the tokenizer of {path} "

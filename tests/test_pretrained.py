@@ -20,7 +20,9 @@ from hvdlm.data import load_meta, open_tokens, prepare
 from hvdlm.data.sampler import get_batch, num_sequences
 from hvdlm.data.tokenizers import pretrained_tokenizer
 from hvdlm.errors import HvdlmError
+from hvdlm.export import export_hf
 from hvdlm.model import GPT, GPTConfig
+from hvdlm.sample import sample_from_checkpoint
 
 transformers = pytest.importorskip("transformers")
 from safetensors.torch import load_file  # noqa: E402  (after transformers: the same [hf] extra)
@@ -154,15 +156,15 @@ def test_two_ranks_train_from_the_folder_and_sample(gpt2, data, tmp_path):
     evals = _evals(out)
     assert evals[0]["step"] == 0 and evals[-1]["step"] == 3
     assert evals[0]["val_loss"] == pytest.approx(_hf_val_loss(gpt2, data, sequences=8), abs=1e-4)
-    sample = check(launch("single", [HVDLM, "sample", "--out_dir", str(out), "--tokens", "20", "--prompt", "Ka"]))
-    assert sample.stdout.startswith("Ka") and len(sample.stdout.splitlines()[0]) > 4
-    # the run's export reads back with --init_from to the weights it trained
-    dest = tmp_path / "export"
-    check(launch("single", [HVDLM, "export", "--out_dir", str(out), str(dest)]))
-    assert (dest / "tokenizer.json").is_file()
+    # `hvdlm sample` and `hvdlm export`, in this process (the command line around them: test_user_outputs)
+    text = sample_from_checkpoint(str(out), "Ka", 20, 1, 0.8, 200, seed=0)[0]
+    assert text.startswith("Ka") and len(text) > 4
+    dest = tmp_path / "export"  # reads back with --init_from to the weights the run trained
+    assert "tokenizer.json" in export_hf(str(out), str(dest))
     trained = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)["model"]
-    for name, tensor in started(dest, data).state_dict().items():
-        assert torch.equal(tensor, trained[name]), name
+    for source in (dest, out):  # the export, or the out_dir itself
+        for name, tensor in started(source, data).state_dict().items():
+            assert torch.equal(tensor, trained[name]), (source, name)
     # the same command again resumes the run from its own checkpoint, not from the folder
     again = check(launch("single", command))
     assert "applies only to the run's first start" in again.output and "started from" not in again.output
