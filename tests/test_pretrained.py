@@ -226,3 +226,8 @@ def test_bad_folder_or_flag_is_refused_before_training(case, match, gpt2, data, 
         flags = {"n_layer": 4}
     with pytest.raises(HvdlmError, match=match):
         started(folder, data, **flags)
+
+
+def test_init_from_is_refused_under_elastic():
+    with pytest.raises(HvdlmError, match="init_from starts a plain run"):
+        load_config(overrides={"init_from": "somewhere", "elastic": True})
