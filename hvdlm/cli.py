@@ -124,7 +124,9 @@ def build_parser(prepare_only: bool = False) -> argparse.ArgumentParser:
                                    "With no inputs, uses the Python standard library's sources.")
     p.add_argument("inputs", nargs="*", help="files or folders (default: the embedded stdlib corpus)")
     p.add_argument("--out_dir", default="data/default", help="where the shards go (default: data/default)")
-    p.add_argument("--tokenizer", default="byte", choices=["byte", "char", "bpe"], help="default: byte")
+    p.add_argument("--tokenizer", default="byte", metavar="{byte,char,bpe,gpt2,DIR}",
+                   help="byte, char, bpe (learned from the corpus), gpt2 (tiktoken's), or a model folder's "
+                        "tokenizer.json / vocab.json + merges.txt, to continue that model (default: byte)")
     p.add_argument("--vocab_size", type=int, default=4096, help="BPE vocabulary size (default: 4096)")
     p.add_argument("--val_fraction", type=float, default=0.05,
                    help="share of documents drawn for validation (default: 0.05)")

@@ -109,6 +109,9 @@ class TrainConfig:
     log_interval: int = opt(10, "write a metrics line every this many steps")
     checkpoint_interval: int = opt(0, "checkpoint every this many steps (and at the end); 0 = only at the end")
     resume: bool = opt(True, "continue from the newest valid checkpoint in out_dir when there is one")
+    init_from: str = opt("", "start from a model: a Hugging Face GPT-2 folder (config.json + model.safetensors or "
+                             "pytorch_model.bin) or an hvdlm out_dir; its shape and weights, a fresh optimizer, "
+                             "step 0. Only a run's first start: a resumed run continues from its own checkpoint")
     keep_checkpoints: int = opt(3, "checkpoints kept in out_dir (the newest is also checkpoint.pt); a resume skips "
                                    "damaged ones and takes the newest that verifies")
     verify_data: bool = opt(True, "check the shards against their sha256 in meta.json before training (reads them once)")
@@ -274,6 +277,7 @@ def validate(cfg: Config) -> None:
     need(t.keep_checkpoints >= 1, f"keep_checkpoints must be >= 1, got {t.keep_checkpoints}")
     need(bool(d.data_dir), "data_dir must not be empty")
     need(bool(t.out_dir), "out_dir must not be empty")
+    need(not (t.init_from and dist.elastic), "init_from starts a plain run; resume its checkpoint with --elastic true")
 
 
 def validate_sync(dist: DistributedConfig, o: OptimConfig, need) -> None:

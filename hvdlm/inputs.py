@@ -13,7 +13,7 @@ from typing import Callable, TypeVar
 
 import numpy as np
 
-from hvdlm import checkpoint
+from hvdlm import checkpoint, pretrained
 from hvdlm.config import Config, model_shape
 from hvdlm.data import load_meta, open_tokens, verify_checksums
 from hvdlm.data.sampler import num_sequences
@@ -84,6 +84,7 @@ class Inputs:
     shape: dict
     resume: dict | None
     state: TrainState
+    start: pretrained.Start | None = None  # --init_from: the pretrained model's shape and where its weights are
 
 
 def _here(fn: Callable[[], T]) -> T:
@@ -96,10 +97,12 @@ def read_inputs(cfg: Config, size: int, everyone: Callable = _here, on_root: Cal
     makes one rank's error every rank's); ``on_root(fn)`` reads the checkpoint on rank 0 and shares
     it (``distributed.on_root``); ``on_root=None`` reads none (a check before launching)."""
     meta = everyone(lambda: load_meta(cfg.data.data_dir))
-    shape = model_shape(cfg.model, meta["vocab_size"])
+    # --init_from: rank 0 reads the pretrained model's config and checks it against the flags and the data
+    start = on_root(lambda: pretrained.inspect(cfg, meta)) if cfg.train.init_from and on_root else None
+    shape = start.shape if start else model_shape(cfg.model, meta["vocab_size"])
     data = everyone(lambda: load_data(cfg, shape["block_size"]))
     everyone(lambda: prepare_out_dir(cfg.train.out_dir))  # every rank: each writes its own checkpoint files
     resume = on_root(lambda: load_resume_state(cfg, shape, data.meta)) if on_root else None
     num_train_seqs = num_sequences(len(data.train), shape["block_size"])
     plan = everyone(lambda: plan_batches(cfg, size, num_train_seqs, resume))
-    return Inputs(data, shape, resume, TrainState(plan, num_train_seqs, cfg.train.seed, cfg.data.batch_size))
+    return Inputs(data, shape, resume, TrainState(plan, num_train_seqs, cfg.train.seed, cfg.data.batch_size), start)

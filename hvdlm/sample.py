@@ -13,7 +13,8 @@ from hvdlm.model import GPT, GPTConfig
 def generate_text(model: GPT, tokenizer, prompt: str, max_new_tokens: int, device, seed: int,
                   temperature: float = 0.8, top_k: int | None = 200) -> str:
     """``device``: where the model is; the prompt and the sampling generator are made there too."""
-    ids = tokenizer.encode(prompt) if prompt else [0]
+    # no prompt: start from the end-of-text token where there is one (a document's start, to GPT-2)
+    ids = tokenizer.encode(prompt) if prompt else [getattr(tokenizer, "end_of_text", None) or 0]
     idx = torch.tensor([ids], dtype=torch.long, device=device)
     gen = torch.Generator(device=device).manual_seed(seed)
     was_training = model.training

@@ -12,7 +12,7 @@ from typing import Callable
 
 import torch
 
-from hvdlm import checkpoint, loop, sync, watchdog
+from hvdlm import checkpoint, loop, pretrained, sync, watchdog
 from hvdlm import distributed as dist
 from hvdlm.config import Config, save_toml
 from hvdlm.evaluate import Evaluator
@@ -25,7 +25,8 @@ from hvdlm.state import TrainState
 
 def build_job(cfg: Config, world: dist.World, watch, inputs: Inputs) -> loop.Job:
     """The model, the optimizer wrapped by the sync strategy, and the loop's components; resuming,
-    loaded from the checkpoint. The same for plain and elastic runs."""
+    loaded from the checkpoint; on a first start with ``--init_from``, rank 0's model takes the
+    pretrained weights (step 4's broadcast gives them to every rank). The same for plain and elastic runs."""
     torch.manual_seed(cfg.train.seed)
     model = GPT(GPTConfig(**inputs.shape)).to(world.device)
     # 3. The learning rate was scaled with the global batch (plan_batches); wrap the optimizer
@@ -42,6 +43,7 @@ def build_job(cfg: Config, world: dist.World, watch, inputs: Inputs) -> loop.Job
         for note in checkpointer.load(inputs.resume, world):
             if world.is_root:
                 loop.say(note)
+    pretrained.start_from(inputs.start, model, inputs.resume, world.is_root)  # --init_from: rank 0's weights
     precision = resolve_precision(t.precision, world.device)
     evaluator = Evaluator(inputs.data.val, t.eval_sequences, cfg.data.batch_size, t.eval_interval, precision)
     return loop.Job(cfg, model, optimizer, strategy, inputs.data, inputs.shape, precision, evaluator, checkpointer,

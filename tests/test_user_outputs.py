@@ -178,7 +178,7 @@ def test_export_layout_with_and_without_biases(tmp_path, bias):
 def test_exported_tokenizer_gives_hvdlms_ids(tmp_path, kind):
     from transformers import AutoTokenizer
 
-    from hvdlm.export import hf_tokenizer
+    from hvdlm.hf import hf_tokenizer
 
     src = tmp_path / "src.txt"
     src.write_text("the quick brown fox jumps over the lazy dog.\n" * 50 + "def f(x): return x * 2\n" * 50)

@@ -263,6 +263,9 @@ def check_shape(state: dict, shape: dict, path: str | Path) -> None:
     saved = state.get("model_shape", {})
     keys = ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "bias")
     diff = [f"{k}={saved.get(k)} (this run: {shape[k]})" for k in keys if saved.get(k) != shape[k]]
+    # GPT-2's tanh GELU (a run started from a GPT-2 folder); older checkpoints have the exact one
+    if saved.get("activation", "gelu") != shape.get("activation", "gelu"):
+        diff.append(f"activation={saved.get('activation', 'gelu')} (this run: {shape.get('activation', 'gelu')})")
     if diff:
         raise HvdlmError(
             f"checkpoint {path} is from a different model: {', '.join(diff)}; "

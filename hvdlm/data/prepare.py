@@ -39,7 +39,8 @@ from hvdlm.atomic import write_atomic
 from hvdlm.data.corpus import Source, collect_text_files, default_corpus_files, read_blocks
 from hvdlm.data.glibc import one_malloc_arena, trim_heap
 from hvdlm.data.shards import DTYPES, FORMAT, SPLITS, ShardWriter, clear_old_shards, token_dtype
-from hvdlm.data.tokenizers import KINDS, AnyTokenizer, BPETokenizer, save_tokenizer, train_tokenizer
+from hvdlm.data.tokenizers import (KINDS, AnyTokenizer, BPETokenizer, pretrained_tokenizer, save_tokenizer,
+                                   train_tokenizer)
 from hvdlm.errors import HvdlmError
 
 try:  # ~4x the standard library's speed on long strings; json.loads stays the reference (see _record)
@@ -175,7 +176,12 @@ def _byte_pieces(docs: list[str], sep: str) -> Iterator[str]:
 def encode_docs(tok: AnyTokenizer, docs: list[str], dtype: np.dtype, sep: str = DOC_SEP) -> list[np.ndarray]:
     """The token ids of ``docs``, each followed by ``sep`` and encoded on its own, in pieces
     that concatenate to them (byte ids: always uint8, half the bytes to send back; the shard
-    writer widens them to ``dtype``)."""
+    writer widens them to ``dtype``). A model's tokenizer puts its end-of-text token there instead."""
+    if sep and tok.separator:  # as GPT-2 was trained: documents apart by <|endoftext|>
+        sep = tok.separator
+    if tok.kind == "tiktoken":  # the separator is a token, not text tiktoken would encode
+        ids = (tok.encode(d) + [tok.end_of_text] * bool(sep) for d in docs)
+        return [np.fromiter(itertools.chain.from_iterable(ids), dtype=dtype)] if docs else []
     if tok.kind == "byte":  # bytes are the ids: no Python loop
         return [np.frombuffer(piece.encode("utf-8"), dtype=np.uint8) for piece in _byte_pieces(docs, sep)]
     if not docs:
@@ -424,7 +430,7 @@ def _in_process(kind: str, workers: int) -> bool:
     (~300 MB/s on a core of the benchmark's machine), and sending each block to a worker and its
     ids back costs this process about as much as the parse it would give away, on cores the
     workers would share with it and the writer thread (benchmarks/RESULTS.md, run 4)."""
-    return kind == "byte" and workers <= 2
+    return (kind == "byte" and workers <= 2) or kind == "tiktoken"  # tiktoken's encoder stays in its process
 
 
 def _give_val_a_tail(writers: dict[str, ShardWriter], val_fraction: float) -> None:
@@ -458,8 +464,7 @@ def prepare(
 ) -> dict:
     """Tokenize the inputs (default: the stdlib corpus) into out_dir; returns the meta.json dict."""
     # check everything cheap before the slow part
-    if tokenizer not in KINDS:
-        raise HvdlmError(f"unknown tokenizer {tokenizer!r}; choose one of: {', '.join(KINDS)}")
+    given = None if tokenizer in KINDS else pretrained_tokenizer(tokenizer)  # a model's, or one error line
     if not 0 < val_fraction < 1:
         raise HvdlmError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction}")
     workers = min(os.cpu_count() or 1, 8) if workers is None else workers
@@ -480,7 +485,7 @@ def prepare(
     n_bytes = sum(p.stat().st_size for p in files)
     bars = _Progress(progress, n_bytes)
 
-    tok = _learn_tokenizer(tokenizer, vocab_size, sources, text_field, workers, seed, bpe_sample_bytes, bars)
+    tok = given or _learn_tokenizer(tokenizer, vocab_size, sources, text_field, workers, seed, bpe_sample_bytes, bars)
     dtype_name = token_dtype(tok.vocab_size)
     dtype = DTYPES[dtype_name]
 
