@@ -23,7 +23,7 @@ class GPTConfig:
     n_head: int = 4
     n_embd: int = 128
     dropout: float = 0.0
-    bias: bool = False  # biases in Linear and LayerNorm; off is a little faster and no worse
+    bias: bool = False  # biases in Linear and LayerNorm (GPT-2 has them; nanoGPT trains without)
     # GPT-2's own MLP uses the tanh approximation ("gelu_new"); hvdlm trains with the exact one
     activation: str = "gelu"
     norm_eps: float = 1e-5  # LayerNorm's epsilon (torch's default; GPT-2 checkpoints say theirs)
@@ -34,10 +34,11 @@ ACTIVATIONS = ("gelu", "gelu_new")
 
 # Named sizes, from a model a laptop CPU trains in minutes to GPT-2 small (124M with vocab 50257).
 PRESETS: dict[str, dict] = {
-    "tiny": dict(n_layer=4, n_head=4, n_embd=128, block_size=128),  # ~0.8M + embeddings
-    "mini": dict(n_layer=6, n_head=6, n_embd=384, block_size=256),  # ~10.6M: nanoGPT's char model
-    "small": dict(n_layer=8, n_head=8, n_embd=512, block_size=512),  # ~25M
-    "gpt2": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024),  # GPT-2 124M
+    # parameters as the start line counts them: benchmarks/RESULTS.md, "Model sizes"
+    "tiny": dict(n_layer=4, n_head=4, n_embd=128, block_size=128),
+    "mini": dict(n_layer=6, n_head=6, n_embd=384, block_size=256),  # nanoGPT's character model's shape
+    "small": dict(n_layer=8, n_head=8, n_embd=512, block_size=512),
+    "gpt2": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024),  # GPT-2 small's shape
 }
 
 

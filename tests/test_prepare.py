@@ -27,6 +27,7 @@ from support.split import in_val
 
 # the module, not the function: hvdlm.data re-exports prepare(), which shadows the submodule attribute
 prep = importlib.import_module("hvdlm.data.prepare")
+documents = importlib.import_module("hvdlm.data.documents")
 
 
 def make_corpus(root: Path, n_files: int = 8, seed: int = 0) -> list[Path]:
@@ -211,7 +212,7 @@ def test_a_failed_write_in_the_writer_thread_ends_the_run(tmp_path, monkeypatch)
     main thread waits for room in a full queue, and no shard is left."""
     make_corpus(tmp_path / "src", n_files=30)
     monkeypatch.setattr(prep, "WRITER_PIECES", 1)
-    monkeypatch.setattr(prep, "PIECE_CHARS", 50)  # many pieces per block
+    monkeypatch.setattr(documents, "PIECE_CHARS", 50)  # many pieces per block
 
     real_write, calls = prep.ShardWriter.write, []
 

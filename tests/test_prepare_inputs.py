@@ -21,6 +21,7 @@ from support.launch import HVDLM, launch_env
 from support.split import in_val, uniform
 
 prep = importlib.import_module("hvdlm.data.prepare")
+documents = importlib.import_module("hvdlm.data.documents")
 
 COMPRESS = {".gz": gzip.compress, ".bz2": bz2.compress, ".xz": lzma.compress,
             ".zst": lambda b: zstandard.ZstdCompressor().compress(b)}
@@ -79,11 +80,11 @@ def test_bpe_pieces_encode_to_the_documents_tokens(monkeypatch):
                 "\x0b", "\x0c", "\u3000", "'s", "'ll", "(x)", "==", "é", "日本", "🙂", "-", "_", "\\"]
     docs = ["".join(rng.choice(alphabet) for _ in range(n)) for n in (3000, 5000, 40)]
     tok = prep.train_tokenizer("bpe", docs, 400)
-    monkeypatch.setattr(prep, "BPE_PIECE_CHARS", 50)
-    for sep in ("", prep.DOC_SEP):  # the separator joins each document's last piece, not a copy of it all
-        pieces = list(prep._bpe_pieces(docs, sep))
+    monkeypatch.setattr(documents, "BPE_PIECE_CHARS", 50)
+    for sep in ("", documents.DOC_SEP):  # the separator joins each document's last piece, not a copy of it all
+        pieces = list(documents._bpe_pieces(docs, sep))
         assert len(pieces) > 100 and max(map(len, pieces)) < 1000 and "".join(pieces) == sep.join(docs) + sep
-        ids = np.concatenate(prep.encode_docs(tok, docs, np.dtype("<u2"), sep=sep))
+        ids = np.concatenate(documents.encode_docs(tok, docs, np.dtype("<u2"), sep=sep))
         assert ids.tolist() == [i for d in docs for i in tok.encode(d + sep)]
 
 
@@ -96,8 +97,8 @@ def test_a_long_document_goes_to_the_writer_in_bounded_pieces(tmp_path, monkeypa
     recs = records(30)
     recs[10]["text"] = long
     write_jsonl(tmp_path / "d.jsonl", recs)
-    monkeypatch.setattr(prep, "PIECE_CHARS", 1000)
-    pieces = list(prep._byte_pieces([r["text"] for r in recs], "\n\n"))
+    monkeypatch.setattr(documents, "PIECE_CHARS", 1000)
+    pieces = list(documents._byte_pieces([r["text"] for r in recs], "\n\n"))
     assert "".join(pieces) == "".join(r["text"] + "\n\n" for r in recs)
     assert len(pieces) > 20 and max(map(len, pieces)) < 2000
     written = []

@@ -17,12 +17,10 @@ a child process that exits before the encoding starts.
 """
 from __future__ import annotations
 
-import itertools
 import json
 import multiprocessing
 import os
 import queue
-import re
 import sys
 import threading
 from collections import deque
@@ -37,169 +35,22 @@ from tqdm import tqdm
 
 from hvdlm.atomic import write_atomic
 from hvdlm.data.corpus import Source, collect_text_files, default_corpus_files, read_blocks
+from hvdlm.data.documents import Failed, Task, documents, encode_docs, uniform
 from hvdlm.data.glibc import one_malloc_arena, trim_heap
 from hvdlm.data.shards import DTYPES, FORMAT, SPLITS, ShardWriter, clear_old_shards, token_dtype
 from hvdlm.data.tokenizers import (KINDS, AnyTokenizer, BPETokenizer, pretrained_tokenizer, save_tokenizer,
                                    train_tokenizer)
 from hvdlm.errors import HvdlmError
 
-try:  # ~4x the standard library's speed on long strings; json.loads stays the reference (see _record)
-    from orjson import loads as _fast_loads
-except ImportError:  # pragma: no cover - orjson is a dependency, but prepare works without it
-    def _fast_loads(line: memoryview):
-        return json.loads(bytes(line))
-
-DOC_SEP = "\n\n"
 BLOCK_BYTES = 1 << 20  # a task for a worker; also the size of a text file's documents
 TASK_BYTES_IN_FLIGHT = 2 * BLOCK_BYTES  # per task in flight (2 per worker), on average at most; see _Workers.map
-PIECE_CHARS = 1 << 18  # byte tokens go to the writer in pieces of about this many characters
 WRITER_PIECES = 8  # pieces waiting for the writer thread, at most
 WRITER_SWITCH_INTERVAL = 2e-4  # seconds: how long the writer thread may wait for the GIL (see _WriteBehind)
-BPE_SAMPLE_BYTES = 16 << 20  # the trainer holds ~9x this (every distinct word); see benchmarks/RESULTS.md
+BPE_SAMPLE_BYTES = 16 << 20  # the trainer holds several times this (every distinct word): the sample bounds it
 SHARD_BYTES = 1 << 30
 _COMPRESSED_TEXT_RATIO = 4  # a guess of text bytes per compressed byte, to spread the BPE sample
 _SAMPLE_SALT = 0x5A17  # the BPE sample and the validation split are drawn independently
 
-# A task: (path, jsonl, text_field, data, first_line, first_unit, last). Units number the documents
-# of the whole input (text: one per block; JSONL: one per line) and decide the split.
-Task = tuple
-
-
-class _Failed(str):
-    """A worker's error message (a plain str is a result of _chars_task)."""
-
-
-def _uniform(units: np.ndarray, seed: int, salt: int = 0) -> np.ndarray:
-    """A number in [0, 1) per unit, fixed by (seed, salt, unit): the splitmix64 hash, vectorized."""
-    with np.errstate(over="ignore"):
-        z = units.astype(np.uint64) + np.uint64((seed * 0x9E3779B97F4A7C15 + salt) % 2 ** 64)
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        z ^= z >> np.uint64(31)
-    return (z >> np.uint64(11)).astype(np.float64) / 2.0 ** 53
-
-
-def _record(line: memoryview, field: str):
-    """The line's JSON value. orjson is faster but stricter (NaN, lone surrogates, a BOM) and reads
-    huge integers as floats: unless it finds a record with a string in ``field``, the line is
-    parsed again by json.loads, whose results and messages are the reference."""
-    try:
-        record = _fast_loads(line)
-        if isinstance(record, dict) and isinstance(record.get(field), str):
-            return record
-    except ValueError:
-        pass
-    record = json.loads(bytes(line))
-    if isinstance(record, dict) and isinstance(record.get(field), str):
-        # json.loads accepts a lone UTF-16 surrogate ("\ud800"), which no encoder can write:
-        # UnicodeEncodeError, a ValueError, becomes the caller's one line naming the file and line
-        record[field].encode("utf-8")
-    return record
-
-
-_BLANK = re.compile(rb"[ \t\n\r\x0b\x0c]*")  # what bytes.strip() removes
-
-
-def documents(task: Task) -> tuple[list[str], np.ndarray, str] | _Failed:
-    """The task's documents, their unit numbers and what follows each of them (DOC_SEP; nothing
-    after a block of a text file that is not its last), or an error message."""
-    path, jsonl, field, data, first_line, first_unit, last = task
-    if not jsonl:
-        return [data.decode("utf-8", errors="replace")], np.array([first_unit]), DOC_SEP if last else ""
-    docs, units = [], []
-    view = memoryview(data)  # lines are parsed from views: a block's lines are not copied
-    start, i = 0, 0
-    while start < len(data):
-        end = data.find(b"\n", start)
-        end = len(data) if end < 0 else end
-        if not _BLANK.fullmatch(data, start, end):  # blank lines (a trailing newline, padding) are not records
-            try:
-                record = _record(view[start:end], field)
-            except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
-                return _Failed(f"{path}, line {first_line + i}: not a valid JSON line ({e}); fix or remove that line")
-            if not isinstance(record, dict) or field not in record:
-                return _Failed(f"{path}, line {first_line + i}: the record has no {field!r} field; "
-                               "name the text field with --text_field")
-            text = record[field]
-            if not isinstance(text, str):
-                return _Failed(f"{path}, line {first_line + i}: the {field!r} field is {type(text).__name__}, "
-                               "not a string")
-            docs.append(text)
-            units.append(first_unit + i)
-        start, i = end + 1, i + 1
-    return docs, np.array(units, dtype=np.int64), DOC_SEP
-
-
-# Where a long document may be cut for BPE without changing its tokens: between a non-space
-# character and a space, tab, CR or newline. The byte-level pre-tokenizer's pattern never puts
-# a non-space and the whitespace after it in one word (a word is an optional space and then
-# letters, digits or other symbols, or a run of whitespace), and BPE merges never cross words, so
-# the pieces encode to exactly the document's tokens. (Python's \S is narrower than the pattern's:
-# it also calls U+001C-U+001F space; the right side is four characters that are spaces to both.)
-_SAFE_CUT = re.compile(r"\S(?=[ \t\r\n])")
-BPE_PIECE_CHARS = 1 << 16  # an encoding holds tens of bytes per character while it is made
-
-
-def _bpe_pieces(docs: Iterable[str], sep: str) -> Iterator[str]:
-    """Each document followed by ``sep``, a long one in pieces of BPE_PIECE_CHARS or more cut where
-    its tokens do not change. Only a document's last piece is copied to add ``sep``: a document of
-    8 M characters is not held twice (as UCS-4, 32 MiB each)."""
-    for doc in docs:
-        start = 0
-        while len(doc) - start > 2 * BPE_PIECE_CHARS:
-            cut = _SAFE_CUT.search(doc, start + BPE_PIECE_CHARS)
-            if cut is None:
-                break  # no safe place left: the rest in one piece
-            yield doc[start:cut.end()]
-            start = cut.end()
-        yield doc[start:] + sep
-
-
-def _byte_pieces(docs: list[str], sep: str) -> Iterator[str]:
-    """The documents, each followed by ``sep``, as strings of PIECE_CHARS to 2 * PIECE_CHARS
-    characters (the last one shorter): short documents joined, long ones sliced. A slice of a
-    str falls between two characters and UTF-8 encodes each character on its own, so the
-    pieces' bytes are the documents' bytes, and the memory for a document of many MB is bounded."""
-    batch, size = [], 0
-    for doc in docs:
-        slices = (doc[i:i + PIECE_CHARS] for i in range(0, len(doc), PIECE_CHARS))  # a short document: itself
-        for part in itertools.chain(slices, [sep]):
-            batch.append(part)
-            size += len(part)
-            if size >= PIECE_CHARS:
-                yield "".join(batch)
-                batch, size = [], 0
-    if size:
-        yield "".join(batch)
-
-
-def encode_docs(tok: AnyTokenizer, docs: list[str], dtype: np.dtype, sep: str = DOC_SEP) -> list[np.ndarray]:
-    """The token ids of ``docs``, each followed by ``sep`` and encoded on its own, in pieces
-    that concatenate to them (byte ids: always uint8, half the bytes to send back; the shard
-    writer widens them to ``dtype``). A model's tokenizer puts its end-of-text token there instead."""
-    if sep and tok.separator:  # as GPT-2 was trained: documents apart by <|endoftext|>
-        sep = tok.separator
-    if tok.kind == "tiktoken":  # the separator is a token, not text tiktoken would encode
-        ids = (tok.encode(d) + [tok.end_of_text] * bool(sep) for d in docs)
-        return [np.fromiter(itertools.chain.from_iterable(ids), dtype=dtype)] if docs else []
-    if tok.kind == "byte":  # bytes are the ids: no Python loop
-        return [np.frombuffer(piece.encode("utf-8"), dtype=np.uint8) for piece in _byte_pieces(docs, sep)]
-    if not docs:
-        return []
-    if tok.kind == "char":
-        ids = (tok.encode(part) for d in docs for part in (d, sep))  # per character: no copy of d + sep
-        return [np.fromiter(itertools.chain.from_iterable(ids), dtype=dtype)]
-    # encode_batch_fast (tokenizers >= 0.20) skips the character offsets: ~1.5x faster, less memory
-    encode = getattr(tok.tk, "encode_batch_fast", tok.tk.encode_batch)
-    parts, batch, size = [], [], 0
-    for piece in itertools.chain(_bpe_pieces(docs, sep), [None]):
-        if piece is None or size >= BPE_PIECE_CHARS:  # encode a batch of about one piece
-            parts.append(np.fromiter(itertools.chain.from_iterable(e.ids for e in encode(batch)), dtype=dtype))
-            batch, size = [], 0
-        if piece is not None:
-            batch.append(piece)
-            size += len(piece)
-    return parts
 
 
 # --- the worker side: module-level, so spawned processes can import it ------------------------------
@@ -234,31 +85,31 @@ def _encode_task(task: Task):
 
 def _encode_block(task: Task):
     found = documents(task)
-    if isinstance(found, _Failed):
+    if isinstance(found, Failed):
         return found
     docs, units, sep = found
-    val = _uniform(units, _job.seed) < _job.val_fraction
+    val = uniform(units, _job.seed) < _job.val_fraction
     try:
         return (encode_docs(_job.tok, [d for d, v in zip(docs, val) if not v], _job.dtype, sep),
                 encode_docs(_job.tok, [d for d, v in zip(docs, val) if v], _job.dtype, sep),
                 len(docs) if task[1] else int(task[6]))  # a text file is one document, however many blocks
     except HvdlmError as e:
-        return _Failed(e)
+        return Failed(e)
 
 
 def _chars_task(task: Task):
     """-> the characters of the task's documents (a string), or an error message."""
     found = documents(task)
-    return found if isinstance(found, _Failed) else "".join(set().union(*found[0], found[2]))
+    return found if isinstance(found, Failed) else "".join(set().union(*found[0], found[2]))
 
 
 def _sample_task(task: Task):
     """-> the documents of the BPE sample in this task (a list), or an error message."""
     found = documents(task)
-    if isinstance(found, _Failed):
+    if isinstance(found, Failed):
         return found
     docs, units, sep = found
-    take = _uniform(units, _job.seed, _SAMPLE_SALT) < _job.sample_p
+    take = uniform(units, _job.seed, _SAMPLE_SALT) < _job.sample_p
     return [d + sep for d, t in zip(docs, take) if t]
 
 
@@ -323,7 +174,7 @@ def _tasks(sources: list[Source], text_field: str, bar: tqdm) -> Iterator[Task]:
 
 def _checked(results: Iterable) -> Iterator:
     for res in results:
-        if isinstance(res, _Failed):
+        if isinstance(res, Failed):
             raise HvdlmError(res)
         yield res
 
@@ -388,9 +239,9 @@ class _WriteBehind:
     raised here, at the next put or at the end.
 
     Each of those calls gives the GIL up, and the writer then waits to get it back until this
-    thread, parsing, reaches the interpreter's switch interval (5 ms by default): the writer was
-    busy for the whole run, and off the CPU for ~40% of it. While it runs, the interval is
-    WRITER_SWITCH_INTERVAL: 1.2-1.3x the speed in interleaved runs (benchmarks/RESULTS.md, run 5)."""
+    thread, parsing, reaches the interpreter's switch interval (5 ms by default): the writer spent
+    much of the run waiting for the GIL. While it runs, the interval is WRITER_SWITCH_INTERVAL,
+    which was faster in interleaved runs (benchmarks/RESULTS.md, data preparation, run 5)."""
 
     def __init__(self, writers: dict[str, ShardWriter]):
         self.writers, self.error = writers, None
@@ -427,7 +278,7 @@ class _WriteBehind:
 
 def _in_process(kind: str, workers: int) -> bool:
     """Byte tokens with two workers or fewer are made in this process: their only work is parsing
-    (~300 MB/s on a core of the benchmark's machine), and sending each block to a worker and its
+    (fast: a few hundred MB/s a core), and sending each block to a worker and its
     ids back costs this process about as much as the parse it would give away, on cores the
     workers would share with it and the writer thread (benchmarks/RESULTS.md, run 4)."""
     return (kind == "byte" and workers <= 2) or kind == "tiktoken"  # tiktoken's encoder stays in its process
