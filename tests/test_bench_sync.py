@@ -44,8 +44,11 @@ def test_bench_sync_compares_methods(corpus, tmp_path):
     assert diloco16["bytes_per_step_computed"] == pytest.approx(GRAD_BYTES / 8, rel=1e-6)
     # both ranks send on this machine's lo: at least their two shares each step, as the kernel counted
     # (only a lower bound: lo also carries whatever else runs here; the test cluster's links, below,
-    # carry only the run's)
-    assert none["bytes_per_step_tx"] >= 2 * GRAD_BYTES * 0.99, none
+    # carry only the run's). The counter is polled while the ranks train: the first reading may
+    # come after the next step has begun sending, the last before its own step has finished, so up to
+    # a step's bytes at each end of the window go uncounted (seen: 1.83 of 2 shares over 21 steps).
+    a, b = map(int, none["window"].split("-"))
+    assert none["bytes_per_step_tx"] >= 2 * GRAD_BYTES * (b - a - 2) / (b - a), none
     # the loss: DiLoCo is not the every-step average (a ratio of two different runs)
     assert diloco["val_loss_vs_none"] == pytest.approx(diloco["val_loss"] / none["val_loss"] - 1)
     assert diloco["val_loss"] != none["val_loss"]

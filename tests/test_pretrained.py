@@ -24,7 +24,7 @@ from hvdlm.export import export_hf
 from hvdlm.model import GPT, GPTConfig
 from hvdlm.sample import sample_from_checkpoint
 
-transformers = pytest.importorskip("transformers")
+import transformers  # noqa: E402  (install.sh installs it: missing, the tests must fail, not skip)
 from safetensors.torch import load_file  # noqa: E402  (after transformers: the same [hf] extra)
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
 

@@ -43,8 +43,12 @@ class GradientAllreduce(Sync):
 
     def step(self, optimizer, model, grad_clip):
         wait, norm = dist.optimizer_step(optimizer, model, grad_clip)
-        self.sent_bytes += ring_bytes(self.numel, 2 if self.compression == "fp16" else 4)
+        self.count_sent()
         return StepStats(wait, norm)
+
+    def count_sent(self) -> None:
+        """One ring allreduce of every gradient, in fp32 or fp16."""
+        self.sent_bytes += ring_bytes(self.numel, 2 if self.compression == "fp16" else 4)
 
 
 class Adasum(GradientAllreduce):
@@ -61,7 +65,7 @@ class Adasum(GradientAllreduce):
         if dist.size() == 1:
             return super().step(optimizer, model, grad_clip)
         wait = dist.adasum_step(optimizer)
-        self.sent_bytes += ring_bytes(self.numel, 2 if self.compression == "fp16" else 4)
+        self.count_sent()
         return StepStats(wait, float("nan"))
 
 
