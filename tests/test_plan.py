@@ -114,6 +114,39 @@ def test_predicted_bytes_equal_hvdlm_counters_at_2_ranks(name, corpus, tmp_path)
         assert from_run.params == s.params and from_run.compute > 0 and source == f"from {out}"
 
 
+def test_model_from_an_init_from_folder(tmp_path):
+    """A GPT-2 folder's config.json gives the model `train --init_from` would train: GPT-2's own parameter
+    count (12 C^2 + 13 C per block with its biases, wte, wpe, ln_f); --block_size shortens the context."""
+    from hvdlm.hf import hf_config
+
+    L, C, V, T = 3, 48, 300, 96
+    (tmp_path / "config.json").write_text(json.dumps(hf_config(dict(vocab_size=V, block_size=T, n_layer=L,
+                                                                     n_head=4, n_embd=C))))
+    s, _, _ = setting(plan_args("--init_from", str(tmp_path), "--ranks", "2", "--step_ms", "10", "--mem_bw", "1GB/s"))
+    assert s.numel == L * (12 * C * C + 13 * C) + V * C + T * C + 2 * C and s.shape["block_size"] == T
+    short, _, _ = setting(plan_args("--init_from", str(tmp_path), "--block_size", "64", "--ranks", "2",
+                                    "--step_ms", "10", "--mem_bw", "1GB/s"))
+    assert short.numel == s.numel - 32 * C and short.tokens_per_step == 2 * 8 * 64
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["--block_size", "200"], "--block_size 200 is longer than the 96 positions"),
+    (["--preset", "tiny"], "one of them"),
+])
+def test_init_from_bad_input(flags, says, tmp_path, capsys):
+    from hvdlm.hf import hf_config
+
+    (tmp_path / "config.json").write_text(json.dumps(hf_config(dict(vocab_size=300, block_size=96, n_layer=1,
+                                                                     n_head=1, n_embd=8))))
+    with pytest.raises(SystemExit):
+        main(["plan", "--init_from", str(tmp_path), "--step_ms", "10", "--ranks", "2", *flags])
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and says in err
+    with pytest.raises(SystemExit):
+        main(["plan", "--init_from", str(tmp_path / "nothing"), "--step_ms", "10", "--ranks", "2"])
+    assert "neither a Hugging Face GPT-2 folder" in capsys.readouterr().err
+
+
 def test_measure_on_2_local_ranks(corpus, tmp_path):
     run = check(launch("single", [HVDLM, "plan", "--preset", "tiny", "--n_layer", "2", "--n_embd", "32",
                                   "--n_head", "2", "--block_size", "32", "--data_dir", str(corpus), "--ranks", "16",

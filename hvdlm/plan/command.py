@@ -20,8 +20,10 @@ def add_plan_parser(sub) -> None:
                                    "then the fastest method whose measured loss penalty is within "
                                    "--max_loss_penalty. Runs nothing on other hosts.")
     g = p.add_argument_group("model")
-    g.add_argument("--preset", default="", choices=["", *PRESETS], help="model size (or --out_dir)")
+    g.add_argument("--preset", default="", choices=["", *PRESETS], help="model size (or --out_dir, --init_from)")
     g.add_argument("--out_dir", default="", help="the model of this `hvdlm train` run (its config.toml)")
+    g.add_argument("--init_from", default="", help="the model `hvdlm train --init_from` would start from: a GPT-2 "
+                   "folder (its config.json) or an hvdlm out_dir")
     for name in ("n_layer", "n_head", "n_embd", "block_size"):
         g.add_argument(f"--{name}", type=int, default=0, help=f"{name} (default: the preset's)")
     g.add_argument("--vocab_size", type=int, default=0, help="default: --data_dir's meta.json, else 50257")
@@ -111,10 +113,12 @@ def setting(args: argparse.Namespace):
     sources = [bool(args.step_ms), bool(args.metrics), bool(args.measure), bool(args.gpu)]
     if sum(sources) != 1:
         raise HvdlmError("give one of --step_ms, --metrics, --measure STEPS or --gpu NAME (with --mfu)")
-    if bool(args.preset) == bool(args.out_dir):
-        raise HvdlmError("give the model as --preset NAME or --out_dir RUN (one of them)")
+    if sum(map(bool, (args.preset, args.out_dir, args.init_from))) != 1:
+        raise HvdlmError("give the model as --preset NAME, --out_dir RUN or --init_from FOLDER (one of them)")
     if args.out_dir:
         shape = inputs.model_from_out_dir(args.out_dir, args.vocab_size)
+    elif args.init_from:
+        shape = inputs.model_from_init(args.init_from, args.block_size)
     else:
         overrides = {k: getattr(args, k) for k in ("n_layer", "n_head", "n_embd", "block_size")}
         shape = inputs.model_from_preset(args.preset, overrides, inputs.vocab_of(args.data_dir, args.vocab_size))

@@ -1,8 +1,8 @@
 """What a plan starts from: the model's parameters, and one rank's compute per optimizer step.
 
-The model: a preset (with shape overrides), or a run's ``out_dir`` (its ``config.toml``; the
-vocabulary from its data's ``meta.json``). The parameters are those of hvdlm's own GPT, built on
-the meta device (shapes only, no memory). ``model_from_init`` is the seam for ``--init_from``.
+The model: a preset (with shape overrides), a run's ``out_dir`` (its ``config.toml``; the
+vocabulary from its data's ``meta.json``), or an ``--init_from`` folder (``model_from_init``). The
+parameters are those of hvdlm's own GPT, built on the meta device (shapes only, no memory).
 
 One rank's compute per optimizer step, at this plan's per-rank batch, from the first of:
   --step_ms               given;
@@ -29,6 +29,7 @@ import torch
 from hvdlm.bench.train import BIN, RunSpec, figures, measure
 from hvdlm.config import ModelConfig, load_config, model_shape
 from hvdlm.errors import HvdlmError
+from hvdlm.hf import shape_from_config
 from hvdlm.mfu import flops_per_token, gpu_peak
 from hvdlm.model import GPT, GPTConfig
 
@@ -59,9 +60,26 @@ def model_from_out_dir(out_dir: str, vocab_size: int) -> dict:
     return model_shape(cfg.model, vocab_of(cfg.data.data_dir, vocab_size))
 
 
-def model_from_init(folder: str) -> dict:
-    """The seam for ``--init_from`` (an exported or pretrained model's folder): not built yet."""
-    raise HvdlmError("hvdlm plan cannot read an --init_from folder yet; give --preset with its shape")
+def model_from_init(folder: str, block_size: int) -> dict:
+    """The model ``hvdlm train --init_from FOLDER`` would train: a GPT-2 folder's config.json (its
+    weights are not read: a plan needs shapes only; biases counted, as GPT-2 has them), or an hvdlm
+    out_dir's config.toml; ``block_size`` (the run's --block_size) may shorten the context."""
+    path = Path(folder)
+    if (path / "config.json").is_file():
+        try:
+            config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise HvdlmError(f"{path / 'config.json'} cannot be read as JSON ({e})") from None
+        shape = shape_from_config(config if isinstance(config, dict) else {}, f"--init_from {folder}")
+    elif (path / "config.toml").is_file():
+        shape = model_from_out_dir(folder, 0)
+    else:
+        raise HvdlmError(f"--init_from {folder} is neither a Hugging Face GPT-2 folder (config.json) nor an hvdlm "
+                         "out_dir (config.toml)")
+    if block_size > shape["block_size"]:
+        raise HvdlmError(f"--block_size {block_size} is longer than the {shape['block_size']} positions of the "
+                         f"model in {folder}")
+    return dict(shape, block_size=block_size or shape["block_size"])
 
 
 def parameters(shape: dict) -> tuple:
