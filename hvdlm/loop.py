@@ -150,14 +150,20 @@ def run(job: Job, state: TrainState, world: dist.World, session: Session) -> dic
             wait = stats.wait + sync.after_step(state.step, model)
             stopped_by = job.stop.end_step()
             watch.step_done(state.step)
+            logged = metrics.due(state.step, state.last_step, stopped_by)
+            if logged:
+                # A blocking allreduce: it waits for Horovod's next cycle, and behind an exchange still
+                # in flight (overlapped local_sgd/diloco), so its time is the step's, and a wait.
+                t1 = time.perf_counter()
+                (last_loss,) = dist.average([loss_sum.item() / state.accum], name="train_loss")
+                wait += time.perf_counter() - t1
             step_time = time.perf_counter() - t0
             run_steps += 1
             job.timing.steps += 1
             job.timing.train_time += step_time
             metrics.advance()
 
-            if metrics.due(state.step, state.last_step, stopped_by):
-                (last_loss,) = dist.average([loss_sum.item() / state.accum], name="train_loss")
+            if logged:
                 bytes_per_step = (sync.sent_bytes - sent_mark) / (state.step - step_mark)
                 sent_mark, step_mark = sync.sent_bytes, state.step
                 metrics.record("train", step=state.step, loss=last_loss, lr=lr, grad_norm=stats.grad_norm,

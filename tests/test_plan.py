@@ -153,7 +153,7 @@ def test_measure_on_2_local_ranks(corpus, tmp_path):
                                   "--global_batch", "64", "--measure", "4", "--measure_ranks", "2",
                                   "--json", str(tmp_path / "plan.json")], timeout=300))
     doc = json.loads((tmp_path / "plan.json").read_text())
-    assert "measured here: 4 steps on 2 rank(s)" in doc["setting"]
+    assert "measured here: 4 steps on 2 rank(s); PowerSGD's work r4 " in doc["setting"]
     labels = [r["method"] for r in doc["rows"]]
     assert labels[:5] == ["none", "fp16", "bf16", "powersgd r4", "powersgd r8"]
     assert any(label.startswith("diloco H=50 int8 overlap") for label in labels)

@@ -64,6 +64,8 @@ def add_plan_parser(sub) -> None:
     g.add_argument("--powersgd_min_compression", type=float, default=d.powersgd_min_compression)
     g.add_argument("--sync_every", default="25,50", help="local_sgd/diloco H, comma list (default: 25,50)")
     g.add_argument("--overlap_steps", type=int, default=4, help="the overlapped rows' T (default: 4)")
+    g.add_argument("--log_interval", type=int, default=10, help="hvdlm train's --log_interval (default: 10): a "
+                   "logged step waits for the loss's average, behind an overlapped exchange in flight")
     g.add_argument("--max_loss_penalty", type=float, default=3.0,
                    help="in %% of fp32 every-step sync's val loss (default: 3)")
     g.add_argument("--json", default="", metavar="PATH", help="also write the rows to this JSON file")
@@ -110,6 +112,8 @@ def setting(args: argparse.Namespace):
     micro = min(args.batch_size, share) if args.batch_size else share
     if share % micro:
         raise HvdlmError(f"--batch_size {micro} does not divide a rank's share of {share} sequences")
+    if args.log_interval < 1:
+        raise HvdlmError(f"--log_interval {args.log_interval} is out of range: at least 1")
     sources = [bool(args.step_ms), bool(args.metrics), bool(args.measure), bool(args.gpu)]
     if sum(sources) != 1:
         raise HvdlmError("give one of --step_ms, --metrics, --measure STEPS or --gpu NAME (with --mfu)")
@@ -123,6 +127,7 @@ def setting(args: argparse.Namespace):
         overrides = {k: getattr(args, k) for k in ("n_layer", "n_head", "n_embd", "block_size")}
         shape = inputs.model_from_preset(args.preset, overrides, inputs.vocab_of(args.data_dir, args.vocab_size))
     tokens_per_rank = share * shape["block_size"]
+    work = ()  # PowerSGD's own work, timed here only when the plan measures here
     if args.step_ms:
         compute, source = args.step_ms / 1e3, f"--step_ms {args.step_ms:g}"
     elif args.metrics:
@@ -133,7 +138,10 @@ def setting(args: argparse.Namespace):
     else:
         compute = inputs.compute_by_measuring(shape, micro, args.measure, args.measure_ranks, args.data_dir)
         compute *= share // micro
-        source = f"measured here: {args.measure} steps on {args.measure_ranks} rank(s)"
+        work = tuple(inputs.powersgd_work(shape, int_list(args.powersgd_ranks, "--powersgd_ranks"),
+                                          args.powersgd_min_compression).items())
+        source = (f"measured here: {args.measure} steps on {args.measure_ranks} rank(s); PowerSGD's work "
+                  + ", ".join(f"r{r} {t * 1e3:.3g} ms" for r, t in work))
     from hvdlm.distributed import CPU_DEFAULTS_MPI, PERIODIC_CYCLE_MS
     from hvdlm.mfu import flops_per_token
 
@@ -146,6 +154,6 @@ def setting(args: argparse.Namespace):
                 threshold=parse_bytes(args.fusion, "--fusion"),
                 mem_bw=parse_rate(args.mem_bw, "--mem_bw") if args.mem_bw else inputs.memory_bandwidth(args.gpu),
                 flops=flops_per_token(shape) * tokens_per_rank / compute,
-                min_compression=args.powersgd_min_compression)
+                min_compression=args.powersgd_min_compression, powersgd_work=work, log_interval=args.log_interval)
     return s, share, source
 

@@ -123,6 +123,39 @@ def compute_by_measuring(shape: dict, per_rank_batch: int, steps: int, ranks: in
     return run["compute_ms"] / 1e3
 
 
+def powersgd_work(shape: dict, ranks: list[int], min_compression: float, repeats: int = 3) -> dict[int, float]:
+    """Seconds of PowerSGD's own work per step at each rank r, measured here per shape: hvdlm's
+    PowerSGD (``sync.powersgd``) compressing random gradients of this model, one process alone
+    (its collectives return at once alone), so the time is its matmuls, QR, error feedback and
+    copies only; the best of ``repeats`` after one untimed step. Holds the model, its gradients and
+    the residuals in memory (3 x 4 bytes a parameter)."""
+    from hvdlm import distributed as dist
+    from hvdlm.sync.powersgd import PowerSGD
+
+    world = dist.init()
+    with torch.device(world.device):
+        model = GPT(GPTConfig(**shape))
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        p.grad = torch.randn_like(p)
+    out = {}
+    for r in ranks:
+        sync = PowerSGD(r, start=0, min_compression=min_compression, seed=0)
+        sync.wrap(torch.optim.SGD(params, lr=0.0), model)
+        times = []
+        for _ in range(repeats + 1):
+            grads = [p.grad.clone() for p in params]
+            if world.device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            sync.compress_and_average(grads)
+            if world.device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+        out[r] = min(times[1:])
+    return out
+
+
 def compute_from_gpu(shape: dict, tokens_per_rank: int, gpu: str, mfu: float, precision: str) -> float:
     peak = gpu_peak(gpu, precision)
     if peak is None:

@@ -13,7 +13,9 @@ micro-steps; backward is 2/3 of forward + backward, ``mfu.flops_per_token``'s 6N
   powersgd r  ``sync.powersgd``: after backward, allreduce #1 of every P (n x r) and the small
               tensors (fp32), QR of each P, allreduce #2 of every Q (m x r); plus its matmuls (M Q,
               M^T P, P Q^T: 6 n m r FLOPs at the rate the model's own compute runs) or their memory
-              traffic (~24 bytes per compressed element), whichever is longer; all exposed.
+              traffic (~24 bytes per compressed element), whichever is longer, or under --measure
+              hvdlm's own PowerSGD timed here on this model's shapes (``inputs.powersgd_work``);
+              all exposed.
   local_sgd H, diloco H wire [overlap T]
               ``sync.periodic``: every H steps one exchange of every parameter (local_sgd fp32;
               diloco's pseudo-gradient in fp32/fp16 by ring allreduce, bf16/int8 by the alltoall
@@ -21,6 +23,10 @@ micro-steps; backward is 2/3 of forward + backward, ``mfu.flops_per_token``'s 6N
               the step that syncs waits for all of it (exposed / H per step). Overlapped over T
               steps: T slices, one started per step, run one after another behind the inner steps;
               exposed = how long the last slice ends after the T-th step, / H.
+
+Every logged step (one in ``--log_interval``) averages the train loss over the ranks, a blocking
+one-number allreduce after the step (``loop``): half a cycle to Horovod's next, and its negotiation.
+Behind an overlapped exchange it also waits for the slice in flight (``_overlapped``).
 
 Every method also has the step's stop check (``distributed.StopCheck``): a one-number allreduce
 started with the step and read at its end; Horovod serves it at the next cycle, so a step shorter
@@ -79,6 +85,8 @@ class Setting:
     mem_bw: float  # bytes/s, for the copies and PowerSGD's passes
     flops: float  # FLOP/s the model's compute runs at (PowerSGD's matmuls)
     min_compression: float  # --powersgd_min_compression
+    powersgd_work: tuple = ()  # ((rank, seconds), ...): PowerSGD's own work timed here (--measure)
+    log_interval: int = 10  # hvdlm train's --log_interval: a blocking loss average every this many steps
 
     @property
     def numel(self) -> int:
@@ -119,7 +127,19 @@ def stop_check(s: Setting, cycle: float) -> float:
     return max(0.0, done - s.compute)
 
 
+def logged_loss(s: Setting, cycle: float) -> float:
+    """Seconds per step of the logged loss's blocking allreduce (not behind an exchange)."""
+    return 0.0 if s.cluster.ranks == 1 else collective(s, cycle, 0.0) / s.log_interval
+
+
 def predict(s: Setting, m: Method) -> Row:
+    row = _predict(s, m)
+    if not (m.overlap and m.name in ("local_sgd", "diloco")):  # _overlapped counts its own
+        row.exposed += logged_loss(s, s.periodic_cycle if m.name in ("local_sgd", "diloco") else s.cycle)
+    return row
+
+
+def _predict(s: Setting, m: Method) -> Row:
     c, n = s.cluster, s.cluster.ranks
     if m.name in ("none", "fp16"):
         bpe = 2 if m.name == "fp16" else 4
@@ -152,7 +172,9 @@ def _powersgd(s: Setting, m: Method) -> Row:
             first, second, compressed = first + rows * r, second + cols * r, compressed + rows * cols
         else:
             first += numel(shape)
-    matmul = max(6 * compressed * m.rank / s.flops, compressed * COPY_BYTES / s.mem_bw)
+    matmul = dict(s.powersgd_work).get(m.rank)
+    if matmul is None:
+        matmul = max(6 * compressed * m.rank / s.flops, compressed * COPY_BYTES / s.mem_bw)
     ex = 0.0
     if n > 1:
         ex = (collective(s, s.cycle, network.allreduce(c, first * 4)) + matmul
@@ -180,15 +202,32 @@ def _periodic(s: Setting, m: Method) -> Row:
         slice_time = one(encoded / parts)
         ex = parts * slice_time + copies
         if m.overlap:
-            finish = 0.0
-            for k in range(parts):  # slice k starts with inner step k, after the one before it
-                finish = max(finish, k * s.compute) + slice_time
-            exposed = max(0.0, finish - parts * s.compute) + copies
+            exposed = _overlapped(s, slice_time, parts, h) + copies
         else:
             exposed = ex
     sent = ring_bytes(s.numel, WIRE_BYTES[wire], n) / h
     nic = (network.nic_bytes_exchange(c, encoded) if own else network.nic_bytes_allreduce(c, encoded)) / h
     return Row(m, s.compute, ex / h, exposed / h + stop_check(s, s.periodic_cycle), sent, nic)
+
+
+def _overlapped(s: Setting, slice_time: float, parts: int, h: int) -> float:
+    """Seconds one overlapped period waits: slice k starts at the end of inner step k (k = 0: the
+    syncing step), after the slice before it; a logged step waits for the slice in flight (its loss
+    average queues behind it), the others only for Horovod's next cycle; step ``parts`` waits for
+    the last slice. Averaged over where the logged steps fall in the period."""
+    phases = [0] if h % s.log_interval == 0 else range(s.log_interval)
+    total = 0.0
+    for j in phases:
+        t = finish = waited = 0.0  # t: when this rank's step k ends, from the syncing step's end
+        for k in range(parts):
+            finish = max(finish, t) + slice_time
+            if (h * j + k) % s.log_interval == 0:
+                late = max(finish, t + collective(s, s.periodic_cycle, 0.0)) - t
+                waited, t = waited + late, t + late
+            t += s.compute
+        total += waited + max(0.0, finish - t)
+    logged_elsewhere = max(0, h - parts) / s.log_interval * collective(s, s.periodic_cycle, 0.0)
+    return (total / len(phases) + logged_elsewhere)
 
 
 def bottleneck(s: Setting, m: Method) -> str:
