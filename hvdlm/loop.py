@@ -148,7 +148,9 @@ def run(job: Job, state: TrainState, world: dist.World, session: Session) -> dic
             stats = sync.step(optimizer, model, o.grad_clip)
             state.step += 1
             wait = stats.wait + sync.after_step(state.step, model)
+            t1 = time.perf_counter()  # the stop check's result: it queues behind an overlapped exchange's slice
             stopped_by = job.stop.end_step()
+            wait += time.perf_counter() - t1
             watch.step_done(state.step)
             logged = metrics.due(state.step, state.last_step, stopped_by)
             if logged:

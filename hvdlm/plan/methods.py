@@ -21,8 +21,8 @@ micro-steps; backward is 2/3 of forward + backward, ``mfu.flops_per_token``'s 6N
               diloco's pseudo-gradient in fp32/fp16 by ring allreduce, bf16/int8 by the alltoall
               exchange), at hvdlm's periodic cycle (``distributed.PERIODIC_CYCLE_MS``). On time:
               the step that syncs waits for all of it (exposed / H per step). Overlapped over T
-              steps: T slices, one started per step, run one after another behind the inner steps;
-              exposed = how long the last slice ends after the T-th step, / H.
+              steps: T slices, one started per step, each behind the next inner step (whose stop
+              check waits for it); exposed = what the slices add to the T steps, / H.
 
 Every logged step (one in ``--log_interval``) averages the train loss over the ranks, a blocking
 one-number allreduce after the step (``loop``): half a cycle to Horovod's next, and its negotiation.
@@ -211,23 +211,25 @@ def _periodic(s: Setting, m: Method) -> Row:
 
 
 def _overlapped(s: Setting, slice_time: float, parts: int, h: int) -> float:
-    """Seconds one overlapped period waits: slice k starts at the end of inner step k (k = 0: the
-    syncing step), after the slice before it; a logged step waits for the slice in flight (its loss
-    average queues behind it), the others only for Horovod's next cycle; step ``parts`` waits for
-    the last slice. Averaged over where the logged steps fall in the period."""
+    """Seconds one overlapped period waits. Slice k starts at the end of inner step k (k = 0: the
+    syncing step); the next step's stop check queues behind it in Horovod's background thread, so
+    step k+1 ends no sooner than slice k does; a logged step k also waits for slice k (its loss
+    average queues behind it) before step k+1 computes. Averaged over where the logged steps fall."""
+    log = collective(s, s.periodic_cycle, 0.0)
     phases = [0] if h % s.log_interval == 0 else range(s.log_interval)
     total = 0.0
     for j in phases:
-        t = finish = waited = 0.0  # t: when this rank's step k ends, from the syncing step's end
+        t = waited = 0.0  # t: when this rank's step k ends, from the syncing step's end
         for k in range(parts):
-            finish = max(finish, t) + slice_time
+            finish = t + slice_time
             if (h * j + k) % s.log_interval == 0:
-                late = max(finish, t + collective(s, s.periodic_cycle, 0.0)) - t
+                late = max(finish, t + log) - t
                 waited, t = waited + late, t + late
-            t += s.compute
-        total += waited + max(0.0, finish - t)
-    logged_elsewhere = max(0, h - parts) / s.log_interval * collective(s, s.periodic_cycle, 0.0)
-    return (total / len(phases) + logged_elsewhere)
+            end = max(t + s.compute, finish)
+            waited, t = waited + end - (t + s.compute), end
+        total += waited
+    logged_elsewhere = max(0, h - parts) / s.log_interval * log
+    return total / len(phases) + logged_elsewhere
 
 
 def bottleneck(s: Setting, m: Method) -> str:
