@@ -290,7 +290,8 @@ def run(args) -> list[dict]:
                 run_dir.mkdir(parents=True, exist_ok=True)
                 (run_dir / "metrics.jsonl").unlink(missing_ok=True)
                 rows.append(measure(method, link, args, run_dir))
-                for saved in run_dir.glob("checkpoint*.pt"):  # hundreds of MB each, and no figure needs them
+                # hundreds of MB each (and each rank's own file beside them), and no figure needs them
+                for saved in [*run_dir.glob("checkpoint*.pt"), *run_dir.glob("ranks/*.pt")]:
                     saved.unlink()
                 done.write_text(json.dumps({"flags": flags, "row": rows[-1]}))
     finally:

@@ -9,8 +9,9 @@ diloco (H=10) steps 11-30, two whole periods. The prediction is plan's, at that 
 (so the 2 shared cores do not blur the check: 4 hosts on 2 cores compute at half speed, and plan is
 told so), the tc rate of the link (free: the fitted bandwidth) and the fitted per-message latency.
 
-Calibration: the constants are fitted on the 2-host rows only (least squares of log(predicted /
-measured)); the 3- and 4-host rows are the check. Pure computation over the recorded files:
+Calibration: the two constants (a message's latency, the free link's bandwidth) are fitted on the
+2-host rows of the free link only (least squares of log(predicted / measured)); every shaped-link
+row, and every 3- and 4-host row, is the check. Pure computation over the recorded files:
     python benchmarks/results/plan/cluster/check.py > benchmarks/results/plan/cluster/check.md
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 import sys
 from pathlib import Path
 from statistics import mean
@@ -25,6 +27,7 @@ from statistics import mean
 from hvdlm.cli import build_parser
 from hvdlm.plan.command import setting
 from hvdlm.plan.methods import Method, predict
+from hvdlm.plan.network import Link
 from hvdlm.units import parse_rate
 
 RUNS = Path(__file__).resolve().parent / "runs"
@@ -76,16 +79,18 @@ def predicted_step(m: dict, latency: float, free_bw: float) -> tuple[object, flo
 
 
 def prediction(m: dict, latency: float, free_bw: float):
+    """plan's row for this run, at its measured compute (the Setting built once per run)."""
     f = m["flags"]
-    link = f["link"] if f["link"] != "free" else f"{free_bw * 8 / 1e9:.6g}gbit"
-    ranks = len(f["hosts"].split(","))
-    args = build_parser().parse_args([
-        "plan", "--preset", f["preset"], "--vocab_size", "256", "--ranks", str(ranks), "--ranks_per_host", "1",
-        "--global_batch", str(f["global_batch"]), "--step_ms", repr(m["compute"] * 1e3),
-        "--link", f"{link},{latency * 1e6:.6g}us", "--cycle_ms", "1", "--periodic_cycle_ms", "20",
-        "--mem_bw", MEM_BW, "--log_interval", "1"])
-    s, _, _ = setting(args)
-    return predict(s, method_of(f["method"]))
+    if "setting" not in m:
+        args = build_parser().parse_args([
+            "plan", "--preset", f["preset"], "--vocab_size", "256", "--ranks", str(m["hosts"]),
+            "--ranks_per_host", "1", "--global_batch", str(f["global_batch"]), "--step_ms", repr(m["compute"] * 1e3),
+            "--cycle_ms", "1", "--periodic_cycle_ms", "20", "--mem_bw", MEM_BW, "--log_interval", "1"])
+        m["setting"] = setting(args)[0]
+    s = m["setting"]
+    bw = free_bw if f["link"] == "free" else parse_rate(f["link"])
+    link = Link(bw, latency)  # one rank a host: every hop crosses the link
+    return predict(replace(s, cluster=replace(s.cluster, inter=link, intra=link)), method_of(f["method"]))
 
 
 def tbf_credit(m: dict, row) -> float:
@@ -123,18 +128,16 @@ def all_runs() -> list[dict]:
 
 
 def fit(rows: list[dict]) -> tuple[float, float]:
-    """(latency s, free-link bytes/s) minimizing the squared log error over ``rows``."""
+    """(latency s, free-link bytes/s) minimizing the squared log error over the free-link ``rows``
+    (where the exposed part is the latency, cycle and copy terms); a shaped link's rate is its tc rate."""
     latencies = [10 ** (e / 8) * 1e-6 for e in range(0, 33)]  # 1 us .. 10 ms
     bandwidths = [10 ** (e / 8) * 1e8 for e in range(0, 25)]  # 0.8 .. 80 Gbit/s
     free = [r for r in rows if r["flags"]["link"] == "free"]
-    shaped = [r for r in rows if r["flags"]["link"] != "free"]
 
-    def err(rs, lat, bw):
-        return sum(math.log(predicted_step(r, lat, bw)[1] / r["step"]) ** 2 for r in rs)
+    def err(lat, bw):
+        return sum(math.log(predicted_step(r, lat, bw)[1] / r["step"]) ** 2 for r in free)
 
-    latency = min(latencies, key=lambda lat: err(shaped, lat, 1e9))  # the tc rate is known there
-    bw = min(bandwidths, key=lambda b: err(free, latency, b))
-    return latency, bw
+    return min(((lat, bw) for lat in latencies for bw in bandwidths), key=lambda x: err(*x))
 
 
 def main() -> None:
@@ -142,7 +145,8 @@ def main() -> None:
     if not runs:
         sys.exit(f"no runs under {RUNS}")
     latency, free_bw = fit([r for r in runs if r["hosts"] == 2])
-    print(f"Fitted on the {sum(r['hosts'] == 2 for r in runs)} two-host rows: per-message latency "
+    print(f"Fitted on the {sum(r['hosts'] == 2 and r['flags']['link'] == 'free' for r in runs)} two-host free-link "
+          f"rows: per-message latency "
           f"{latency * 1e6:.0f} us; the free link {free_bw * 8 / 1e9:.2g} Gbit/s. Memory copies at {MEM_BW}.\n")
     print("| model | hosts | link | method | steps | measured step ms | its compute ms | plan: exposed ms "
           "| plan: step ms | tbf credit ms | predicted step ms | predicted / measured | sent/step (hvdlm) "
