@@ -168,6 +168,7 @@ def test_measure_on_2_local_ranks(corpus, tmp_path):
     (["--ranks", "0"], "--ranks 0 is out of range"),
     (["--ranks", "3", "--global_batch", "16"], "does not divide into --ranks 3"),
     (["--ranks", "12", "--ranks_per_host", "8"], "not a whole number of hosts"),
+    (["--log_interval", "0"], "--log_interval 0 is out of range"),
 ])
 def test_bad_input_is_one_error_line(flags, says, capsys):
     argv = ["plan", "--preset", "tiny", "--vocab_size", "256", "--step_ms", "10", "--ranks", "2", *flags]

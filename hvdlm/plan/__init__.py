@@ -15,5 +15,6 @@ One concern per module, each term written down with its source in the module tha
 
 What is not modelled: contention between the exchange and compute for memory or cores (on CPU
 ranks the background thread shares the ranks' cores), MPI's choice of a non-ring algorithm for
-small buffers, NCCL's multiple channels and NICs, stragglers, DiLoCo's outer step's own compute.
+small buffers, NCCL's multiple channels and NICs, stragglers, DiLoCo's outer step's own compute,
+Gloo's alltoall running below the link's rate with large chunks (benchmarks/RESULTS.md, the check).
 """

@@ -167,6 +167,18 @@ def main() -> None:
               f"| {r['compute'] * 1e3:.0f} | {p.exposed * 1e3:.0f} | {p.step * 1e3:.0f} | "
               f"{(p.step - step) * 1e3:.0f} | {step * 1e3:.0f} | {ratio:.2f}{flag} "
               f"| {r['sent'] / 1e6:.3f}M | {p.sent / 1e6:.3f}M | {tx} | {p.nic / 1e6:.3f}M |")
+    print("\npredicted / measured step time, by method (the rows above):\n")
+    labels = [method_of(m).label for m in methods]
+    print("| model | hosts | link | " + " | ".join(labels) + " |")
+    print("|" + "---|" * (3 + len(labels)))
+    cells = {}
+    for x, what in ratios:
+        model, hosts, link, label = what.split(" ", 3)
+        cells.setdefault((model, hosts, link), {})[label] = x
+    for (model, hosts, link), got in cells.items():
+        print(f"| {model} | {hosts[:-1]} | {link} | " + " | ".join(
+            (f"**{got[lab]:.2f}**" if abs(got[lab] - 1) > 0.2 else f"{got[lab]:.2f}") if lab in got else "-"
+            for lab in labels) + " |")
     inside = sum(abs(x - 1) <= 0.2 for x, _ in ratios)
     print(f"\n{inside} of {len(ratios)} rows within 20%; outside: "
           + ("; ".join(f"{what} {x:.2f}" for x, what in ratios if abs(x - 1) > 0.2) or "none"))
