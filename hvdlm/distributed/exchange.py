@@ -55,6 +55,9 @@ class Average:
             self._gathering = False
         else:
             payload = flat.half() if wire == "fp16" else flat
+            if n == 1:  # alone: the mean is here now, not after Horovod's next cycle (50 ms alone)
+                self._value = payload.float() if wire == "fp16" else flat.clone()
+                return
             self._handle = hvd.allreduce_async(payload, op=hvd.Average, name=name)
 
     def poll(self) -> bool:

@@ -123,7 +123,7 @@ def compute_by_measuring(shape: dict, per_rank_batch: int, steps: int, ranks: in
     return run["compute_ms"] / 1e3
 
 
-def powersgd_work(shape: dict, ranks: list[int], min_compression: float, repeats: int = 3) -> dict[int, float]:
+def powersgd_work(shape: dict, ranks: list[int], min_compression: float, repeats: int = 5) -> dict[int, float]:
     """Seconds of PowerSGD's own work per step at each rank r, measured here per shape: hvdlm's
     PowerSGD (``sync.powersgd``) compressing random gradients of this model, one process alone
     (its collectives return at once alone), so the time is its matmuls, QR, error feedback and
