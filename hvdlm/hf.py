@@ -14,6 +14,7 @@ two compute the same logits once the weights are renamed and laid out the other'
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -48,6 +49,15 @@ def hf_config(shape: dict) -> dict:
         "bos_token_id": None, "eos_token_id": None,
         "torch_dtype": "float32",
     }
+
+
+def shape_from_folder(path: Path, where: str) -> dict:
+    """hvdlm's model shape from a GPT-2 folder's config.json (``shape_from_config``), or one error line."""
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise HvdlmError(f"{path / 'config.json'} cannot be read as JSON ({e})") from None
+    return shape_from_config(config if isinstance(config, dict) else {}, where)
 
 
 def shape_from_config(config: dict, where: str) -> dict:

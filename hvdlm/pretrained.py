@@ -10,7 +10,6 @@ a resumed run continues from its own checkpoint instead.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,11 +96,7 @@ def _checkpoint(folder: str) -> dict:
 
 
 def _hf_folder(path: Path) -> tuple[dict, int, dict]:
-    try:
-        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise HvdlmError(f"{path / 'config.json'} cannot be read as JSON ({e})") from None
-    shape = hf.shape_from_config(config if isinstance(config, dict) else {}, str(path))
+    shape = hf.shape_from_folder(path, str(path))
     weights = _hf_weights(path)
     # hvdlm's export of a bias-free model writes zero biases: read it back as the model it was
     shape["bias"] = not hf.biases_all_zero(weights)

@@ -29,7 +29,7 @@ import torch
 from hvdlm.bench.train import BIN, RunSpec, figures, measure
 from hvdlm.config import ModelConfig, load_config, model_shape
 from hvdlm.errors import HvdlmError
-from hvdlm.hf import shape_from_config
+from hvdlm.hf import shape_from_folder
 from hvdlm.mfu import flops_per_token, gpu_peak
 from hvdlm.model import GPT, GPTConfig
 
@@ -66,11 +66,7 @@ def model_from_init(folder: str, block_size: int) -> dict:
     out_dir's config.toml; ``block_size`` (the run's --block_size) may shorten the context."""
     path = Path(folder)
     if (path / "config.json").is_file():
-        try:
-            config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise HvdlmError(f"{path / 'config.json'} cannot be read as JSON ({e})") from None
-        shape = shape_from_config(config if isinstance(config, dict) else {}, f"--init_from {folder}")
+        shape = shape_from_folder(path, f"--init_from {folder}")
     elif (path / "config.toml").is_file():
         shape = model_from_out_dir(folder, 0)
     else:

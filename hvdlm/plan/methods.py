@@ -61,10 +61,15 @@ class Method:
     overlap: int = 0  # local_sgd, diloco: T
 
     @property
+    def periodic(self) -> bool:
+        """local_sgd/diloco: an exchange every H steps, at hvdlm's periodic cycle."""
+        return self.name in ("local_sgd", "diloco")
+
+    @property
     def label(self) -> str:
         if self.name == "powersgd":
             return f"powersgd r{self.rank}"
-        if self.name in ("local_sgd", "diloco"):
+        if self.periodic:
             wire = f" {self.wire}" if self.name == "diloco" else ""
             return f"{self.name} H={self.every}{wire}" + (f" overlap {self.overlap}" if self.overlap else "")
         return self.name
@@ -134,8 +139,8 @@ def logged_loss(s: Setting, cycle: float) -> float:
 
 def predict(s: Setting, m: Method) -> Row:
     row = _predict(s, m)
-    if not (m.overlap and m.name in ("local_sgd", "diloco")):  # _overlapped counts its own
-        row.exposed += logged_loss(s, s.periodic_cycle if m.name in ("local_sgd", "diloco") else s.cycle)
+    if not (m.periodic and m.overlap):  # _overlapped counts its own
+        row.exposed += logged_loss(s, s.periodic_cycle if m.periodic else s.cycle)
     return row
 
 
