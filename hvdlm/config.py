@@ -114,6 +114,9 @@ class TrainConfig:
                              "step 0. Only a run's first start: a resumed run continues from its own checkpoint")
     keep_checkpoints: int = opt(3, "checkpoints kept in out_dir (the newest is also checkpoint.pt); a resume skips "
                                    "damaged ones and takes the newest that verifies")
+    background_save: bool = opt(True, "write checkpoints on a thread while training goes on (host memory for one "
+                                      "copy of the state); false: each save stops training until it is on disk. "
+                                      "Elastic runs always wait")
     verify_data: bool = opt(True, "check the shards against their sha256 in meta.json before training (reads them once)")
     precision: str = opt("auto", "fp32, or bf16 autocast; auto = bf16 on GPUs with bf16, fp32 on CPUs",
                          ["auto", "fp32", "bf16"])

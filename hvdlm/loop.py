@@ -184,7 +184,8 @@ def run(job: Job, state: TrainState, world: dist.World, session: Session) -> dic
                 job.checkpointer.save(world)
             if not stopped_by:
                 session.commit(job, state)
-        dist.barrier("hvdlm.final")  # no rank exits (and no launcher reaps rank 0) before the last checkpoint is on disk
+        job.checkpointer.wait(world)  # the last step's (or the stop's) checkpoint is on disk, on every rank
+        dist.barrier("hvdlm.final")  # no rank exits (and no launcher reaps rank 0) before that
 
         if run_steps == 0 and job.timing.steps == 0:  # resumed a finished run: report where it stands
             metrics.info(f"checkpoint is at step {state.step} of max_steps {t.max_steps}: nothing to train "

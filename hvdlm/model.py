@@ -39,6 +39,7 @@ PRESETS: dict[str, dict] = {
     "mini": dict(n_layer=6, n_head=6, n_embd=384, block_size=256),  # nanoGPT's character model's shape
     "small": dict(n_layer=8, n_head=8, n_embd=512, block_size=512),
     "gpt2": dict(n_layer=12, n_head=12, n_embd=768, block_size=1024),  # GPT-2 small's shape
+    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024, block_size=1024),  # GPT-2 medium's shape (355M)
 }
 
 

@@ -37,7 +37,8 @@ def build_job(cfg: Config, world: dist.World, watch, inputs: Inputs) -> loop.Job
     checkpointer = checkpoint.Checkpointer(
         t.out_dir, t.checkpoint_interval, t.keep_checkpoints,
         {"model": model, "optimizer": optimizer, "train": inputs.state}, strategy,
-        {"model_shape": inputs.shape, "tokenizer": inputs.data.meta["tokenizer"], "config": cfg.to_dict()})
+        {"model_shape": inputs.shape, "tokenizer": inputs.data.meta["tokenizer"], "config": cfg.to_dict()},
+        background=t.background_save and not cfg.distributed.elastic)  # an elastic reset may come mid-write
     if inputs.resume is not None:
         # shared state from rank 0's file; each rank's own (residuals, parameters between syncs) from its own file
         for note in checkpointer.load(inputs.resume, world):

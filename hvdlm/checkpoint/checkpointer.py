@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from hvdlm import distributed as dist
 from hvdlm.checkpoint.files import save
+from hvdlm.checkpoint.snapshot import Writer, snapshot
 from hvdlm.checkpoint.ranks import own_rank_files, prune_rank_files, read_rank_file, write_rank_file
 
 FORMAT = 2
@@ -43,40 +44,68 @@ class Checkpointer:
     named in the main file's manifest with its size and sha256. The main file is written last, so
     a set is complete when it exists; nothing per rank crosses the network.
 
+    A save copies the state into host memory (``snapshot``: about the checkpoint's size, once more
+    on each rank that writes) and, with ``background``, hashes and writes it on a thread while
+    training goes on: one write at a time; the next save, the run's end (the last step, a stop
+    signal) and an elastic commit wait for it (``wait``), and a write that failed is one error on
+    every rank there. Without ``background`` (elastic runs, where a reset may come mid-write) the
+    save waits at once.
+
     Decides when the loop saves: every ``interval`` steps, at the last step, on a stop signal."""
 
-    def __init__(self, out_dir: str, interval: int, keep: int, entries: dict, sync, fixed: dict):
-        self.out_dir, self.interval, self.keep = out_dir, interval, keep
+    def __init__(self, out_dir: str, interval: int, keep: int, entries: dict, sync, fixed: dict,
+                 background: bool = True):
+        self.out_dir, self.interval, self.keep, self.background = out_dir, interval, keep, background
         self.entries, self.sync, self.fixed = entries, sync, fixed  # entries: name -> object with state_dict()
         self.saved_steps: list[int] = []  # steps whose main file this process knows is complete
+        self._writer: Writer | None = None
+        self._staging: tuple = (None, None)  # the last save's host copies, refilled by the next save
 
     def due(self, step: int, last_step: int, stopped: object = None) -> bool:
         return bool((self.interval and step % self.interval == 0) or step == last_step or stopped)
 
     def save(self, world) -> None:
-        """Every rank calls this. Each writes its own state (if its strategy keeps any); rank 0
-        then writes the main file with the manifest; the others go on (the loop's final barrier
-        waits for the last one)."""
+        """Every rank calls this at the same step. Each snapshots its own state (if its strategy
+        keeps any) and rank 0 the shared state; then, behind training, each writes its own file,
+        the ranks gather the manifest and rank 0 writes the main file last."""
+        self.wait(world)  # the previous write is on disk: its main file is complete on rank 0
         step = self.entries["train"].step
-        manifest = None
         mine = self.sync.rank_state()
-        if mine is not None:
-            own = {"strategy": self.sync.kind, "step": step, "rank": world.rank, "world_size": world.size,
-                   "state": mine}
-            entry = dist.agree(lambda: write_rank_file(self.out_dir, step, world.rank, world.size, own))
-            # Every earlier save's main file is complete by now (rank 0 wrote it before joining this
-            # collective): keep the newest ``keep`` of them, and this one.
-            keep = set(self.saved_steps[-max(1, self.keep):]) | {step}
+        own = None if mine is None else snapshot(
+            {"strategy": self.sync.kind, "step": step, "rank": world.rank, "world_size": world.size, "state": mine},
+            self._staging[0])
+        main = None if not world.is_root else snapshot(
+            {"format": FORMAT, "step": step, **{k: v.state_dict() for k, v in self.entries.items()},
+             "sync": {"strategy": self.sync.kind, "state": self.sync.state_dict()}, **self.fixed,
+             "world_size": world.size}, self._staging[1])
+        self._staging = (own, main)
+        # keep the newest ``keep`` complete saves (and this one) of this rank's own files
+        keep = set(self.saved_steps[-max(1, self.keep):]) | {step}
+        self.saved_steps.append(step)
+        self._writer = Writer(lambda: self._write(world, step, own, main, keep))
+        if not self.background:
+            self.wait(world)
+
+    def _write(self, world, step: int, own: dict | None, main: dict | None, keep: set[int]) -> None:
+        """The writer thread: this rank's own file, the manifest gathered, rank 0's main file last.
+        Its collectives are named for the step: the training thread's run beside them."""
+        manifest = None
+        if own is not None:
+            entry = dist.agree(lambda: write_rank_file(self.out_dir, step, world.rank, world.size, own),
+                               name=f"hvdlm.checkpoint.{step}.written")
             prune_rank_files(self.out_dir, world.rank, keep)
             # a name, a size and a digest per rank: the manifest, not the state
             manifest = {"strategy": self.sync.kind, "world_size": world.size,
-                        "files": dist.gather_objects(entry, "hvdlm.checkpoint.manifest")}
-        self.saved_steps.append(step)
-        if world.is_root:
-            save({"format": FORMAT, "step": step, **{k: v.state_dict() for k, v in self.entries.items()},
-                  "sync": {"strategy": self.sync.kind, "state": self.sync.state_dict()}, "rank_files": manifest,
-                  **self.fixed, "world_size": world.size},
-                 self.out_dir, keep=self.keep)
+                        "files": dist.gather_objects(entry, f"hvdlm.checkpoint.{step}.manifest")}
+        if main is not None:
+            save({**main, "rank_files": manifest}, self.out_dir, keep=self.keep)
+
+    def wait(self, world) -> None:
+        """Until the write in flight is on disk; one failed write is an HvdlmError on every rank.
+        Every rank calls it at the same step (it ends in a collective when a write was in flight)."""
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            dist.agree(writer.result, name="hvdlm.checkpoint.wait")
 
     def load(self, saved: dict, world) -> list[str]:
         """Every rank: the entries from the main file (as rank 0 read it), the strategy's shared

@@ -54,8 +54,8 @@ class ElasticState:
             def sync(inner):
                 hvd.broadcast_parameters(model.state_dict(), root_rank=0)
                 _, optimizer_state, others = snapshot()
-                optimizer_state, others = hvd.broadcast_object(
-                    (optimizer_state, others), root_rank=0, name="hvdlm.elastic.sync")
+                # tensors as tensors, each landing on this rank's own device (not rank 0's GPU index)
+                optimizer_state, others = broadcast_object((optimizer_state, others), name="hvdlm.elastic.sync")
                 load(model.state_dict(), optimizer_state, others)
                 inner.save()  # a rank lost before the first commit goes back to the synced state
 
