@@ -3,8 +3,8 @@
 Rank 0 reads the folder and checks everything before training (``inspect``, under
 ``distributed.on_root``: one error line on every rank, nothing written): the model's shape
 against the flags given, its weights against its config, the data's tokenizer against the
-model's. After the model is built, rank 0 copies the weights in (``start_from``) and the usual
-broadcast of step 4 gives them to every rank. The optimizer is fresh and the run starts at step 0;
+model's; it keeps the weights it read. After the model is built, rank 0 copies them in
+(``start_from``: the file is read once) and the usual broadcast of step 4 gives them to every rank. The optimizer is fresh and the run starts at step 0;
 a resumed run continues from its own checkpoint instead.
 """
 
@@ -32,6 +32,10 @@ class Start:
     shape: dict  # GPTConfig's fields for this run
     positions: int  # the folder's positions (the run may use fewer: a shorter block_size)
     note: str  # the line rank 0 prints when the weights are in
+    weights: dict | None = None  # rank 0's, in hvdlm's names, read once by inspect; never sent to other ranks
+
+    def __getstate__(self) -> dict:  # what the broadcast to the other ranks carries: no weights
+        return {**self.__dict__, "weights": None}
 
 
 def inspect(cfg: Config, meta: dict) -> Start | None:
@@ -64,12 +68,14 @@ def inspect(cfg: Config, meta: dict) -> Start | None:
                          f"{shape['vocab_size']}; prepare the data with its tokenizer (hvdlm prepare --tokenizer "
                          f"{folder})")
     if kind == "hf":
-        hf.from_hf(weights, shape, positions, folder)  # every weight there and of its shape, before training
+        weights = hf.from_hf(weights, shape, positions, folder)  # every weight there and of its shape, before training
+    else:
+        weights = dict(weights, **{"pos_emb.weight": weights["pos_emb.weight"][:shape["block_size"]]})
     crop = f", context {shape['block_size']} of its {positions} positions" if shape["block_size"] < positions else ""
     note = (f"hvdlm: started from {folder} ({'GPT-2 folder' if kind == 'hf' else 'hvdlm checkpoint'}: "
             f"{shape['n_layer']} layers x {shape['n_embd']}, vocab {shape['vocab_size']}, "
             f"{shape.get('activation', 'gelu')}{', biases' if shape['bias'] else ''}{crop}); fresh optimizer, step 0")
-    return Start(folder, kind, shape, positions, note)
+    return Start(folder, kind, shape, positions, note, weights)
 
 
 def start_from(start: Start | None, model: torch.nn.Module, resume: dict | None, is_root: bool) -> None:
@@ -81,13 +87,9 @@ def start_from(start: Start | None, model: torch.nn.Module, resume: dict | None,
         say(f"hvdlm: resuming from {resume['resumed_from']['path']}; --init_from {start.folder} applies only to "
             "the run's first start")
         return
-    if start.kind == "hf":
-        state = hf.from_hf(_hf_weights(Path(start.folder)), start.shape, start.positions, start.folder)
-    else:
-        state = _checkpoint(start.folder)["model"]
-        state["pos_emb.weight"] = state["pos_emb.weight"][:start.shape["block_size"]]
     with torch.no_grad():
-        model.load_state_dict(state)  # copies onto each parameter's own device
+        model.load_state_dict(start.weights)  # copies onto each parameter's own device
+    start.weights = None  # read once (by inspect), copied once: not held beside the model
     say(start.note)
 
 

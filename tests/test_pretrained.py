@@ -96,6 +96,36 @@ def test_init_from_gives_transformers_logits(gpt2, data):
     torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize("kind", ["hf", "hvdlm"])
+def test_init_from_reads_the_weights_once_and_sends_none(kind, gpt2, data, tmp_path, monkeypatch):
+    """Rank 0 reads the folder's weights once (inspect keeps them for start_from), and what the
+    other ranks receive of the start carries no weights."""
+    import pickle
+
+    import hvdlm.checkpoint as ck
+    import safetensors.torch
+
+    folder = gpt2
+    if kind == "hvdlm":  # an out_dir: a checkpoint of the GPT-2 folder's model
+        model = started(gpt2, data)
+        folder = tmp_path / "run"
+        folder.mkdir()
+        ck.save({"model": model.state_dict(), "model_shape": model.cfg.__dict__, "step": 0,
+                 "tokenizer": load_meta(data)["tokenizer"]}, folder)
+    reads = []
+    real_st, real_ck = safetensors.torch.load_file, ck.load
+    monkeypatch.setattr(safetensors.torch, "load_file", lambda *a, **k: reads.append(a) or real_st(*a, **k))
+    monkeypatch.setattr(ck, "load", lambda *a, **k: reads.append(a) or real_ck(*a, **k))
+    model = started(folder, data)
+    assert len(reads) == 1, reads
+    cfg = load_config(overrides={"init_from": str(folder), "data_dir": str(data)})
+    start = pretrained.inspect(cfg, load_meta(data))
+    assert start.weights and pickle.loads(pickle.dumps(start)).weights is None
+    assert len(pickle.dumps(start)) < 4096
+    for name, tensor in started(gpt2, data).state_dict().items():  # the weights the folder holds, all of them
+        assert torch.equal(model.state_dict()[name], tensor), name
+
+
 def test_export_init_from_export_round_trips_every_tensor(gpt2, data):
     original = load_file(str(gpt2 / "model.safetensors"))
     model = started(gpt2, data)
