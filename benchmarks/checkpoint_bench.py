@@ -62,7 +62,7 @@ def rank(report: str, flags: list[str]) -> None:
     def batch(*a, **k):
         now = time.perf_counter()
         if state["batches"] == 0:  # the first step starts: start-up (and the resume) is over
-            rec["ready_s"], rec["startup_peak_mb"] = now - T0, vm_hwm_mb()
+            rec["ready_s"], rec["startup_peak_mb"], rec["first_batch"] = now - T0, vm_hwm_mb(), now
             reset_hwm()
         elif state["phase_start"] is not None:
             rec["steps"].append(now - state["phase_start"])
@@ -96,6 +96,24 @@ def rank(report: str, flags: list[str]) -> None:
     def wait(self, world):
         real_wait(self, world)
 
+    import hvdlm.distributed as dist
+    real_on_root, real_load = dist.on_root, ck.Checkpointer.load
+
+    def on_root(fn):  # rank 0's reads handed to every rank (the resume's state among them)
+        t = time.perf_counter()
+        try:
+            return real_on_root(fn)
+        finally:
+            rec["on_root_s"] = rec.get("on_root_s", 0) + time.perf_counter() - t
+
+    def load(self, saved, world):  # the state into the model, optimizer and strategy, and this rank's own file
+        t = time.perf_counter()
+        try:
+            return real_load(self, saved, world)
+        finally:
+            rec["load_s"] = time.perf_counter() - t
+
+    dist.on_root, ck.Checkpointer.load = on_root, load
     inputs.load_resume_state, ck.Checkpointer.save, loop.get_batch = read, save, batch
     if real_wait is not None:
         ck.Checkpointer.wait = wait
@@ -108,9 +126,29 @@ def rank(report: str, flags: list[str]) -> None:
         time.sleep(0.2)  # the done() threads of the last save
         rank_id = int(os.environ.get("HOROVOD_RANK", os.environ.get("OMPI_COMM_WORLD_RANK", "0")))
         rec.update(rank=rank_id, exit=code, end_peak_mb=vm_hwm_mb())
+        if "first_batch" in rec:  # the steps, their saves and the final wait: what a user waits for
+            rec["loop_s"] = time.perf_counter() - 0.2 - rec["first_batch"]
         with open(f"{report}.{rank_id}", "w") as fh:
             json.dump(rec, fh)
     sys.exit(code)
+
+
+def bare_broadcast(report: str, nbytes: int) -> None:
+    """The link's floor: Horovod's own broadcast of ``nbytes`` as one tensor, best of 3."""
+    import horovod.torch as hvd
+    import torch
+
+    hvd.init()
+    buf = torch.ones(nbytes, dtype=torch.uint8)
+    best = float("inf")
+    for i in range(3):
+        hvd.allreduce(torch.zeros(1), name=f"sync.{i}")
+        t = time.perf_counter()
+        hvd.broadcast_(buf, root_rank=0, name=f"floor.{i}")
+        best = min(best, time.perf_counter() - t)
+    if hvd.rank() == 0:
+        with open(report, "w") as fh:
+            json.dump({"bare_broadcast_s": best}, fh)
 
 
 def run(args) -> None:
@@ -131,7 +169,7 @@ def run(args) -> None:
              "--watchdog", args.watchdog, *mode, *shlex.split(args.extra)]
     if args.background:
         flags += ["--background_save", args.background]
-    result: dict = {"preset": args.preset, "np": args.np, "sync": args.sync, "extra": args.extra,
+    result: dict = {"preset": args.preset, "np": args.np, "sync": args.sync, "extra": args.extra, "cold": args.cold,
                     "background": args.background, "code": args.code or "this checkout"}
     for phase, more in (("first", ["--stop_after", str(args.steps)]), ("resume", [])):
         cmd = [str(root / ".venv/bin/horovodrun"), "-np", str(args.np), "--gloo", py, str(here), "rank",
@@ -147,9 +185,21 @@ def run(args) -> None:
             result["main_mb"] = round(main.stat().st_size / 2**20, 1) if main.exists() else None
             files = list((run_dir / "ranks").glob("*.pt")) if (run_dir / "ranks").exists() else []
             result["rank_file_mb"] = round(max((f.stat().st_size for f in files), default=0) / 2**20, 1)
-            t = time.perf_counter()
-            subprocess.run(f"cat {shlex.quote(str(main))} > /dev/null", shell=True, check=False)
-            result["cat_warm_s"] = round(time.perf_counter() - t, 2)
+            cat = f"cat {shlex.quote(str(main))} > /dev/null"
+            for cache in ("cold", "warm"):  # the floor: one read of the file (dropping the page cache needs root)
+                if cache == "cold":
+                    subprocess.run("sync; echo 3 > /proc/sys/vm/drop_caches", shell=True, check=False)
+                t = time.perf_counter()
+                subprocess.run(cat, shell=True, check=False)
+                result[f"cat_{cache}_s"] = round(time.perf_counter() - t, 2)
+            floor = out / "floor.json"
+            subprocess.run([str(root / ".venv/bin/horovodrun"), "-np", str(args.np), "--gloo", py, str(here), "floor",
+                            str(floor), str(main.stat().st_size)], env=env, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, check=False)
+            if floor.exists():
+                result["bare_broadcast_s"] = round(json.load(open(floor))["bare_broadcast_s"], 2)
+            if args.cold:  # the resume reads the file as a requeued job on another node would: not cached
+                subprocess.run("sync; echo 3 > /proc/sys/vm/drop_caches", shell=True, check=False)
     with open(out / "result.json", "w") as fh:
         json.dump(result, fh)
     print(json.dumps(summarize(result)))
@@ -158,7 +208,8 @@ def run(args) -> None:
 def summarize(r: dict) -> dict:
     """The figures the RESULTS table takes, from the per-rank records."""
     s = {k: r[k] for k in ("preset", "np", "sync", "extra", "background", "code", "first_exit", "resume_exit",
-                           "main_mb", "rank_file_mb", "cat_warm_s")}
+                           "main_mb", "rank_file_mb", "cat_cold_s", "cat_warm_s", "cold")}
+    s["bare_broadcast_s"] = r.get("bare_broadcast_s")
     first, resumed = r.get("first", []), r.get("resume", [])
     saves = [x["saves"] for x in first if x.get("saves")]
     if saves:
@@ -169,9 +220,13 @@ def summarize(r: dict) -> dict:
     steps = [st for x in first for st in x.get("steps", [])]
     if steps:
         s["median_step_s"] = round(sorted(steps)[len(steps) // 2], 3)
+    if first and "loop_s" in first[0]:
+        s["first_loop_s"] = round(max(x["loop_s"] for x in first), 1)
     s["train_peak_mb"] = [round(x.get("train_peak_mb", 0), 0) for x in first]
     if resumed:
         s["resume_rank0_read_s"] = round(max(x.get("rank0_read_s", 0) for x in resumed), 2)
+        s["resume_on_root_s"] = [round(x.get("on_root_s", 0), 2) for x in resumed]
+        s["resume_load_s"] = [round(x.get("load_s", 0), 2) for x in resumed]
         s["resume_ready_s"] = [round(x.get("ready_s", float("nan")), 1) for x in resumed]
         s["first_ready_s"] = [round(x.get("ready_s", float("nan")), 1) for x in first]
         s["resume_peak_mb"] = [round(x.get("startup_peak_mb", 0), 0) for x in resumed]
@@ -181,6 +236,8 @@ def summarize(r: dict) -> dict:
 if __name__ == "__main__":
     if len(sys.argv) > 2 and sys.argv[1] == "rank":
         rank(sys.argv[2], sys.argv[sys.argv.index("--") + 1:])
+    elif len(sys.argv) > 3 and sys.argv[1] == "floor":
+        bare_broadcast(sys.argv[2], int(sys.argv[3]))
     else:
         p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
         p.add_argument("cmd", choices=["run"])
@@ -194,5 +251,6 @@ if __name__ == "__main__":
         p.add_argument("--code", default="", help="another checkout of hvdlm to time (PYTHONPATH)")
         p.add_argument("--background", default="", help="--background_save true|false (this checkout's flag)")
         p.add_argument("--watchdog", default="true")
+        p.add_argument("--cold", action="store_true", help="drop the page cache before the resume")
         p.add_argument("--extra", default="", help="more hvdlm train flags, e.g. '--n_embd 1024'")
         run(p.parse_args())

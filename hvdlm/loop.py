@@ -152,6 +152,7 @@ def run(job: Job, state: TrainState, world: dist.World, session: Session) -> dic
             stopped_by = job.stop.end_step()
             wait += time.perf_counter() - t1
             watch.step_done(state.step)
+            job.checkpointer.prepare(world)  # once: the host copies a background save fills, allocated behind training
             logged = metrics.due(state.step, state.last_step, stopped_by)
             if logged:
                 # A blocking allreduce: it waits for Horovod's next cycle, and behind an exchange still

@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import threading
+
 from hvdlm import distributed as dist
 from hvdlm.checkpoint.files import save
-from hvdlm.checkpoint.snapshot import Writer, snapshot
+from hvdlm.checkpoint.snapshot import Writer, snapshot, twin
 from hvdlm.checkpoint.ranks import own_rank_files, prune_rank_files, read_rank_file, write_rank_file
 
 FORMAT = 2
@@ -60,24 +62,43 @@ class Checkpointer:
         self.saved_steps: list[int] = []  # steps whose main file this process knows is complete
         self._writer: Writer | None = None
         self._staging: tuple = (None, None)  # the last save's host copies, refilled by the next save
+        self._preparing: threading.Thread | None = None
 
     def due(self, step: int, last_step: int, stopped: object = None) -> bool:
         return bool((self.interval and step % self.interval == 0) or step == last_step or stopped)
+
+    def prepare(self, world) -> None:
+        """After the first step (when the optimizer's state exists): allocate the host copies the
+        first background save fills, on a thread. A fresh buffer costs a page fault per 4 KiB, which
+        the step that saves would otherwise pay (3.2 s of a 4.5 s synchronous save at gpt2 here)."""
+        if self.background and self.interval and self._preparing is None and not self.saved_steps:
+            own, main = self._layout(world)
+            self._preparing = threading.Thread(target=lambda: setattr(self, "_staging", (twin(own), twin(main))),
+                                               name="hvdlm-checkpoint-staging", daemon=True)
+            self._preparing.start()
+
+    def _layout(self, world) -> tuple[dict | None, dict | None]:
+        """This rank's own state and (rank 0) the main file's, as the live objects (not copies)."""
+        step = self.entries["train"].step
+        mine = self.sync.rank_state()
+        own = None if mine is None else {"strategy": self.sync.kind, "step": step, "rank": world.rank,
+                                         "world_size": world.size, "state": mine}
+        main = None if not world.is_root else {
+            "format": FORMAT, "step": step, **{k: v.state_dict() for k, v in self.entries.items()},
+            "sync": {"strategy": self.sync.kind, "state": self.sync.state_dict()}, **self.fixed,
+            "world_size": world.size}
+        return own, main
 
     def save(self, world) -> None:
         """Every rank calls this at the same step. Each snapshots its own state (if its strategy
         keeps any) and rank 0 the shared state; then, behind training, each writes its own file,
         the ranks gather the manifest and rank 0 writes the main file last."""
         self.wait(world)  # the previous write is on disk: its main file is complete on rank 0
+        if self._preparing is not None:
+            self._preparing.join()
         step = self.entries["train"].step
-        mine = self.sync.rank_state()
-        own = None if mine is None else snapshot(
-            {"strategy": self.sync.kind, "step": step, "rank": world.rank, "world_size": world.size, "state": mine},
-            self._staging[0])
-        main = None if not world.is_root else snapshot(
-            {"format": FORMAT, "step": step, **{k: v.state_dict() for k, v in self.entries.items()},
-             "sync": {"strategy": self.sync.kind, "state": self.sync.state_dict()}, **self.fixed,
-             "world_size": world.size}, self._staging[1])
+        own, main = self._layout(world)
+        own, main = snapshot(own, self._staging[0]), snapshot(main, self._staging[1])
         self._staging = (own, main)
         # keep the newest ``keep`` complete saves (and this one) of this rank's own files
         keep = set(self.saved_steps[-max(1, self.keep):]) | {step}

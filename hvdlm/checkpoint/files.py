@@ -174,7 +174,14 @@ def load(path: str | Path) -> dict:
 def _try_load(path: Path) -> tuple[dict | None, str | None]:
     """(state, None), or (None, why it cannot be used)."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        # mmap: the tensors are the file's pages, read as the checksum walks them (no copy of the
+        # whole file, and no long read in one call that holds the GIL)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:  # not a zip archive (damaged, or not torch.save's): read as a plain file
+            if "mmap can only be used" not in str(e):
+                raise
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         return None, "no such file"
     except Exception as e:  # truncated, not a checkpoint, or holding objects we do not unpickle

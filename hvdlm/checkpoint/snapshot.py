@@ -47,6 +47,21 @@ def snapshot(obj, reuse=None, memo: dict | None = None, used: set | None = None)
     return copy.deepcopy(obj)
 
 
+def twin(obj):
+    """Host buffers shaped like ``obj``'s tensors, every page touched (zero-filled), other values
+    as they are: what ``snapshot`` then copies into. Reads no tensor's data, only its metadata,
+    so it can run beside the training step that changes them."""
+    if isinstance(obj, torch.Tensor):
+        return torch.zeros(obj.shape, dtype=obj.dtype, device="cpu")
+    if isinstance(obj, dict):
+        return {k: twin(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [twin(v) for v in obj]
+    if type(obj) is tuple:
+        return tuple(twin(v) for v in obj)
+    return None
+
+
 class Writer:
     """``fn`` on a thread of its own; ``result()`` waits for it and raises what it raised.
 
