@@ -2,6 +2,7 @@
 
     python rank_probe.py samples OUT.json NUM_SEQS BATCH SEED
     python rank_probe.py gather OUT.json                     (hvdlm's gather_objects, 16 MB a rank)
+    python rank_probe.py broadcast OUT.json                  (hvdlm's broadcast_object: tensors as tensors)
     python rank_probe.py params OUT.json -- <hvdlm train flags>
     python rank_probe.py crash UNUSED -- <hvdlm train flags>   (rank 1 raises at step 3)
     python rank_probe.py signal UNUSED -- <hvdlm train flags>  (rank 1 gets SIGUSR1 at step 3)
@@ -45,6 +46,49 @@ def gather(out):
     same = [o.keys() == own(i).keys() and torch.equal(o["tensor"], own(i)["tensor"]) and
             (o["rank"], o["text"], o["none"]) == (i, "é" * i, None) for i, o in enumerate(everyone)]
     report = d.gather_objects({"rank": hvd.rank(), "got": len(everyone), "same": same}, "probe.report")
+    if hvd.rank() == 0:
+        json.dump(report, open(out, "w"))
+
+
+def broadcast(out):
+    """Rank 0's object on every rank through hvdlm's broadcast_object: tensors of every wire type
+    (bf16 and bool ride as int16/uint8), one of 80 MB (two pieces), a 0-d and an empty one, a tied
+    pair, nested in dicts, lists and tuples; meanwhile a thread measures how long the GIL was held."""
+    import collections
+    import threading
+    import time
+
+    from hvdlm import distributed as d
+
+    hvd.init()
+    big = torch.arange(20 << 20, dtype=torch.float32)
+    tied = torch.randn(3, 5, generator=torch.Generator().manual_seed(1))
+
+    def reference():
+        return {"model": collections.OrderedDict(w=tied, head=tied, bias=torch.zeros(0)),
+                "opt": [{"step": torch.tensor(7.0), "big": big, "mask": torch.tensor([True, False, True]),
+                         "q": torch.tensor([-3, 4], dtype=torch.int8)}],
+                "bf16": (torch.linspace(-2, 2, 9, dtype=torch.bfloat16), "text"), "n": 3, "none": None}
+
+    gap, stop = [0.0], threading.Event()
+
+    def tick():
+        last = time.perf_counter()
+        while not stop.wait(0.005):
+            now = time.perf_counter()
+            gap[0], last = max(gap[0], now - last), now
+
+    threading.Thread(target=tick, daemon=True).start()
+    got = d.broadcast_object(reference() if hvd.rank() == 0 else None, name="probe.broadcast")
+    stop.set()
+    want = reference()
+    same = (isinstance(got["model"], collections.OrderedDict) and got["model"]["w"] is got["model"]["head"]
+            and all(torch.equal(got["model"][k], want["model"][k]) for k in want["model"])
+            and all(torch.equal(got["opt"][0][k], want["opt"][0][k]) and got["opt"][0][k].dtype == want["opt"][0][k].dtype
+                    for k in want["opt"][0])
+            and got["bf16"][0].dtype == torch.bfloat16 and torch.equal(got["bf16"][0], want["bf16"][0])
+            and (got["bf16"][1], got["n"], got["none"]) == ("text", 3, None))
+    report = d.gather_objects({"rank": hvd.rank(), "same": bool(same), "gil_gap_s": gap[0]}, "probe.report")
     if hvd.rank() == 0:
         json.dump(report, open(out, "w"))
 
@@ -184,5 +228,5 @@ def elastic_sync(out, *flags):
 if __name__ == "__main__":
     what, out, *rest = sys.argv[1:]
     torch.set_num_threads(1)
-    {"samples": samples, "gather": gather, "params": params, "crash": crash, "signal": signal, "fault": fault,
+    {"samples": samples, "gather": gather, "broadcast": broadcast, "params": params, "crash": crash, "signal": signal, "fault": fault,
      "elastic_sync": elastic_sync}[what](out, *[a for a in rest if a != "--"])

@@ -256,6 +256,7 @@ def checkpoint_memory(out, *flags):
             fh.write("5")  # VmHWM := VmRSS now
         before = status("VmRSS")
         real_save(self, world)
+        self.wait(world)  # the write on its thread is part of the save (every rank saves, and waits, at this step)
         peaks.append(status("VmHWM") - before)
 
     hvdlm.checkpoint.Checkpointer.save = save

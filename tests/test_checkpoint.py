@@ -78,3 +78,96 @@ def test_lr_schedule_warms_up_then_decays_to_the_floor():
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(lrs[10:100], lrs[11:100]))
     assert lrs[99] == pytest.approx(0.1, abs=1e-3) and lrs[110] == 0.1
+
+
+# --- a save behind training: the snapshot and the writer thread -----------------------------------
+
+def test_a_snapshot_is_a_copy_that_later_saves_refill_in_place():
+    from hvdlm.checkpoint.snapshot import snapshot
+
+    model = torch.nn.Linear(4, 4)
+    state = {"model": model.state_dict(), "tied": [model.weight], "step": 3, "nested": ({"x": torch.ones(2)},)}
+    first = snapshot(state)
+    with torch.no_grad():
+        model.weight.add_(1.0)  # training goes on after the snapshot
+    assert not torch.equal(first["model"]["weight"], model.weight)
+    assert first["tied"][0] is first["model"]["weight"]  # a tied weight (another tensor object, the same memory) is copied once
+    assert first["model"]._metadata == state["model"]._metadata
+    buffer = first["model"]["weight"]
+    second = snapshot(state, first)
+    assert second["model"]["weight"] is buffer and torch.equal(buffer, model.weight)  # the same host buffer, refilled
+    assert second["tied"][0] is buffer and second["nested"][0]["x"] is first["nested"][0]["x"]
+
+
+class _Train:
+    def __init__(self):
+        self.step = 0
+
+    def state_dict(self):
+        return {"step": self.step}
+
+
+class _Sync:
+    kind = "every_step"
+
+    def state_dict(self):
+        return {}
+
+    def rank_state(self):
+        return None
+
+
+def _checkpointer(tmp_path, model, background=True):
+    from types import SimpleNamespace
+
+    train = _Train()
+    ck = checkpoint.Checkpointer(str(tmp_path), 1, 3, {"model": model, "train": train}, _Sync(), {"model_shape": SHAPE},
+                                 background=background)
+    return ck, train, SimpleNamespace(rank=0, size=1, is_root=True)
+
+
+def test_a_background_save_returns_before_the_write_and_writes_the_state_of_its_step(tmp_path, monkeypatch):
+    import threading
+
+    from hvdlm.checkpoint import checkpointer as module
+
+    monkeypatch.setattr("hvdlm.distributed.collectives.alone", lambda: True)
+    release, real_save = threading.Event(), module.save
+    monkeypatch.setattr(module, "save", lambda *a, **k: release.wait(60) and real_save(*a, **k))
+    model = torch.nn.Linear(4, 4)
+    ck, train, world = _checkpointer(tmp_path, model)
+    train.step = 1
+    want = model.weight.detach().clone()
+    ck.save(world)  # returns while the write waits
+    assert not checkpoint.path_in(tmp_path).exists()
+    with torch.no_grad():
+        model.weight.mul_(0)  # the next steps change the model while the write is in flight
+    release.set()
+    ck.wait(world)
+    saved = checkpoint.load(checkpoint.path_in(tmp_path))
+    assert saved["step"] == 1 and torch.equal(saved["model"]["weight"], want)
+
+
+@pytest.mark.parametrize("background", [True, False])
+def test_a_failed_write_is_one_error_at_the_wait_and_keeps_the_last_checkpoint(tmp_path, monkeypatch, background):
+    from hvdlm.checkpoint import checkpointer as module
+
+    monkeypatch.setattr("hvdlm.distributed.collectives.alone", lambda: True)
+    model = torch.nn.Linear(4, 4)
+    ck, train, world = _checkpointer(tmp_path, model, background)
+    train.step = 1
+    ck.save(world)
+    ck.wait(world)
+
+    def full(*a, **k):
+        raise HvdlmError("disk full: cannot write the checkpoint of step 2")
+    monkeypatch.setattr(module, "save", full)
+    train.step = 2
+    if background:
+        ck.save(world)  # the write fails on its thread: training goes on until the next save or the end
+        with pytest.raises(HvdlmError, match="disk full"):
+            ck.wait(world)
+    else:
+        with pytest.raises(HvdlmError, match="disk full"):
+            ck.save(world)
+    assert checkpoint.newest_valid(tmp_path).state["step"] == 1

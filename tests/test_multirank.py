@@ -38,6 +38,17 @@ def test_gather_objects_brings_every_ranks_object_in_rank_order(launcher, tmp_pa
     assert json.loads(out.read_text()) == [{"rank": r, "got": 2, "same": [True, True]} for r in (0, 1)]
 
 
+@pytest.mark.parametrize("launcher, np", [("horovodrun-gloo", 2), ("mpirun", 3)])
+def test_broadcast_object_sends_tensors_as_tensors_to_every_rank(launcher, np, tmp_path):
+    """A checkpoint's state from rank 0: every dtype arrives equal, a tied weight stays one tensor,
+    and no rank's GIL is held for long (a pickled state starved the watchdog's heartbeat)."""
+    out = tmp_path / "broadcast.json"
+    check(launch(launcher, [sys.executable, PROBE, "broadcast", str(out)], np=np))
+    report = json.loads(out.read_text())
+    assert [(r["rank"], r["same"]) for r in report] == [(r, True) for r in range(np)], report
+    assert max(r["gil_gap_s"] for r in report) < 2.0, report  # the heartbeat beats every second
+
+
 @pytest.mark.parametrize("launcher, extra", [
     ("horovodrun-gloo", []),
     ("horovodrun-mpi", ["--compression", "fp16", "--grad_accum", "2"]),

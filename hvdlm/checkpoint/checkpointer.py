@@ -46,12 +46,12 @@ class Checkpointer:
     named in the main file's manifest with its size and sha256. The main file is written last, so
     a set is complete when it exists; nothing per rank crosses the network.
 
-    A save copies the state into host memory (``snapshot``: about the checkpoint's size, once more
-    on each rank that writes) and, with ``background``, hashes and writes it on a thread while
-    training goes on: one write at a time; the next save, the run's end (the last step, a stop
-    signal) and an elastic commit wait for it (``wait``), and a write that failed is one error on
-    every rank there. Without ``background`` (elastic runs, where a reset may come mid-write) the
-    save waits at once.
+    With ``background``, a save copies what this rank writes into host buffers (``snapshot``:
+    allocated once, after the first step, and refilled by every save) and a thread hashes and
+    writes the copy while training goes on: one write at a time; the next save and the run's end
+    (the last step, a stop signal) wait for it (``wait``), and a write that failed is one error on
+    every rank there. Without it (``--background_save false``, and elastic runs, where a reset may
+    come mid-write) the live state is written while training waits, with no copy.
 
     Decides when the loop saves: every ``interval`` steps, at the last step, on a stop signal."""
 
@@ -98,8 +98,9 @@ class Checkpointer:
             self._preparing.join()
         step = self.entries["train"].step
         own, main = self._layout(world)
-        own, main = snapshot(own, self._staging[0]), snapshot(main, self._staging[1])
-        self._staging = (own, main)
+        if self.background:  # training changes the live tensors while the write runs: write a copy
+            own, main = snapshot(own, self._staging[0]), snapshot(main, self._staging[1])
+            self._staging = (own, main)
         # keep the newest ``keep`` complete saves (and this one) of this rank's own files
         keep = set(self.saved_steps[-max(1, self.keep):]) | {step}
         self.saved_steps.append(step)

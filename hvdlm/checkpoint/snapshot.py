@@ -15,6 +15,8 @@ from typing import Callable
 
 import torch
 
+from hvdlm.tensors import alias_key
+
 
 def snapshot(obj, reuse=None, memo: dict | None = None, used: set | None = None):
     """``obj`` with every tensor copied into host memory and every other value deep-copied; a tensor
@@ -27,13 +29,14 @@ def snapshot(obj, reuse=None, memo: dict | None = None, used: set | None = None)
     memo = {} if memo is None else memo
     used = set() if used is None else used
     if isinstance(obj, torch.Tensor):
-        if id(obj) not in memo:
+        key = alias_key(obj)
+        if key not in memo:
             t = obj.detach()
             fits = (isinstance(reuse, torch.Tensor) and reuse.device.type == "cpu" and reuse.dtype == t.dtype
                     and reuse.shape == t.shape and id(reuse) not in used)
-            memo[id(obj)] = reuse.copy_(t) if fits else t.to("cpu", copy=True)
-            used.add(id(memo[id(obj)]))
-        return memo[id(obj)]
+            memo[key] = reuse.copy_(t) if fits else t.to("cpu", copy=True)
+            used.add(id(memo[key]))
+        return memo[key]
     if isinstance(obj, dict):
         old = reuse if isinstance(reuse, dict) else {}
         new = type(obj)((k, snapshot(v, old.get(k), memo, used)) for k, v in obj.items())

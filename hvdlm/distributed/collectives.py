@@ -16,6 +16,7 @@ import torch
 from hvdlm import stop_signals
 from hvdlm.distributed.world import alone
 from hvdlm.errors import HvdlmError
+from hvdlm.tensors import alias_key
 
 T = TypeVar("T")
 
@@ -69,10 +70,11 @@ def _strip_tensors(obj, tensors: list, seen: dict | None = None):
     each tensor appended to ``tensors`` once (a tied weight is in a state dict twice)."""
     seen = {} if seen is None else seen
     if isinstance(obj, torch.Tensor):
-        if id(obj) not in seen:
-            seen[id(obj)] = len(tensors)
+        key = alias_key(obj)
+        if key not in seen:
+            seen[key] = len(tensors)
             tensors.append(obj.detach().contiguous())
-        return _TensorSpec((seen[id(obj)], obj.dtype, tuple(obj.shape), obj.device.type))
+        return _TensorSpec((seen[key], obj.dtype, tuple(obj.shape), obj.device.type))
     if isinstance(obj, dict):
         return _same_kind(obj, ((k, _strip_tensors(v, tensors, seen)) for k, v in obj.items()))
     if isinstance(obj, list):
