@@ -12,6 +12,7 @@ import torch
 
 from support.launch import HVDLM, check, launch, rank_output
 from hvdlm import checkpoint
+from hvdlm.errors import HvdlmError
 from hvdlm.metrics import read_jsonl
 from hvdlm.sync.powersgd import PowerSGD
 from support.runs import G12, SYNC_PROBE, assert_same_params, flags
@@ -209,3 +210,7 @@ def test_an_older_checkpoint_loads_and_a_torn_set_is_skipped(tmp_path):
     found = checkpoint.newest_valid(tmp_path)
     assert found.state["step"] == 2
     assert "step00000004-rank00000-of00001.pt is missing (a torn set)" in found.note()
+    # rank files that rank 0 never sees (each rank's on its own node's disk): one line that says where they must be
+    (tmp_path / entries[0]["name"]).unlink()
+    with pytest.raises(HvdlmError, match="a torn set.*out_dir must be on a filesystem every rank sees; move them away"):
+        checkpoint.newest_valid(tmp_path)

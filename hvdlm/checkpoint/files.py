@@ -260,7 +260,10 @@ def newest_valid(out_dir: str | Path) -> Found | None:
             return Found(state, path, skipped)
         skipped.append((path, problem))
     if skipped:
-        raise HvdlmError("; ".join(f"cannot read checkpoint {p}: {why}" for p, why in skipped)
+        # every set torn: most likely rank files on disks rank 0 cannot see (node-local out_dirs)
+        where = ("; each rank writes its own file into out_dir, so out_dir must be on a filesystem every rank "
+                 "sees" if all("is missing" in why for _, why in skipped) else "")
+        raise HvdlmError("; ".join(f"cannot read checkpoint {p}: {why}" for p, why in skipped) + where
                          + "; move them away or use --resume false to start over")
     return None
 
