@@ -134,7 +134,8 @@ def rank(report: str, flags: list[str]) -> None:
 
 
 def bare_broadcast(report: str, nbytes: int) -> None:
-    """The link's floor: Horovod's own broadcast of ``nbytes`` as one tensor, best of 3."""
+    """The link's floor: Horovod's own broadcast of ``nbytes``, as one tensor up to 1 GiB (Horovod
+    cannot send one of 2 GiB or more: its counts are int32), best of 3."""
     import horovod.torch as hvd
     import torch
 
@@ -144,7 +145,8 @@ def bare_broadcast(report: str, nbytes: int) -> None:
     for i in range(3):
         hvd.allreduce(torch.zeros(1), name=f"sync.{i}")
         t = time.perf_counter()
-        hvd.broadcast_(buf, root_rank=0, name=f"floor.{i}")
+        for j, piece in enumerate(buf.split(1 << 30)):
+            hvd.broadcast_(piece, root_rank=0, name=f"floor.{i}.{j}")
         best = min(best, time.perf_counter() - t)
     if hvd.rank() == 0:
         with open(report, "w") as fh:
@@ -180,6 +182,8 @@ def run(args) -> None:
         result[f"{phase}_exit"], result[f"{phase}_wall_s"] = code, round(time.perf_counter() - t, 1)
         ranks = [json.load(open(f"{out / phase}.{r}")) for r in range(args.np) if Path(f"{out / phase}.{r}").exists()]
         result[phase] = ranks
+        if phase == "first" and not (run_dir / "checkpoint.pt").exists():
+            break  # the first invocation failed (its log says why): nothing to resume
         if phase == "first":
             main = run_dir / "checkpoint.pt"
             result["main_mb"] = round(main.stat().st_size / 2**20, 1) if main.exists() else None
@@ -207,7 +211,7 @@ def run(args) -> None:
 
 def summarize(r: dict) -> dict:
     """The figures the RESULTS table takes, from the per-rank records."""
-    s = {k: r[k] for k in ("preset", "np", "sync", "extra", "background", "code", "first_exit", "resume_exit",
+    s = {k: r.get(k) for k in ("preset", "np", "sync", "extra", "background", "code", "first_exit", "resume_exit",
                            "main_mb", "rank_file_mb", "cat_cold_s", "cat_warm_s", "cold")}
     s["bare_broadcast_s"] = r.get("bare_broadcast_s")
     first, resumed = r.get("first", []), r.get("resume", [])

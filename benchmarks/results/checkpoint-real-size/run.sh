@@ -19,15 +19,21 @@ bench() {  # label, then checkpoint_bench.py's arguments
     python3 -c "import json,sys; r=json.loads(sys.stdin.read()); r['label']='$label'; r['load']=open('/proc/loadavg').read().split()[:3]; print(json.dumps(r))" >> "$HERE/results.jsonl"
   rm -rf "$out"
 }
-for np in 2 4; do
-  for sync in every_step diloco; do
-    bench after --preset gpt2 --np $np --sync $sync --background true
-    bench after-sync --preset gpt2 --np $np --sync $sync --background false
-    bench before --preset gpt2 --np $np --sync $sync --code "$BEFORE" --watchdog false
-  done
-done
-bench before-watchdog --preset gpt2 --np 2 --sync every_step --code "$BEFORE"
 for sync in every_step diloco; do
-  bench after --preset gpt2-medium --np 2 --sync $sync --background true
-  bench after-sync --preset gpt2-medium --np 2 --sync $sync --background false
+  bench after --preset gpt2 --np 2 --sync $sync --background true
+  bench after-sync --preset gpt2 --np 2 --sync $sync --background false
+  bench before --preset gpt2 --np 2 --sync $sync --code "$BEFORE" --watchdog false
 done
+bench after --preset gpt2 --np 4 --sync every_step --background true
+bench after-sync --preset gpt2 --np 4 --sync every_step --background false
+# a DiLoCo state above 2 GiB (GPT-2's shape 1.5x wider); no background copy: 4 ranks of it fill 24 GiB
+bench after-sync --preset gpt2 --np 2 --sync diloco --background false --extra="--n_embd 1152"
+bench after-sync --preset gpt2 --np 4 --sync diloco --background false --extra="--n_embd 1152" --steps 3  # did not fit: 4 x 8.2 GB
+bench before-watchdog --preset gpt2 --np 2 --sync every_step --code "$BEFORE" --steps 3
+bench after-sync --preset gpt2 --np 4 --sync diloco --background false
+# (gpt2 diloco with background copies at 4 ranks was left out: ~20 GB of the machine's 23)
+bench after --preset gpt2-medium --np 2 --sync every_step --background true
+bench after-sync --preset gpt2-medium --np 2 --sync every_step --background false
+bench after-sync --preset gpt2-medium --np 2 --sync diloco --background false --steps 3
+bench after-sync --preset gpt2 --np 4 --sync every_step --background false --extra="--n_embd 1152" --steps 3
+bench after --preset gpt2 --np 2 --sync every_step --background true --extra="--compression powersgd"
