@@ -20,6 +20,7 @@ from hvdlm import distributed as dist
 from hvdlm.config import Config
 from hvdlm.console import say
 from hvdlm.data.sampler import get_batch
+from hvdlm.errors import HvdlmError
 from hvdlm.evaluate import Evaluator, perplexity
 from hvdlm.inputs import Data
 from hvdlm.metrics import Metrics
@@ -197,6 +198,10 @@ def run(job: Job, state: TrainState, world: dist.World, session: Session) -> dic
             summary["mfu"], summary["mfu_against"] = mfu(summary["tokens_per_s"]), mfu.against
         metrics.record("summary", **summary)
         return summary
+    except HvdlmError as e:
+        if e.everywhere:  # every rank stops here: the checkpoint being written before the error lands
+            job.checkpointer.settle()
+        raise
     finally:
         metrics.close()
 

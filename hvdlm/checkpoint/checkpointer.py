@@ -129,6 +129,18 @@ class Checkpointer:
         if writer is not None:
             dist.agree(writer.result, name="hvdlm.checkpoint.wait")
 
+    def settle(self) -> None:
+        """The run is ending on an error every rank raised at the same step (``HvdlmError.everywhere``,
+        a nan say): let the write in flight finish, so the last checkpoint before the error is on
+        disk. No collective of its own: every rank settles, so the writers' collectives still meet.
+        A write that fails now is dropped: the run's own error is the one to report."""
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            try:
+                writer.result()
+            except Exception:  # noqa: BLE001 - the previous checkpoint is intact; the run's error is reported
+                pass
+
     def load(self, saved: dict, world) -> list[str]:
         """Every rank: the entries from the main file (as rank 0 read it), the strategy's shared
         state if this run's strategy wrote it, and this rank's own file if the rank count is the
