@@ -15,7 +15,7 @@ from typing import Callable
 
 import torch
 
-from hvdlm.tensors import alias_key
+from hvdlm.tensors import alias_key, map_tensors
 
 
 def snapshot(obj, reuse=None, memo: dict | None = None, used: set | None = None):
@@ -54,15 +54,7 @@ def twin(obj):
     """Host buffers shaped like ``obj``'s tensors, every page touched (zero-filled), other values
     as they are: what ``snapshot`` then copies into. Reads no tensor's data, only its metadata,
     so it can run beside the training step that changes them."""
-    if isinstance(obj, torch.Tensor):
-        return torch.zeros(obj.shape, dtype=obj.dtype, device="cpu")
-    if isinstance(obj, dict):
-        return {k: twin(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [twin(v) for v in obj]
-    if type(obj) is tuple:
-        return tuple(twin(v) for v in obj)
-    return None
+    return map_tensors(obj, lambda t: torch.zeros(t.shape, dtype=t.dtype, device="cpu"))
 
 
 class Writer:

@@ -4,7 +4,6 @@ signal. Each returns at once on one rank (``world.alone``), without waiting for 
 
 from __future__ import annotations
 
-import collections
 import itertools
 import pickle
 import signal
@@ -16,7 +15,7 @@ import torch
 from hvdlm import stop_signals
 from hvdlm.distributed.world import alone
 from hvdlm.errors import HvdlmError
-from hvdlm.tensors import alias_key
+from hvdlm.tensors import alias_key, map_tensors
 
 T = TypeVar("T")
 
@@ -65,45 +64,29 @@ class _TensorSpec(tuple):
     """A tensor's place in a broadcast object: (index, dtype, shape, device type)."""
 
 
-def _strip_tensors(obj, tensors: list, seen: dict | None = None):
-    """``obj`` with every tensor inside dicts, lists and tuples replaced by a ``_TensorSpec``;
-    each tensor appended to ``tensors`` once (a tied weight is in a state dict twice)."""
-    seen = {} if seen is None else seen
-    if isinstance(obj, torch.Tensor):
-        key = alias_key(obj)
+def _strip_tensors(obj, tensors: list):
+    """``obj`` with every tensor replaced by a ``_TensorSpec``; each tensor appended to ``tensors``
+    once (a tied weight is in a state dict twice)."""
+    seen: dict = {}
+
+    def spec(t: torch.Tensor) -> _TensorSpec:
+        key = alias_key(t)
         if key not in seen:
             seen[key] = len(tensors)
-            tensors.append(obj.detach().contiguous())
-        return _TensorSpec((seen[key], obj.dtype, tuple(obj.shape), obj.device.type))
-    if isinstance(obj, dict):
-        return _same_kind(obj, ((k, _strip_tensors(v, tensors, seen)) for k, v in obj.items()))
-    if isinstance(obj, list):
-        return [_strip_tensors(v, tensors, seen) for v in obj]
-    if type(obj) is tuple:
-        return tuple(_strip_tensors(v, tensors, seen) for v in obj)
-    return obj
+            tensors.append(t.detach().contiguous())
+        return _TensorSpec((seen[key], t.dtype, tuple(t.shape), t.device.type))
+    return map_tensors(obj, spec)
 
 
 def _dress(skeleton, tensors: list):
     """The inverse of ``_strip_tensors`` on a receiver: an empty tensor where each spec is."""
-    if isinstance(skeleton, _TensorSpec):
-        index, dtype, shape, device_type = skeleton
+    def empty(spec: _TensorSpec) -> torch.Tensor:
+        index, dtype, shape, device_type = spec
         if index == len(tensors):
             device = torch.device("cuda", torch.cuda.current_device()) if device_type == "cuda" else torch.device("cpu")
             tensors.append(torch.empty(shape, dtype=dtype, device=device))
         return tensors[index]
-    if isinstance(skeleton, dict):
-        return _same_kind(skeleton, ((k, _dress(v, tensors)) for k, v in skeleton.items()))
-    if isinstance(skeleton, list):
-        return [_dress(v, tensors) for v in skeleton]
-    if type(skeleton) is tuple:
-        return tuple(_dress(v, tensors) for v in skeleton)
-    return skeleton
-
-
-def _same_kind(d: dict, items) -> dict:
-    """A dict of ``d``'s kind (a model's state dict is an OrderedDict) with ``items``."""
-    return collections.OrderedDict(items) if isinstance(d, collections.OrderedDict) else dict(items)
+    return map_tensors(skeleton, empty, leaf=_TensorSpec)
 
 
 def _broadcast_pickle(obj, name: str):
