@@ -14,10 +14,12 @@ import argparse
 import os
 import socket
 import sys
+import tempfile
 import traceback
 from pathlib import Path
 
 from hvdlm import launcher
+from hvdlm.arguments import Parser, command_of, renamed
 from hvdlm.errors import HvdlmError
 from hvdlm.units import parse_bytes
 
@@ -114,7 +116,7 @@ def cmd_preflight(args: argparse.Namespace) -> None:
 def build_parser(prepare_only: bool = False) -> argparse.ArgumentParser:
     """The whole command line; with ``prepare_only``, just `hvdlm prepare`, which then runs
     without importing torch (the other commands' options need it, and it is slow to import)."""
-    parser = argparse.ArgumentParser(prog="hvdlm", description="Train GPT-style language models with Horovod.")
+    parser = Parser(prog="hvdlm", description="Train GPT-style language models with Horovod.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("prepare", help="tokenize text or JSONL files into train/val shards",
@@ -170,7 +172,8 @@ def build_parser(prepare_only: bool = False) -> argparse.ArgumentParser:
     p.add_argument("--out_dir", default="out/default", help="training output folder holding checkpoint.pt")
     p.add_argument("--data_dir", default=None, help="tokenizer data (default: the one the run trained on)")
     p.add_argument("--prompt", default="", help="text to continue")
-    p.add_argument("--tokens", type=int, default=300, help="tokens to generate (default: 300)")
+    p.add_argument("--sample_tokens", dest="tokens", type=int, default=300, help="tokens to generate (default: 300)")
+    renamed(p, "--tokens", "--sample_tokens")
     p.add_argument("--num_samples", type=int, default=1)
     p.add_argument("--temperature", type=float, default=0.8)
     p.add_argument("--top_k", type=int, default=200, help="sample among the k likeliest tokens; 0 = all")
@@ -227,8 +230,11 @@ def report_crash(args: argparse.Namespace, rank: int, exc: BaseException) -> int
     from hvdlm import watchdog
 
     host = socket.gethostname()
-    log_dir = Path(getattr(args, "out_dir", None) or ".")
-    log = log_dir / f"error-rank{rank}.log"
+    if getattr(args, "out_dir", None):
+        log_dir, log = Path(args.out_dir), Path(args.out_dir) / f"error-rank{rank}.log"
+    else:  # a command with no out_dir: not into the working folder
+        log_dir = Path(tempfile.gettempdir())
+        log = log_dir / f"hvdlm-{args.command}-error-rank{rank}.log"
     peer_failure = "horovod" in sys.modules and _is_peer_failure(exc)
     verdict = None
     if peer_failure and watchdog.current() is not None:
@@ -284,7 +290,9 @@ def main(argv: list[str] | None = None) -> None:
         from hvdlm import stop_signals
 
         stop_signals.install()  # before torch and Horovod load: a signal now must not kill the rank
-    args = build_parser(prepare_only=argv[:1] == ["prepare"]).parse_args(argv)
+    parser = build_parser(prepare_only=argv[:1] == ["prepare"])
+    parser.help_hint = command_of(argv)  # an unknown option is found by the top parser, after the subcommand's
+    args = parser.parse_args(argv)
     rank = launcher.rank()
     try:
         args.func(args)
@@ -298,12 +306,30 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)
+    except BrokenPipeError:  # `hvdlm plan ... | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to flush into the pipe
+        print("hvdlm: error: the output was closed before all of it was written (a closed pipe)", file=sys.stderr)
+        sys.exit(1)
+    except OSError as e:
+        if args.command not in SINGLE_PROCESS or not e.filename:
+            crash_exit(args, rank, e)
+        print(f"hvdlm: error: cannot use {e.filename}: {e.strerror or e}", file=sys.stderr, flush=True)
+        sys.exit(2)
     except Exception as e:
-        code = report_crash(args, rank, e)
-        sys.stdout.flush()
-        # Skip interpreter teardown: Horovod's background thread may be mid-collective, and a clean
-        # exit could wait on it; the launcher sees the non-zero status and stops the other ranks.
-        os._exit(code)
+        crash_exit(args, rank, e)
+
+
+# Commands one process runs, with no collective: a file they cannot read or write is the user's to
+# fix (a path into a file, a full disk), one line, not a crash.
+SINGLE_PROCESS = ("prepare", "plot", "export", "sample", "plan")
+
+
+def crash_exit(args: argparse.Namespace, rank: int, exc: BaseException) -> None:
+    code = report_crash(args, rank, exc)
+    sys.stdout.flush()
+    # Skip interpreter teardown: Horovod's background thread may be mid-collective, and a clean
+    # exit could wait on it; the launcher sees the non-zero status and stops the other ranks.
+    os._exit(code)
 
 
 if __name__ == "__main__":

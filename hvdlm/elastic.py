@@ -42,13 +42,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from hvdlm import loop, watchdog
+from hvdlm import loop
 from hvdlm import distributed as dist
 from hvdlm.config import FIELDS, Config
 from hvdlm.errors import HvdlmError
 from hvdlm.inputs import read_inputs
 from hvdlm.state import TrainState
-from hvdlm.train import setup
+from hvdlm.train import end, setup, start
 
 HOST_LINE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(:[0-9]+)?$")
 
@@ -187,8 +187,7 @@ def train_elastic(cfg: Config) -> dict:
     if not dist.elastic_launched():
         raise HvdlmError("--elastic true needs Horovod's elastic launcher: start it with `hvdlm elastic ...` "
                          "(or horovodrun --min-np/--max-np --host-discovery-script)", everywhere=True)
-    world = dist.init(cfg.distributed.threads)
-    watch = watchdog.start(world, cfg, dist.allgather)  # this rank's own progress only
+    world, watch = start(cfg)  # the watchdog watches this rank's own progress only
 
     # The same setup as a plain run, each rank alone (no collective may run before the elastic
     # loop), planned for the full-size job; rank 0's state reaches every rank in the elastic sync.
@@ -203,11 +202,7 @@ def train_elastic(cfg: Config) -> dict:
 
     summary = dist.elastic_run(run, str(Path(t.out_dir) / f"elastic-{world.host}-{world.local_rank}.log"))(
         session.horovod)
-    job.stop.restore()
-    watch.stop()
-    loop.finish(job, summary, dist.world_now(world))
-    summary["model"] = job.model
-    return summary
+    return end(job, summary, dist.world_now(world))
 
 
 def given_options(args) -> dict:

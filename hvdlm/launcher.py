@@ -1,7 +1,9 @@
-"""Which launcher started this process, read from its environment before Horovod or MPI starts.
+"""Which launcher started this process, read from its environment before Horovod or MPI starts,
+and the engine settings hvdlm gives each kind of launch (plain Python, no Horovod).
 
 One place for every caller: the command line (which rank prints an error), Horovod's start-up (a
-process no launcher started trains alone) and the allreduce benchmark (MPI or not).
+process no launcher started trains alone: ``unlaunched``), the allreduce benchmark (MPI or not),
+the sync modes' cycle and ``hvdlm plan``'s defaults.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ def mpi(env=os.environ) -> bool:
     return any(v in env for v in MPI_VARS)
 
 
-def alone(env=os.environ) -> bool:
+def unlaunched(env=os.environ) -> bool:
     """No launcher started this process, nor chose Horovod's engine: it trains alone for good."""
     return not any(v in env for v in LAUNCHER_VARS) and size(env) <= 1
 
@@ -58,3 +60,31 @@ def name(env=os.environ) -> str | None:
     if "PMI_SIZE" in env or "PMIX_RANK" in env:
         return "mpiexec"
     return None
+
+
+# CPU defaults, measured with `hvdlm bench allreduce` and `hvdlm bench train` (benchmarks/RESULTS.md).
+# A setting already in the environment wins.
+CPU_DEFAULTS_MPI = {
+    # Open MPI busy-polls while a rank waits; on a host whose cores all compute, the polling steals
+    # them from the ranks' matmuls. Yielding kept large-message busbw and made runs steady.
+    "OMPI_MCA_mpi_yield_when_idle": "1",
+    # Horovod's background thread runs one cycle per this many ms. A shorter cycle cuts a lone small
+    # allreduce's latency, but in training the thread then wakes thousands of times a second on the
+    # cores the ranks compute on; 1 ms kept training throughput at DDP's (benchmarks/RESULTS.md).
+    "HOROVOD_CYCLE_TIME": "1",
+}
+
+
+# A process no launcher started trains alone and exchanges nothing. Horovod's Gloo controller starts
+# at once where MPI's singleton start takes a noticeable part of a second and leaves an orted daemon
+# beside the run; and Horovod's background thread, which wakes every cycle, took a measurable share of
+# a tiny model's step at the default cycle (benchmarks/RESULTS.md). hvdlm's collectives return at once
+# alone (``distributed.alone``).
+SOLO = {"HOROVOD_CONTROLLER": "gloo", "HOROVOD_CPU_OPERATIONS": "gloo", "HOROVOD_CYCLE_TIME": "50"}
+
+
+# Horovod's background thread negotiates with the other ranks once per cycle even when nothing is
+# queued: at a 1 ms cycle that traffic exceeds local_sgd/diloco's own exchange once every H steps
+# (measured on the test cluster, benchmarks/RESULTS.md). At 20 ms it is a twentieth of that, and the
+# few blocking collectives of a step (the logged loss) wait at most one cycle.
+PERIODIC_CYCLE_MS = "20"

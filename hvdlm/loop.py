@@ -2,7 +2,7 @@
 
 A run differs from another only in its ``Session`` (how it announces itself and when it commits
 its state: never in a plain run, every ``commit_interval`` steps under Horovod elastic) and in its
-``Sync`` strategy (``sync.py``: how ranks exchange). The step itself is written once, here, and
+``Sync`` strategy (``sync/``: how ranks exchange). The step itself is written once, here, and
 reads top to bottom; the components decide when they act (``evaluator.due``,
 ``checkpointer.due``, ``metrics.due``).
 """
@@ -27,7 +27,7 @@ from hvdlm.metrics import Metrics
 from hvdlm.optim import lr_at, set_lr
 from hvdlm.precision import autocast
 from hvdlm.state import TrainState
-from hvdlm.sync import Sync
+from hvdlm.sync.base import Sync
 
 
 @dataclass
@@ -83,7 +83,7 @@ def describe_hosts(hosts: list[str]) -> str:
 
 def describe_lr(state: TrainState, job: Job) -> str:
     """'lr 0.004' (scaled for the global batch) or, under local_sgd/diloco, the inner lr as given."""
-    if job.cfg.distributed.sync == "every_step":
+    if job.sync.mode.lr_scales:
         return f"lr {state.plan.peak_lr:g}"
     return f"lr {state.plan.peak_lr:g} (inner, each rank's batch: not scaled by the rank count)"
 

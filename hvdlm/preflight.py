@@ -299,7 +299,7 @@ def measure_allreduce(s: Settings, comm, MPI) -> dict:
     return {"backend": f"horovod ({ops})", "device": device.type, "bytes": s.size, "time_ms": 1e3 * worst,
             "algbw_gbps": algbw, "busbw_gbps": algbw * bus_factor(comm.Get_size()), "correct": bool(all_ok),
             # the defaults training applies too, as they were in effect here (absent: not set)
-            "settings": {k: os.environ[k] for k in distributed.CPU_DEFAULTS_MPI if k in os.environ}}
+            "settings": {k: os.environ[k] for k in launcher.CPU_DEFAULTS_MPI if k in os.environ}}
 
 
 def run(s: Settings) -> Result:

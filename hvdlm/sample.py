@@ -27,7 +27,7 @@ def generate_text(model: GPT, tokenizer, prompt: str, max_new_tokens: int, devic
 
 def check_options(max_new_tokens: int, num_samples: int, temperature: float, top_k: int) -> None:
     """Refuse values that would print nothing or fail deep inside sampling, before loading anything."""
-    for name, value, ok, want in (("tokens", max_new_tokens, max_new_tokens >= 1, "at least 1"),
+    for name, value, ok, want in (("sample_tokens", max_new_tokens, max_new_tokens >= 1, "at least 1"),
                                   ("num_samples", num_samples, num_samples >= 1, "at least 1"),
                                   ("temperature", temperature, temperature >= 0, "0 (the likeliest token) or more"),
                                   ("top_k", top_k, top_k >= 0, "0 (all tokens) or more")):

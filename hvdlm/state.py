@@ -3,7 +3,7 @@
 One object serves checkpoint save, resume and elastic commit alike (``state_dict`` /
 ``load_state_dict``). The global batch and the lr schedule are fixed when a run starts; how they
 split over ranks (micro-batch x micro-steps) and which sequences each rank reads follow from the
-world size, so ``replan(world)`` rebuilds both after a resume on another rank count or an elastic
+world size, so ``replan(rank, size)`` rebuilds both after a resume on another rank count or an elastic
 reset, and the data goes on where it was without repeating or skipping a sequence.
 """
 
@@ -38,7 +38,7 @@ def plan_batches(cfg: Config, size: int, num_train_seqs: int, resume: dict | Non
         # Every-step sync takes one step on the global batch: the lr scales with it (= the number of
         # ranks unless --global_batch_size is set). Under local_sgd/diloco each rank's optimizer steps
         # on its own batch, so the inner lr is the one tuned for that batch, at any rank count.
-        factor = global_batch / reference if cfg.distributed.sync == "every_step" else 1.0
+        factor = global_batch / reference if cfg.distributed.mode.lr_scales else 1.0
         plan = BatchPlan(global_batch, scaled_lr(o.lr, factor, o.lr_scaling),
                          scaled_lr(o.min_lr, factor, o.lr_scaling))
     split(plan.global_batch, size, d.batch_size)

@@ -12,7 +12,7 @@ from typing import Callable
 
 import torch
 
-from hvdlm import checkpoint, loop, pretrained, sync, watchdog
+from hvdlm import checkpoint, loop, pretrained, watchdog
 from hvdlm import distributed as dist
 from hvdlm.config import Config, save_toml
 from hvdlm.evaluate import Evaluator
@@ -21,6 +21,7 @@ from hvdlm.model import GPT, GPTConfig
 from hvdlm.optim import build_optimizer
 from hvdlm.precision import resolve_precision
 from hvdlm.state import TrainState
+from hvdlm.sync.build import build_strategy
 
 
 def build_job(cfg: Config, world: dist.World, watch, inputs: Inputs) -> loop.Job:
@@ -31,7 +32,7 @@ def build_job(cfg: Config, world: dist.World, watch, inputs: Inputs) -> loop.Job
     model = GPT(GPTConfig(**inputs.shape)).to(world.device)
     # 3. The learning rate was scaled with the global batch (plan_batches); wrap the optimizer
     # before any state is loaded: Horovod rebuilds the optimizer from its param groups.
-    strategy = sync.build(cfg)
+    strategy = build_strategy(cfg)
     optimizer = strategy.wrap(build_optimizer(model, cfg.optim, inputs.state.plan.peak_lr), model)
     t = cfg.train
     checkpointer = checkpoint.Checkpointer(
@@ -66,12 +67,26 @@ def setup(cfg: Config, world: dist.World, watch, size: int, everyone: Callable, 
     return job, state
 
 
+def start(cfg: Config) -> tuple[dist.World, watchdog.Watchdog | watchdog.Idle]:
+    """What plain and elastic runs start with: Horovod (at the sync mode's cycle: step 1), then the
+    watchdog, which ends the job with one line if this rank or a peer stops making progress."""
+    world = dist.init(cfg.distributed.threads, cycle_ms=cfg.distributed.mode.cycle_ms)
+    return world, watchdog.start(world, cfg, dist.allgather)
+
+
+def end(job: loop.Job, summary: dict, world: dist.World) -> dict:
+    """What plain and elastic runs end with, after the last collective: the signal handlers
+    restored, the watchdog stopped (a rank that exits now is not a lost peer), rank 0's last lines."""
+    job.stop.restore()
+    job.watch.stop()
+    loop.finish(job, summary, world)
+    return summary
+
+
 def train(cfg: Config) -> dict:
     """Train as configured; returns the final summary (the same dict on every rank)."""
-    # 1. Horovod: start, pin a GPU or size the CPU threads.
-    world = dist.init(cfg.distributed.threads, periodic=cfg.distributed.sync != "every_step")
-    # The watchdog ends the job, with one line, if this rank or a peer stops making progress.
-    watch = watchdog.start(world, cfg, dist.allgather)
+    # 1. Horovod: start, pin a GPU or size the CPU threads; the watchdog.
+    world, watch = start(cfg)
 
     # Inputs first, on every rank, so bad input stops the job before any training. 2. The data is
     # sharded by rank: each rank's sampler reads its slice of every global batch.
@@ -82,8 +97,4 @@ def train(cfg: Config) -> dict:
 
     # 5. The step loop: forward, backward, the sync strategy exchanges, clip, step.
     summary = loop.run(job, state, world, loop.Session())
-    job.stop.restore()
-    watch.stop()  # the last collective is behind us: a rank that exits now is not a lost peer
-    loop.finish(job, summary, world)
-    summary["model"] = job.model  # for callers in-process (tests, benchmarks)
-    return summary
+    return end(job, summary, world)

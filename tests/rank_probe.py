@@ -94,12 +94,27 @@ def broadcast(out):
 
 
 def params(out, *flags):
-    from hvdlm.cli import build_parser
-    from hvdlm.config import config_from_args
-    from hvdlm.train import train
+    """Train through the real CLI and digest each rank's own model at the end (the checkpoint holds
+    rank 0's only: ranks that drifted apart would not show there)."""
+    import hvdlm.train
+    from hvdlm.cli import main
 
-    cfg = config_from_args(build_parser().parse_args(["train", *flags]))
-    model = train(cfg)["model"]
+    real_build, seen = hvdlm.train.build_strategy, {}
+
+    def build(cfg):
+        strategy = real_build(cfg)
+        real_wrap = strategy.wrap
+
+        def wrap(optimizer, model):
+            seen["model"] = model
+            return real_wrap(optimizer, model)
+
+        strategy.wrap = wrap
+        return strategy
+
+    hvdlm.train.build_strategy = build
+    main(["train", *flags])
+    model = seen["model"]
     digest = hashlib.sha256()
     for name, p in sorted(model.state_dict().items()):
         digest.update(name.encode())

@@ -44,14 +44,14 @@ def fake_grads(params, step, low_rank=False):
 
 def true_average(grads):
     from hvdlm import distributed as dist
-    from hvdlm.sync.base import flatten
+    from hvdlm.tensors import flatten
 
     return dist.allreduce_average(flatten(grads), "probe.true")
 
 
 def powersgd_exact():
     """A rank at least the smaller side of every matrix: PowerSGD is the plain average."""
-    from hvdlm.sync.base import flatten, grads_of
+    from hvdlm.tensors import flatten, grads_of
     from hvdlm.sync.powersgd import PowerSGD
 
     net = model()
@@ -69,7 +69,7 @@ def powersgd_error_feedback():
     """Rank 1 of a rank-2 signal: the residual carries what was not sent, so the applied updates
     plus the ranks' mean residual add up to the true averaged gradients."""
     from hvdlm import distributed as dist
-    from hvdlm.sync.base import flatten, grads_of
+    from hvdlm.tensors import flatten, grads_of
     from hvdlm.sync.powersgd import PowerSGD
 
     net = model()
@@ -136,12 +136,11 @@ def math(out):
 def digests(out, *flags):
     """Train through the real CLI, recording the parameters' sha256 after every optimizer step
     (after the strategy's ``after_step``: right after each sync)."""
-    import hvdlm.sync
     import hvdlm.train
     from hvdlm.cli import main
 
     seen = []
-    real_build = hvdlm.sync.build
+    real_build = hvdlm.train.build_strategy
 
     def build(cfg):
         strategy = real_build(cfg)
@@ -155,7 +154,7 @@ def digests(out, *flags):
         strategy.after_step = after_step
         return strategy
 
-    hvdlm.train.sync.build = build
+    hvdlm.train.build_strategy = build
     try:
         main(["train", *flags])
     finally:
@@ -168,13 +167,12 @@ def exchanges(out, *flags):
     """Train through the real CLI, recording around each local_sgd/diloco exchange: at its send, the
     step, the step it is due and the parameters sent (and diloco's synced parameters); at its
     application, the parameters just before and just after. Each rank saves ``OUT.RANK``."""
-    import hvdlm.sync
     import hvdlm.train
     from hvdlm.cli import main
-    from hvdlm.sync.base import flatten
+    from hvdlm.tensors import flatten
 
     events, now = [], {}
-    real_build = hvdlm.sync.build
+    real_build = hvdlm.train.build_strategy
 
     def build(cfg):
         strategy = real_build(cfg)
@@ -203,7 +201,7 @@ def exchanges(out, *flags):
         strategy.after_step, strategy.send, strategy.apply = after_step, send, apply
         return strategy
 
-    hvdlm.train.sync.build = build
+    hvdlm.train.build_strategy = build
     try:
         main(["train", *flags])
     finally:
@@ -214,11 +212,10 @@ def exchanges(out, *flags):
 def nan(out, *flags):
     """Train through the real CLI; at step ``out`` (a number) rank 1's parameters turn nan just
     before the strategy's exchange of that step."""
-    import hvdlm.sync
     import hvdlm.train
     from hvdlm.cli import main
 
-    real_build = hvdlm.sync.build
+    real_build = hvdlm.train.build_strategy
 
     def build(cfg):
         strategy = real_build(cfg)
@@ -233,7 +230,7 @@ def nan(out, *flags):
         strategy.after_step = after_step
         return strategy
 
-    hvdlm.train.sync.build = build
+    hvdlm.train.build_strategy = build
     main(["train", *flags])
 
 

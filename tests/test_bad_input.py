@@ -108,8 +108,8 @@ def test_more_ranks_than_the_data_can_feed(small_corpus, tmp_path):
 
 
 @pytest.mark.parametrize("option, value, words", [
-    ("--tokens", "-5", "--tokens must be at least 1, got -5"),
-    ("--tokens", "0", "--tokens must be at least 1"),
+    ("--sample_tokens", "-5", "--sample_tokens must be at least 1, got -5"),
+    ("--sample_tokens", "0", "--sample_tokens must be at least 1"),
     ("--num_samples", "0", "--num_samples must be at least 1"),
     ("--top_k", "-1", "--top_k must be 0"),
     ("--temperature", "-0.5", "--temperature must be 0"),
@@ -118,3 +118,55 @@ def test_sample_with_a_bad_value(tmp_path, option, value, words):
     run = launch("single", [HVDLM, "sample", "--out_dir", str(tmp_path), option, value])
     assert_one_clear_error(run, words)
     assert run.returncode == 2
+
+
+# The command line as a new user meets it: each case one `hvdlm: error:` line (or one note), never a
+# usage block, a traceback, or a log file in the working folder.
+@pytest.mark.parametrize("argv, words", [
+    (["train", "--max_step", "5"], ["unrecognized arguments: --max_step 5", "hvdlm train --help"]),
+    (["train", "--global_batch", "8"], ["unrecognized arguments: --global_batch 8"]),
+    (["train", "--preset", "huge"], ["invalid choice: 'huge'", "gpt2-medium"]),
+    (["plan", "--preset", "gpt2"], ["required: --ranks"]),
+    (["plan", "--preset", "gpt2", "--ranks", "8", "--step_ms", "x"], ["--step_ms: invalid float value: 'x'"]),
+    (["bench", "sync", "--method", "none"], ["unrecognized arguments: --method", "hvdlm bench sync --help"]),
+    (["bench", "sync", "--methods", "diloco-int4"], ["unknown method 'diloco-int4'", "diloco-int8-overlap"]),
+])
+def test_a_bad_command_line_is_one_line(argv, words, tmp_path):
+    run = launch("single", [HVDLM, *argv, *(["--data_dir", str(tmp_path)] if argv[:2] == ["bench", "sync"]
+                                             and "--methods" in argv else [])], cwd=tmp_path)
+    assert run.returncode == 2
+    assert_one_clear_error(run, *words)
+    assert "usage:" not in run.output and not list(tmp_path.glob("error-rank*.log"))
+
+
+def test_bench_sync_without_data_is_one_line_before_any_launch(tmp_path):
+    run = launch("single", [HVDLM, "bench", "sync", "--data_dir", str(tmp_path / "none"), "--methods", "none",
+                            "--out_dir", str(tmp_path / "o")], cwd=tmp_path)
+    assert_one_clear_error(run, "no prepared data", "hvdlm prepare --out_dir")
+    assert not (tmp_path / "o" / "runs").exists()
+
+
+def test_an_old_spelling_works_with_a_note(tmp_path):
+    run = launch("single", [HVDLM, "plan", "--preset", "tiny", "--vocab_size", "256", "--ranks", "4",
+                            "--global_batch", "8", "--powersgd_ranks", "2", "--step_ms", "10"], cwd=tmp_path)
+    check(run)
+    notes = [line for line in run.output.splitlines() if line.startswith("hvdlm: note:")]
+    assert notes == ["hvdlm: note: --global_batch is now spelled --global_batch_size",
+                     "hvdlm: note: --powersgd_ranks is now spelled --powersgd_rank"], run.output
+    assert "2 sequence(s) a rank" in run.output and "powersgd r2" in run.output and "powersgd r4" not in run.output
+
+
+def test_plot_into_a_file_path_and_plan_into_a_closed_pipe(tmp_path):
+    (tmp_path / "a-file").write_text("")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.jsonl").write_text("".join(
+        f'{{"kind": "train", "step": {s}, "loss": {3 - s / 10}, "tokens_per_s": 100.0, "step_time": 0.1, '
+        f'"time": {s / 10}}}\n' for s in (1, 2, 3)))
+    run = launch("single", [HVDLM, "plot", str(tmp_path / "run"), "--out", str(tmp_path / "a-file" / "loss.png")],
+                 cwd=tmp_path)
+    assert_one_clear_error(run, "a-file")
+    closed = launch("single", ["bash", "-c", f"{HVDLM} plan --preset gpt2 --ranks 1024 --gpu A100 --sync_every "
+                                             "5,10,25,50,100 --powersgd_rank 1,2,4,8,16 | head -c 10 >/dev/null"],
+                    cwd=tmp_path)
+    assert "closed pipe" in closed.output and "Traceback" not in closed.output, closed.output
+    assert not list(tmp_path.glob("error-rank*.log"))

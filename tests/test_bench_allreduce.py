@@ -14,6 +14,7 @@ import torch
 
 from support.launch import BIN, HVDLM, launch
 from hvdlm.bench import allreduce as ar
+from hvdlm import launcher
 from hvdlm.bench import report
 from hvdlm.errors import HvdlmError
 
@@ -119,12 +120,12 @@ def test_time_calls_times_each_iteration_after_warmup():
 
 
 def test_launcher_detection():
-    assert ar.detect_launcher({}) is None
-    assert ar.detect_launcher({"HOROVOD_RANK": "0", "HOROVOD_GLOO_RENDEZVOUS_ADDR": "x"}) == "horovodrun (Gloo)"
-    assert ar.detect_launcher({"OMPI_COMM_WORLD_SIZE": "2"}) == "mpirun (Open MPI)"
-    assert ar.detect_launcher({"SLURM_PROCID": "0", "SLURM_STEP_ID": "1"}) == "srun"
-    assert not ar.mpi_launched({"HOROVOD_RANK": "0"})
-    assert ar.mpi_launched({"OMPI_COMM_WORLD_SIZE": "2"}) and ar.mpi_launched({"PMI_RANK": "1"})
+    assert launcher.name({}) is None
+    assert launcher.name({"HOROVOD_RANK": "0", "HOROVOD_GLOO_RENDEZVOUS_ADDR": "x"}) == "horovodrun (Gloo)"
+    assert launcher.name({"OMPI_COMM_WORLD_SIZE": "2"}) == "mpirun (Open MPI)"
+    assert launcher.name({"SLURM_PROCID": "0", "SLURM_STEP_ID": "1"}) == "srun"
+    assert not launcher.mpi({"HOROVOD_RANK": "0"})
+    assert launcher.mpi({"OMPI_COMM_WORLD_SIZE": "2"}) and launcher.mpi({"PMI_RANK": "1"})
 
 
 def test_report_writers_round_trip(tmp_path):

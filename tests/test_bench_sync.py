@@ -23,7 +23,7 @@ def test_bench_sync_compares_methods(corpus, tmp_path):
     # belong to. The shaped links are test_bench_sync_on_a_shaped_link_of_the_test_cluster's.
     cmd = [
         HVDLM, "bench", "sync", "--data_dir", str(corpus), "--preset", "tiny", "--block_size", "128",
-        "--global_batch", "16", "--steps", "24", "--lr_warmup", "2", "--warmup", "2", "--eval_interval", "8",
+        "--global_batch_size", "16", "--steps", "24", "--lr_warmup", "2", "--warmup", "2", "--eval_interval", "8",
         "--eval_sequences", "8", "--methods", "none,powersgd,diloco,diloco-bf16,diloco-bf16-overlap", "--sync_every", "4",
         "--powersgd_rank", "2", "--tx_bytes_cmd", "cat /sys/class/net/lo/statistics/tx_bytes", "--poll", "0.01",
         "--out_dir", str(out)]
@@ -79,7 +79,7 @@ def test_bench_sync_on_a_shaped_link_of_the_test_cluster(slurm_cluster, corpus, 
     ns = "bash " + str(CLUSTER)
     run = check(launch("single", [
         HVDLM, "bench", "sync", "--data_dir", str(corpus), "--preset", "tiny", "--block_size", "128",
-        "--global_batch", "8", "--steps", "16", "--lr_warmup", "2", "--warmup", "2", "--eval_interval", "4",
+        "--global_batch_size", "8", "--steps", "16", "--lr_warmup", "2", "--warmup", "2", "--eval_interval", "4",
         "--eval_sequences", "8", "--methods", "none,diloco-bf16", "--sync_every", "4", "--shaped_window", "8",
         "--links", f"free,{RATE_MBIT}mbit", "--hosts", "hvdnode1:1,hvdnode2:1", "--via", f"{ns} exec hvdnode1",
         "--slow_cmd", f"{ns} slow hvdnode2 {{rate}}", "--heal_cmd", f"{ns} heal hvdnode2",

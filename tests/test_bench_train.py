@@ -13,7 +13,7 @@ from support.launch import HVDLM, TINY, check, launch
 def test_bench_train_compares_horovod_with_ddp_and_one_rank(corpus, tmp_path):
     out = tmp_path / "bench"
     run = check(launch("single", [HVDLM, "bench", "train", "--data_dir", str(corpus), "--preset", "tiny",
-                                  "--block_size", "32", "--global_batch", "4", "--steps", "4", "--warmup", "2",
+                                  "--block_size", "32", "--global_batch_size", "4", "--steps", "4", "--warmup", "2",
                                   "--repeats", "1", "--runs", "single,single-1,side-by-side,bare,horovod-gloo,ddp",
                                   "--out_dir", str(out)], timeout=400))
     # the rows, named for what ran on this machine: all the cores this process may use, and 2 ranks

@@ -122,7 +122,7 @@ def test_short_run_on_default_corpus_lowers_validation_loss(corpus, tmp_path):
     assert "--- sample ---" in run.stdout
     assert run.stdout.count("hvdlm: done") == 1  # rank 0 alone reports
     sample = check(launch("single", [HVDLM, "sample", "--out_dir", str(out), "--prompt", "def ",
-                                     "--tokens", "60", "--num_samples", "2"]))
+                                     "--sample_tokens", "60", "--num_samples", "2"]))
     texts = sample.stdout.split("-" * 40)
     assert len(texts) == 3 and all(t.strip().startswith("def ") for t in texts[:2]), sample.stdout
     assert len(texts[0].strip()) > 30

@@ -106,11 +106,11 @@ def test_predicted_bytes_equal_hvdlm_counters_at_2_ranks(name, corpus, tmp_path)
     vocab = json.loads((corpus / "meta.json").read_text())["vocab_size"]
     s, _, _ = setting(plan_args("--preset", "tiny", "--n_layer", "2", "--n_head", "2", "--n_embd", "32",
                                 "--block_size", "32", "--vocab_size", str(vocab), "--ranks", "2",
-                                "--global_batch", "16", "--step_ms", "10", "--mem_bw", "10GB/s"))
+                                "--global_batch_size", "16", "--step_ms", "10", "--mem_bw", "10GB/s"))
     assert counted > 0 and predict(s, method).sent == pytest.approx(counted, rel=1e-9)
     if name == "none":  # the same run as a model (its out_dir) and as compute (its metrics.jsonl)
         from_run, _, source = setting(plan_args("--out_dir", str(out), "--metrics", str(out), "--ranks", "4",
-                                                "--global_batch", "16", "--mem_bw", "10GB/s"))
+                                                "--global_batch_size", "16", "--mem_bw", "10GB/s"))
         assert from_run.params == s.params and from_run.compute > 0 and source == f"from {out}"
 
 
@@ -150,7 +150,7 @@ def test_init_from_bad_input(flags, says, tmp_path, capsys):
 def test_measure_on_2_local_ranks(corpus, tmp_path):
     run = check(launch("single", [HVDLM, "plan", "--preset", "tiny", "--n_layer", "2", "--n_embd", "32",
                                   "--n_head", "2", "--block_size", "32", "--data_dir", str(corpus), "--ranks", "16",
-                                  "--global_batch", "64", "--measure", "4", "--measure_ranks", "2",
+                                  "--global_batch_size", "64", "--measure", "4", "--measure_ranks", "2",
                                   "--json", str(tmp_path / "plan.json")], timeout=300))
     doc = json.loads((tmp_path / "plan.json").read_text())
     assert "measured here: 4 steps on 2 rank(s); PowerSGD's work r4 " in doc["setting"]
@@ -166,7 +166,7 @@ def test_measure_on_2_local_ranks(corpus, tmp_path):
     (["--link", "25furlongs,20us"], "is not a rate"),
     (["--link", "25gbit,20parsecs"], "is not a duration"),
     (["--ranks", "0"], "--ranks 0 is out of range"),
-    (["--ranks", "3", "--global_batch", "16"], "does not divide into --ranks 3"),
+    (["--ranks", "3", "--global_batch_size", "16"], "does not divide into --ranks 3"),
     (["--ranks", "12", "--ranks_per_host", "8"], "not a whole number of hosts"),
     (["--log_interval", "0"], "--log_interval 0 is out of range"),
 ])

@@ -2,6 +2,7 @@
 import hashlib
 import json
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -148,3 +149,18 @@ def test_a_run_trains_on_multi_shard_data(one_and_many, tmp_path):
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert any("val_loss" in m for m in metrics), run.output
     assert (out / "checkpoint.pt").is_file()
+
+
+def test_the_bare_baseline_reads_a_sharded_corpus_through_trainings_reader(one_and_many, tmp_path):
+    """``hvdlm bench train``'s bare loop on data in many shards (there is no train.bin): the same
+    loss at its first step as on the one-file copy of the corpus (the same draws of sequences)."""
+    root, _, _ = one_and_many
+    first = {}
+    for name in ("one", "many"):
+        out = tmp_path / name
+        check(launch("single", [sys.executable, "-m", "hvdlm.bench.bare", "--data_dir",
+                                str(root / name), "--out_dir", str(out), *TINY, "--max_steps", "2",
+                                "--log_interval", "1"]))
+        first[name] = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])["loss"]
+    assert not (root / "many" / "train.bin").exists()
+    assert first["many"] == first["one"]

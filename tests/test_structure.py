@@ -113,3 +113,59 @@ def test_the_benchmarks_do_not_import_the_command_line():
 @pytest.mark.parametrize("name", sorted(MODULES))
 def test_every_module_imports(name):
     importlib.import_module(name)
+
+
+def reachable(start: str) -> set[str]:
+    """Every module ``start`` imports, directly or through others (lazy imports included), and the
+    external packages among them (``horovod.torch``)."""
+    seen, todo = set(), [start]
+    while todo:
+        name = todo.pop()
+        for m in imports(name) if name in MODULES else ():
+            if m not in seen:
+                seen.add(m)
+                todo.append(m)
+    return seen
+
+
+def test_plan_reaches_no_horovod_through_any_import():
+    """``hvdlm plan`` is arithmetic: no module it imports, however indirectly, imports Horovod."""
+    for name in [m for m in MODULES if m.startswith("hvdlm.plan")] + ["hvdlm.sync"]:
+        found = sorted(m for m in reachable(name) if m.split(".")[0] == "horovod" or m.startswith("hvdlm.distributed"))
+        assert not found, f"{name} reaches {found}"
+
+
+def test_the_transitive_walk_sees_horovod_where_it_is():
+    assert "horovod.torch" in reachable("hvdlm.train")
+    assert "hvdlm.distributed.world" in reachable("hvdlm.sync.build")
+
+
+def test_plan_runs_with_horovod_unimportable(tmp_path):
+    """The real command, in a process where importing Horovod fails: it plans all the same."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['horovod'] = None\n"
+            "from hvdlm.cli import main\n"
+            "main(['plan', '--preset', 'gpt2', '--gpu', 'A100', '--ranks', '16', '--ranks_per_host', '8'])\n"
+            "assert not [m for m, v in sys.modules.items() if v is not None and m.startswith(('horovod', 'hvdlm.distributed'))]")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert run.returncode == 0 and "hvdlm: fastest within" in run.stdout, run.stdout + run.stderr
+
+
+SYNC_MODE_NAMES = {"every_step", "local_sgd", "diloco", "powersgd"}
+
+
+def test_no_sync_mode_name_is_compared_outside_sync():
+    """Everything outside ``sync/`` asks a ``Mode`` (periodic? lr scaling? cycle? kind?), never its
+    name; ``config.py`` validates the flags' combinations, the one other place that may."""
+    found = []
+    for name, path in MODULES.items():
+        if name.startswith("hvdlm.sync") or name == "hvdlm.config":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Compare):
+                consts = {c.value for c in ast.walk(node) if isinstance(c, ast.Constant) and isinstance(c.value, str)}
+                if consts & SYNC_MODE_NAMES:
+                    found.append(f"{name}:{node.lineno}: {ast.unparse(node)}")
+    assert not found, "sync modes compared by name outside sync/:\n" + "\n".join(found)

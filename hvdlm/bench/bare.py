@@ -2,7 +2,7 @@
 
     python -m hvdlm.bench.bare <hvdlm train flags>
 
-The same model (hvdlm's GPT), data (the prepared train.bin), batch, optimizer (AdamW with
+The same model (hvdlm's GPT), data (the prepared shards, through training's reader), batch, optimizer (AdamW with
 hvdlm's decay groups and lr schedule), precision, gradient clipping and threads as ``hvdlm
 train`` on one rank, and nothing else: no Horovod, no watchdog, no checksum check of the data,
 no evaluation, no checkpoint, no progress printing. Sequences are drawn at random (nanoGPT's
@@ -28,6 +28,8 @@ import numpy as np
 import torch
 
 from hvdlm.config import add_config_args, config_from_args, model_shape
+from hvdlm.data import load_meta, open_tokens
+from hvdlm.data.sampler import get_batch
 from hvdlm.model import GPT, GPTConfig
 from hvdlm.optim import build_optimizer, lr_at, set_lr
 
@@ -38,10 +40,9 @@ def main(argv: list[str]) -> None:
     add_config_args(parser)
     cfg = config_from_args(parser.parse_args(argv))
     torch.set_num_threads(cfg.distributed.threads or 1)
-    data_dir = Path(cfg.data.data_dir)
-    meta = json.loads((data_dir / "meta.json").read_text())
+    meta = load_meta(cfg.data.data_dir)
     shape = model_shape(cfg.model, meta["vocab_size"])
-    tokens = np.memmap(data_dir / "train.bin", dtype=meta["dtype"], mode="r")
+    tokens = open_tokens(cfg.data.data_dir, "train", meta)  # training's reader: one file or many shards
     T, t, o = shape["block_size"], cfg.train, cfg.optim
     # the benchmark gives global_batch_size = batch_size: one micro-step, lr as given
     batch = cfg.data.global_batch_size or cfg.data.batch_size
@@ -62,9 +63,7 @@ def main(argv: list[str]) -> None:
         t0 = time.perf_counter()
         lr = lr_at(step - 1, lr_peak, lr_min, o.warmup_steps, t.max_steps)
         set_lr(optimizer, lr)
-        rows = rng.integers(0, num_seqs, batch)[:, None] * T + np.arange(T + 1)[None, :]
-        chunk = torch.from_numpy(tokens[rows].astype(np.int64))
-        x, y = chunk[:, :-1].contiguous(), chunk[:, 1:].contiguous()
+        x, y = get_batch(tokens, rng.integers(0, num_seqs, batch), T, torch.device("cpu"))
         with autocast:
             _, loss = model(x, y)
         loss.backward()

@@ -42,39 +42,12 @@ import time
 from pathlib import Path
 
 from hvdlm.bench.report import format_grid, plot_panels, write_csv, write_json
+from hvdlm.bench.sync_methods import METHODS, method_flags, parse_method, variants
 from hvdlm.bench.sync_plot import loss_panels
+from hvdlm.arguments import renamed
 from hvdlm.errors import HvdlmError
 
 BIN = Path(sys.executable).parent
-METHODS = ["none", "fp16", "bf16", "powersgd", "local_sgd", "diloco"]
-EVERY_STEP = ("none", "fp16", "bf16", "powersgd")
-OUTER_WIRES = ("bf16", "fp16", "int8")  # diloco-bf16, diloco-fp16, diloco-int8: the outer exchange's wire type
-
-
-def periodic_parts(method: str) -> tuple[str, str, bool]:
-    """'diloco-bf16-overlap' -> ('diloco', 'bf16', True)."""
-    base, *rest = method.split("-")
-    overlap = bool(rest) and rest[-1] == "overlap"
-    return base, "-".join(rest[:-1] if overlap else rest), overlap
-
-
-def known(method: str) -> bool:
-    if method in EVERY_STEP:
-        return True
-    base, wire, _ = periodic_parts(method)
-    return base in METHODS and base not in EVERY_STEP and (not wire or (base == "diloco" and wire in OUTER_WIRES))
-
-
-def method_flags(method: str, args) -> list[str]:
-    if method in ("none", "fp16", "bf16"):
-        return ["--compression", method]
-    if method == "powersgd":
-        return ["--compression", "powersgd", "--powersgd_rank", str(args.powersgd_rank)]
-    base, wire, overlap = periodic_parts(method)
-    return ["--sync", base, "--sync_every", str(args.sync_every), *(["--compression", wire] if wire else []),
-            *(["--overlap_steps", str(args.overlap_steps or args.sync_every // 2)] if overlap else [])]
-
-
 def launcher(args) -> list[str]:
     """horovodrun for 2 ranks (or as many as --hosts has slots), through --via when given."""
     if args.hosts:
@@ -92,13 +65,13 @@ def host_names(args) -> list[str]:
 
 def unit(method: str, args) -> int:
     """Steps between syncs: byte windows start and end at one, so each holds whole sync periods."""
-    return 1 if method in EVERY_STEP else args.sync_every
+    return args.sync_every if parse_method(method)[0].periodic else 1
 
 
 def window_start(method: str, args) -> int:
     """The first sync the byte window may start at: after --warmup, and after PowerSGD's plain
     allreduce of the first --lr_warmup steps (its --powersgd_start default)."""
-    first = max(args.warmup, args.lr_warmup if method == "powersgd" else 0)
+    first = max(args.warmup, args.lr_warmup if parse_method(method)[0].path == "low_rank" else 0)
     u = unit(method, args)
     return -(-first // u) * u
 
@@ -149,6 +122,14 @@ def train_rows(path: Path, kind: str) -> list[dict]:
     return [r for r in rows if r["kind"] == kind]
 
 
+def first_error(log: Path) -> str:
+    """The run's own reason: the first line hvdlm printed about an error (the ranks' launcher may
+    print pages after it), else the log's last line."""
+    lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    mine = [line for line in lines if line.startswith(("hvdlm: error:", "hvdlm: rank"))]
+    return (mine or lines or ["(an empty log)"])[0 if mine else -1]
+
+
 def measure(method: str, link: str, args, out_dir: Path) -> dict:
     """One training run; the interface counters are polled as the train records appear."""
     stop = shaped_stop(method, args) if link != "free" and args.shaped_window else args.steps
@@ -188,8 +169,8 @@ def measure(method: str, link: str, args, out_dir: Path) -> dict:
         time.sleep(args.poll)
     log.close()
     if proc.returncode != 0:
-        tail = "\n".join(Path(log.name).read_text().strip().splitlines()[-5:])
-        raise HvdlmError(f"{method} on the {link} link failed (exit {proc.returncode}):\n{tail}")
+        raise HvdlmError(f"{method} on the {link} link failed (exit {proc.returncode}): {first_error(Path(log.name))} "
+                         f"(log: {log.name})")
     return summarize(method, link, args, metrics, samples, stop)
 
 
@@ -259,15 +240,17 @@ def run(args) -> list[dict]:
     for entry in (x.strip() for x in args.links.split(",") if x.strip()):
         link, _, only = entry.partition(":")
         plan[link] = [m for m in only.split("+") if m] if only else methods
-    unknown = [m for ms in plan.values() for m in ms if not known(m)]
+    unknown = [m for ms in plan.values() for m in ms if m not in variants()]
     if unknown:
-        raise HvdlmError(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)} "
-                         f"(or diloco-bf16, diloco-fp16, diloco-int8; and -overlap after local_sgd or a diloco method)")
+        raise HvdlmError(f"unknown method {unknown[0]!r}; choose from {', '.join(variants())}")
     if any(x != "free" for x in plan) and not args.slow_cmd:
         print(f"hvdlm: no --slow_cmd: measuring the free link only (not {', '.join(x for x in plan if x != 'free')})")
         plan = {"free": plan["free"]} if "free" in plan else {}
     if not plan:
         raise HvdlmError("nothing to measure: --links names no link")
+    if not (Path(args.data_dir) / "meta.json").is_file():
+        raise HvdlmError(f"--data_dir {args.data_dir} holds no prepared data (no meta.json): make it with "
+                         f"`hvdlm prepare --out_dir {args.data_dir}`")
     links = list(plan)
     if args.warmup >= args.steps - 1:
         raise HvdlmError("need --warmup below --steps - 1")
@@ -348,7 +331,8 @@ def add_sync_parser(sub) -> None:
                               "'ip netns exec {host} cat /sys/class/net/eth0/statistics/tx_bytes'",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     w = s.add_argument_group("what to compare")
-    w.add_argument("--methods", default=",".join(METHODS), help=f"comma list of {', '.join(METHODS)} (default: all)")
+    w.add_argument("--methods", default=",".join(METHODS),
+                   help=f"comma list of {', '.join(variants())} (default: {','.join(METHODS)})")
     w.add_argument("--powersgd_rank", type=int, default=4)
     w.add_argument("--sync_every", type=int, default=50, help="H of local_sgd and diloco (default: 50)")
     w.add_argument("--overlap_steps", type=int, default=0,
@@ -362,7 +346,9 @@ def add_sync_parser(sub) -> None:
     m.add_argument("--data_dir", default="data/default")
     m.add_argument("--preset", default="mini")
     m.add_argument("--block_size", type=int, default=0, help="context length (default: the preset's)")
-    m.add_argument("--global_batch", type=int, default=12)
+    m.add_argument("--global_batch_size", dest="global_batch", type=int, default=12,
+                   help="sequences per step over all ranks (default: 12)")
+    renamed(m, "--global_batch", "--global_batch_size")
     m.add_argument("--steps", type=int, default=300)
     m.add_argument("--lr_warmup", type=int, default=50, help="--warmup_steps of the runs (default: 50)")
     m.add_argument("--eval_interval", type=int, default=50, help="a multiple of --sync_every (default: 50)")

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hvdlm.bench.report import format_grid, write_csv, write_json
+from hvdlm.arguments import renamed
 from hvdlm.errors import HvdlmError
 
 BIN = Path(sys.executable).parent
@@ -83,7 +84,7 @@ def measure(spec: RunSpec, flags: list[str], out_dir: Path, warmup: int, timeout
         env.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
     batch = int(flags[flags.index("--global_batch_size") + 1])
     if batch % spec.copies:
-        raise HvdlmError(f"{spec.name}: --global_batch {batch} does not split into {spec.copies} equal runs")
+        raise HvdlmError(f"{spec.name}: --global_batch_size {batch} does not split into {spec.copies} equal runs")
     share = str(batch // spec.copies)
     mine = [share if i and flags[i - 1] in ("--global_batch_size", "--batch_size") else f for i, f in enumerate(flags)]
     dirs = [out_dir] if spec.copies == 1 else [out_dir / f"copy-{i}" for i in range(spec.copies)]
@@ -243,7 +244,9 @@ def add_train_parser(sub) -> None:
     t.add_argument("--data_dir", default="data/default", help="prepared data (default: data/default)")
     t.add_argument("--preset", default="mini", help="model preset (default: mini, 10.7M parameters)")
     t.add_argument("--block_size", type=int, default=0, help="context length (default: the preset's)")
-    t.add_argument("--global_batch", type=int, default=12, help="sequences per step over all ranks (default: 12)")
+    t.add_argument("--global_batch_size", dest="global_batch", type=int, default=12,
+                   help="sequences per step over all ranks (default: 12)")
+    renamed(t, "--global_batch", "--global_batch_size")
     t.add_argument("--ranks", type=int, default=2, help="ranks of the data-parallel runs (default: 2)")
     t.add_argument("--cores", type=int, default=0, help="cores to use (default: those this process may use)")
     t.add_argument("--runs", default="single,single-1,side-by-side,bare,bare-1,horovod-mpi,horovod-gloo,ddp",

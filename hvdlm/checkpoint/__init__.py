@@ -34,7 +34,7 @@ the ``Checkpointer`` the loop calls.
 """
 
 
-from hvdlm.checkpoint.checkpointer import FORMAT, TRAIN_KEYS, Checkpointer, strategy_of, upgrade
+from hvdlm.checkpoint.checkpointer import FORMAT, TRAIN_KEYS, Checkpointer, upgrade
 from hvdlm.checkpoint.files import (CHECKSUM_KEY, FILENAME, STEP_FILE, Found, candidates, check_shape, checksum,
                                     load, newest_valid, path_in, save, step_path, unreadable)
 from hvdlm.checkpoint.ranks import (RANK_FILE, RANKS_DIR, own_rank_files, prune_rank_files, rank_file_name,
@@ -42,5 +42,5 @@ from hvdlm.checkpoint.ranks import (RANK_FILE, RANKS_DIR, own_rank_files, prune_
 
 __all__ = ["CHECKSUM_KEY", "FILENAME", "FORMAT", "RANKS_DIR", "RANK_FILE", "STEP_FILE", "TRAIN_KEYS", "Checkpointer",
            "Found", "candidates", "check_shape", "checksum", "load", "newest_valid", "own_rank_files", "path_in",
-           "prune_rank_files", "rank_file_name", "read_rank_file", "save", "step_path", "strategy_of", "torn",
+           "prune_rank_files", "rank_file_name", "read_rank_file", "save", "step_path", "torn",
            "unreadable", "upgrade", "write_rank_file"]

@@ -7,8 +7,9 @@ import threading
 
 from hvdlm import distributed as dist
 from hvdlm.checkpoint.files import save
-from hvdlm.checkpoint.snapshot import Writer, snapshot, twin
 from hvdlm.checkpoint.ranks import own_rank_files, prune_rank_files, read_rank_file, write_rank_file
+from hvdlm.checkpoint.snapshot import Writer, snapshot, twin
+from hvdlm.sync.modes import mode_of
 
 FORMAT = 2
 TRAIN_KEYS = ("step", "sampler", "global_batch", "lr", "evaluated", "last_step")
@@ -24,19 +25,12 @@ def upgrade(state: dict) -> dict:
     new["train"] = {k: state[k] for k in TRAIN_KEYS if k in state}
     new["step"] = state.get("step")
     config = (state.get("config") or {}).get("distributed", {})
-    new["sync"] = {"strategy": strategy_of(config.get("sync", "every_step"), config.get("compression", "none")),
+    new["sync"] = {"strategy": mode_of(config.get("sync", "every_step"), config.get("compression", "none")).kind,
                    "state": state.get("sync") or {}}
     if state.get("sync_ranks") is not None:
         new["rank_states"] = state["sync_ranks"]
     new["format"] = FORMAT
     return new
-
-
-def strategy_of(sync: str, compression: str) -> str:
-    """The name a sync strategy's state is tagged with (``Sync.kind``)."""
-    if sync != "every_step":
-        return sync
-    return "powersgd" if compression == "powersgd" else "every_step"  # the others keep no state
 
 
 class Checkpointer:

@@ -5,7 +5,8 @@ Horovod's five steps, and where ``train.py`` takes them:
   2. (data/sampler.py)                shard the data by rank
   3. ``wrap_optimizer()``             wrap the optimizer (the lr is scaled in ``optim.scaled_lr``)
   4. ``broadcast_parameters()``, ``broadcast_object()``  start every rank from rank 0's state
-  5. ``optimizer_step()``             synchronize, clip, step without a second synchronize
+  5. ``synchronize()``                wait for the allreduce; then clip and step under
+                                      ``skip_synchronize()`` (``sync.base.clip_and_step``)
 
 By concern:
   ``world.py``        start-up and the environment: init, the World, the solo engine, CPU defaults
@@ -22,15 +23,16 @@ from hvdlm.distributed.collectives import (StopSignals, agree, allgather, allred
                                            ranks_where, sum_all)
 from hvdlm.distributed.elastic import ElasticState, elastic_launched, elastic_run
 from hvdlm.distributed.exchange import Average, allreduce_average, bf16_average
-from hvdlm.distributed.optimizer import adasum_step, optimizer_step, set_accumulation, wrap_optimizer
-from hvdlm.distributed.world import (CPU_DEFAULTS_MPI, PERIODIC_CYCLE_MS, SOLO, World, allreduce_transport, alone,
+from hvdlm.distributed.optimizer import adasum_step, set_accumulation, skip_synchronize, synchronize, wrap_optimizer
+from hvdlm.distributed.world import (World, allreduce_transport, alone,
                                      apply_cpu_defaults, cores_per_rank, gloo_timeout_ms, init, is_peer_failure, rank,
                                      size, solo_engine, world_now)
 from hvdlm.launcher import LAUNCHER_VARS
 
-__all__ = ["Average", "CPU_DEFAULTS_MPI", "ElasticState", "LAUNCHER_VARS", "PERIODIC_CYCLE_MS", "SOLO", "StopSignals",
+__all__ = ["Average", "ElasticState", "LAUNCHER_VARS", "StopSignals",
            "World", "adasum_step", "agree", "allgather", "allreduce_average", "allreduce_sum_", "allreduce_transport",
            "alone", "apply_cpu_defaults", "average", "barrier", "bf16_average", "broadcast_object",
            "broadcast_parameters", "cores_per_rank", "elastic_launched", "elastic_run", "gather_objects",
-           "gloo_timeout_ms", "init", "is_peer_failure", "on_root", "optimizer_step", "ranks_where", "rank",
-           "set_accumulation", "size", "solo_engine", "sum_all", "world_now", "wrap_optimizer"]
+           "gloo_timeout_ms", "init", "is_peer_failure", "on_root", "ranks_where", "rank",
+           "set_accumulation", "size", "skip_synchronize", "solo_engine", "sum_all", "synchronize", "world_now",
+           "wrap_optimizer"]

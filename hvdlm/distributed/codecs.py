@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import torch
 
+from hvdlm.sync.sizes import INT8_BLOCK, int8_encoded_bytes
+
 
 class Bf16:
     """bf16 values as int16 (Horovod moves them without summing)."""
@@ -29,11 +31,11 @@ class Int8:
     steps of it, round to nearest: 1.016 bytes per value, an error of at most 1/254 of the block's
     largest value. Each block is 260 bytes: its scale's 4, then its 256 steps."""
 
-    BLOCK = 256
+    BLOCK = INT8_BLOCK
 
-    @classmethod
-    def encoded_numel(cls, count: int) -> int:
-        return -(-count // cls.BLOCK) * (cls.BLOCK + 4)
+    @staticmethod
+    def encoded_numel(count: int) -> int:
+        return int8_encoded_bytes(count)
 
     @classmethod
     def encode(cls, x: torch.Tensor) -> torch.Tensor:

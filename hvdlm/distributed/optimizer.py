@@ -26,23 +26,19 @@ def set_accumulation(optimizer, grad_accum: int) -> None:
     optimizer.set_backward_passes_per_step(grad_accum)
 
 
-def optimizer_step(optimizer, model: torch.nn.Module, grad_clip: float) -> tuple[float, float]:
-    """Step 5: wait for the allreduce, clip the *averaged* gradients, then step.
-
-    Clipping before ``synchronize()`` would clip each rank's local gradient, not the one that is
-    applied; stepping without ``skip_synchronize()`` would synchronize twice.
-    Returns (seconds spent waiting for the allreduce, gradient norm or nan).
-    """
+def synchronize(optimizer) -> float:
+    """Step 5: wait for the gradient allreduce the backward hooks started; returns the seconds
+    waited. The clip and the step come after it (``sync.base.clip_and_step``) under
+    ``skip_synchronize``: clipping before it would clip each rank's local gradient, not the one
+    that is applied, and a step without ``skip_synchronize`` would synchronize twice."""
     t0 = time.perf_counter()
     optimizer.synchronize()
-    wait = time.perf_counter() - t0
-    norm = float("nan")
-    if grad_clip > 0:
-        norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip))
-    with optimizer.skip_synchronize():
-        optimizer.step()
-    optimizer.zero_grad()  # Horovod 0.28.1 takes no arguments; torch sets grads to None
-    return wait, norm
+    return time.perf_counter() - t0
+
+
+def skip_synchronize(optimizer):
+    """The context a step takes after ``synchronize`` (Horovod's ``optimizer.skip_synchronize()``)."""
+    return optimizer.skip_synchronize()
 
 
 def adasum_step(optimizer) -> float:

@@ -13,6 +13,7 @@ import horovod.torch as hvd
 import torch
 
 from hvdlm import launcher
+from hvdlm.launcher import CPU_DEFAULTS_MPI, SOLO
 
 @dataclass
 class World:
@@ -45,33 +46,12 @@ def cores_per_rank(local_size: int) -> int:
     return max(1, mine // local_size)
 
 
-# CPU defaults, measured with `hvdlm bench allreduce` and `hvdlm bench train` (benchmarks/RESULTS.md).
-# A setting already in the environment wins.
-CPU_DEFAULTS_MPI = {
-    # Open MPI busy-polls while a rank waits; on a host whose cores all compute, the polling steals
-    # them from the ranks' matmuls. Yielding kept large-message busbw and made runs steady.
-    "OMPI_MCA_mpi_yield_when_idle": "1",
-    # Horovod's background thread runs one cycle per this many ms. A shorter cycle cuts a lone small
-    # allreduce's latency, but in training the thread then wakes thousands of times a second on the
-    # cores the ranks compute on; 1 ms kept training throughput at DDP's (benchmarks/RESULTS.md).
-    "HOROVOD_CYCLE_TIME": "1",
-}
-
-
-# A process no launcher started trains alone and exchanges nothing. Horovod's Gloo controller starts
-# at once where MPI's singleton start takes a noticeable part of a second and leaves an orted daemon
-# beside the run; and Horovod's background thread, which wakes every cycle, took a measurable share of
-# a tiny model's step at the default cycle (benchmarks/RESULTS.md). hvdlm's collectives return at once
-# alone (``alone``).
-SOLO = {"HOROVOD_CONTROLLER": "gloo", "HOROVOD_CPU_OPERATIONS": "gloo", "HOROVOD_CYCLE_TIME": "50"}
-
-
 _solo = False  # set by init(): no launcher started this process, so its world is 1 rank for good
 
 
 def solo_engine(env=os.environ) -> dict:
     """Set SOLO (where unset) for a process no launcher started; returns what was set."""
-    if not launcher.alone(env):
+    if not launcher.unlaunched(env):
         return {}
     applied = {k: v for k, v in SOLO.items() if k not in env}
     env.update(applied)
@@ -92,20 +72,14 @@ def apply_cpu_defaults(env=os.environ) -> dict:
     return applied
 
 
-# Horovod's background thread negotiates with the other ranks once per cycle even when nothing is
-# queued: at a 1 ms cycle that traffic exceeds local_sgd/diloco's own exchange once every H steps
-# (measured on the test cluster, benchmarks/RESULTS.md). At 20 ms it is a twentieth of that, and the
-# few blocking collectives of a step (the logged loss) wait at most one cycle.
-PERIODIC_CYCLE_MS = "20"
-
-
-def init(threads: int = 0, periodic: bool = False) -> World:
+def init(threads: int = 0, cycle_ms: str | None = None) -> World:
     """Step 1: start Horovod; pin one GPU per local rank, or split this host's cores on CPUs.
-    ``periodic``: the ranks exchange once in many steps (local_sgd, diloco): a slower cycle."""
-    if periodic:
-        os.environ.setdefault("HOROVOD_CYCLE_TIME", PERIODIC_CYCLE_MS)  # a setting of the user's wins
+    ``cycle_ms``: Horovod's cycle the sync mode runs at (``sync.Mode.cycle_ms``; slower where ranks
+    exchange once in many steps), unless the user set one."""
+    if cycle_ms is not None:
+        os.environ.setdefault("HOROVOD_CYCLE_TIME", cycle_ms)
     global _solo
-    _solo = launcher.alone()  # before solo_engine() sets Horovod's engine variables
+    _solo = launcher.unlaunched()  # before solo_engine() sets Horovod's engine variables
     applied = solo_engine()
     apply_cpu_defaults()  # before hvd.init(): MPI and Horovod read them there
     hvd.init()

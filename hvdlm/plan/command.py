@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from hvdlm.arguments import renamed
 from hvdlm.errors import HvdlmError
+from hvdlm.launcher import CPU_DEFAULTS_MPI, PERIODIC_CYCLE_MS
 
 DEFAULT_INTRA = "1600gbit,2us"  # inside a host: NVLink-class (200 GB/s); CPU ranks: shared memory
 
@@ -20,7 +22,7 @@ def add_plan_parser(sub) -> None:
                                    "then the fastest method whose measured loss penalty is within "
                                    "--max_loss_penalty. Runs nothing on other hosts.")
     g = p.add_argument_group("model")
-    g.add_argument("--preset", default="", choices=["", *PRESETS], help="model size (or --out_dir, --init_from)")
+    g.add_argument("--preset", default=None, choices=list(PRESETS), help="model size (or --out_dir, --init_from)")
     g.add_argument("--out_dir", default="", help="the model of this `hvdlm train` run (its config.toml)")
     g.add_argument("--init_from", default="", help="the model `hvdlm train --init_from` would start from: a GPT-2 "
                    "folder (its config.json) or an hvdlm out_dir")
@@ -31,10 +33,11 @@ def add_plan_parser(sub) -> None:
     g = p.add_argument_group("batch and ranks")
     g.add_argument("--ranks", type=int, required=True, help="ranks (one per GPU, or per CPU share)")
     g.add_argument("--ranks_per_host", type=int, default=8, help="default: 8 (at most --ranks)")
-    g.add_argument("--global_batch", type=int, default=0, help="sequences per step over all ranks "
-                   "(default: --ranks x --batch_size)")
+    g.add_argument("--global_batch_size", dest="global_batch", type=int, default=0,
+                   help="sequences per step over all ranks (default: --ranks x --batch_size)")
+    renamed(p, "--global_batch", "--global_batch_size")
     g.add_argument("--batch_size", type=int, default=0, help="sequences per rank per micro-step (at most a rank's "
-                   "share; fewer means gradient accumulation; default: 8 when --global_batch is not given, else "
+                   "share; fewer means gradient accumulation; default: 8 when --global_batch_size is not given, else "
                    "the whole share)")
     g = p.add_argument_group("compute of one rank per step (one of)")
     g.add_argument("--step_ms", type=float, default=0.0, help="given, at this plan's per-rank batch")
@@ -50,17 +53,19 @@ def add_plan_parser(sub) -> None:
                    "`hvdlm preflight --json` (its slowest rank's point-to-point GB/s); latency from --link")
     g.add_argument("--intra_link", default=DEFAULT_INTRA, help=f"inside a host (default: {DEFAULT_INTRA})")
     g.add_argument("--hierarchical", action="store_true", help="HOROVOD_HIERARCHICAL_ALLREDUCE=1")
-    # defaults read in setting(): distributed.py loads Horovod, which building the parser must not
     g.add_argument("--cycle_ms", type=float, default=None,
-                   help="Horovod's cycle under every-step sync (default: 1, Horovod's and hvdlm's)")
+                   help=f"Horovod's cycle under every-step sync (default: {CPU_DEFAULTS_MPI['HOROVOD_CYCLE_TIME']}, "
+                        "hvdlm's on CPUs under MPI)")
     g.add_argument("--periodic_cycle_ms", type=float, default=None,
-                   help="hvdlm's cycle under local_sgd/diloco (default: distributed.PERIODIC_CYCLE_MS, 20)")
+                   help=f"hvdlm's cycle under local_sgd/diloco (default: {PERIODIC_CYCLE_MS})")
     g.add_argument("--fusion", default="128M", help="HOROVOD_FUSION_THRESHOLD (default: 128M, Horovod 0.28's)")
     g.add_argument("--mem_bw", default="", help="memory bandwidth for copies, e.g. 3.35TB/s (default: --gpu's "
                    "HBM, else timed here)")
     g = p.add_argument_group("methods")
     d = DistributedConfig()
-    g.add_argument("--powersgd_ranks", default="4,8", help="comma list (default: 4,8)")
+    g.add_argument("--powersgd_rank", dest="powersgd_ranks", default="4,8",
+                   help="PowerSGD's rank, or a comma list of ranks to compare (default: 4,8)")
+    renamed(p, "--powersgd_ranks", "--powersgd_rank")
     g.add_argument("--powersgd_min_compression", type=float, default=d.powersgd_min_compression)
     g.add_argument("--sync_every", default="25,50", help="local_sgd/diloco H, comma list (default: 25,50)")
     g.add_argument("--overlap_steps", type=int, default=4, help="the overlapped rows' T (default: 4)")
@@ -86,7 +91,7 @@ def cmd_plan(args: argparse.Namespace) -> None:
     from hvdlm.plan.report import methods, report
 
     try:
-        ms = methods(int_list(args.powersgd_ranks, "--powersgd_ranks"), int_list(args.sync_every, "--sync_every"),
+        ms = methods(int_list(args.powersgd_ranks, "--powersgd_rank"), int_list(args.sync_every, "--sync_every"),
                      args.overlap_steps)
         s, share, source = setting(args)
     except HvdlmError as e:  # one process: a clean exit (cli.main ends a lone rank's error with os._exit)
@@ -107,7 +112,7 @@ def setting(args: argparse.Namespace):
     cluster = Cluster(args.ranks, args.ranks_per_host, inter, intra, args.hierarchical)
     global_batch = args.global_batch or args.ranks * (args.batch_size or 8)
     if global_batch < 1 or global_batch % args.ranks:
-        raise HvdlmError(f"--global_batch {global_batch} does not divide into --ranks {args.ranks} equal shares")
+        raise HvdlmError(f"--global_batch_size {global_batch} does not divide into --ranks {args.ranks} equal shares")
     share = global_batch // args.ranks
     micro = min(args.batch_size, share) if args.batch_size else share
     if share % micro:
@@ -138,11 +143,10 @@ def setting(args: argparse.Namespace):
     else:
         compute = inputs.compute_by_measuring(shape, micro, args.measure, args.measure_ranks, args.data_dir)
         compute *= share // micro
-        work = tuple(inputs.powersgd_work(shape, int_list(args.powersgd_ranks, "--powersgd_ranks"),
+        work = tuple(inputs.powersgd_work(shape, int_list(args.powersgd_ranks, "--powersgd_rank"),
                                           args.powersgd_min_compression).items())
         source = (f"measured here: {args.measure} steps on {args.measure_ranks} rank(s); PowerSGD's work "
                   + ", ".join(f"r{r} {t * 1e3:.3g} ms" for r, t in work))
-    from hvdlm.distributed import CPU_DEFAULTS_MPI, PERIODIC_CYCLE_MS
     from hvdlm.mfu import flops_per_token
 
     cycle_ms = float(CPU_DEFAULTS_MPI["HOROVOD_CYCLE_TIME"]) if args.cycle_ms is None else args.cycle_ms

@@ -32,6 +32,7 @@ from hvdlm.errors import HvdlmError
 from hvdlm.hf import shape_from_folder
 from hvdlm.mfu import flops_per_token, gpu_peak
 from hvdlm.model import GPT, GPTConfig
+from hvdlm.sync.low_rank import LowRank
 
 # HBM bandwidth by device-name fragment, first match wins (NVIDIA data sheets, SXM parts): for the
 # memory-bound copies of hvdlm's own exchanges and PowerSGD's passes.
@@ -120,32 +121,30 @@ def compute_by_measuring(shape: dict, per_rank_batch: int, steps: int, ranks: in
 
 
 def powersgd_work(shape: dict, ranks: list[int], min_compression: float, repeats: int = 5) -> dict[int, float]:
-    """Seconds of PowerSGD's own work per step at each rank r, measured here per shape: hvdlm's
-    PowerSGD (``sync.powersgd``) compressing random gradients of this model, one process alone
-    (its collectives return at once alone), so the time is its matmuls, QR, error feedback and
+    """Seconds of PowerSGD's own work per step at each rank r, measured here per shape: the
+    arithmetic hvdlm's PowerSGD runs (``sync.low_rank``) compressing random gradients of this model
+    in one process (its mean is its own), so the time is its matmuls, QR, error feedback and
     copies only; the best of ``repeats`` after one untimed step. Holds the model, its gradients and
     the residuals in memory (3 x 4 bytes a parameter)."""
-    from hvdlm import distributed as dist
-    from hvdlm.sync.powersgd import PowerSGD
-
-    world = dist.init()
-    with torch.device(world.device):
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    with torch.device(device):
         model = GPT(GPTConfig(**shape))
-    params = [p for p in model.parameters() if p.requires_grad]
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    params = [p for _, p in named]
     for p in params:
         p.grad = torch.randn_like(p)
     out = {}
     for r in ranks:
-        sync = PowerSGD(r, start=0, min_compression=min_compression, seed=0)
-        sync.wrap(torch.optim.SGD(params, lr=0.0), model)
+        low = LowRank(r, min_compression=min_compression, seed=0)
+        low.setup([n for n, _ in named], params)
         times = []
         for _ in range(repeats + 1):
             grads = [p.grad.clone() for p in params]
-            if world.device.type == "cuda":
+            if device.type == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-            sync.compress_and_average(grads)
-            if world.device.type == "cuda":
+            low.average_(grads, lambda flat, name: flat)  # one rank: the mean is its own
+            if device.type == "cuda":
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - t0)
         out[r] = min(times[1:])

@@ -19,7 +19,7 @@ micro-steps; backward is 2/3 of forward + backward, ``mfu.flops_per_token``'s 6N
   local_sgd H, diloco H wire [overlap T]
               ``sync.periodic``: every H steps one exchange of every parameter (local_sgd fp32;
               diloco's pseudo-gradient in fp32/fp16 by ring allreduce, bf16/int8 by the alltoall
-              exchange), at hvdlm's periodic cycle (``distributed.PERIODIC_CYCLE_MS``). On time:
+              exchange), at hvdlm's periodic cycle (``sync.Mode.cycle_ms``). On time:
               the step that syncs waits for all of it (exposed / H per step). Overlapped over T
               steps: T slices, one started per step, each behind the next inner step (whose stop
               check waits for it); exposed = what the slices add to the T steps, / H.
@@ -28,12 +28,12 @@ Every logged step (one in ``--log_interval``) averages the train loss over the r
 one-number allreduce after the step (``loop``): half a cycle to Horovod's next, and its negotiation.
 Behind an overlapped exchange it also waits for the slice in flight (``_overlapped``).
 
-Every method also has the step's stop check (``distributed.StopCheck``): a one-number allreduce
+Every method also has the step's stop check (``distributed.StopSignals``): a one-number allreduce
 started with the step and read at its end; Horovod serves it at the next cycle, so a step shorter
 than the cycle waits for the rest of it (the steps fall in phase with the cycles). A 4-byte
 message is latency only: it costs what the negotiation does (a tree), not a ring's 2(N-1) hops.
 
-Bytes each rank sends per step are what hvdlm's counters add up (``sync.base.ring_bytes``, the
+Bytes each rank sends per step are what hvdlm's counters add up (``sync.sizes.ring_bytes``, the
 ``sync_bytes`` of metrics.jsonl): 2(N-1)/N x elements x bytes per element, per exchange.
 """
 
@@ -43,10 +43,8 @@ from dataclasses import dataclass, replace
 
 from hvdlm.plan import network, overlap
 from hvdlm.plan.network import Cluster
-from hvdlm.sync.base import ring_bytes
-from hvdlm.sync.periodic import WIRE_BYTES
-from hvdlm.sync.powersgd import compressed_shape
-from hvdlm.distributed.codecs import Int8
+from hvdlm.sync import MODES, Mode
+from hvdlm.sync.sizes import BYTES_PER_VALUE, compressed_shape, encoded_bytes, ring_bytes
 
 BACKWARD = 2 / 3  # of forward + backward (6N FLOPs per token: 2N forward, 4N backward)
 COPY_BYTES = 24  # memory traffic per element of hvdlm's own flatten/encode/decode/unflatten, or PowerSGD's passes
@@ -54,23 +52,32 @@ COPY_BYTES = 24  # memory traffic per element of hvdlm's own flatten/encode/deco
 
 @dataclass(frozen=True)
 class Method:
-    name: str  # none, fp16, bf16, powersgd, local_sgd, diloco
-    rank: int = 0  # powersgd
-    every: int = 1  # local_sgd, diloco: H
-    wire: str = "none"  # diloco's outer exchange
-    overlap: int = 0  # local_sgd, diloco: T
+    name: str  # a sync mode (``sync.MODES``): none, fp16, bf16, powersgd, local_sgd, diloco
+    rank: int = 0  # low_rank (powersgd): r
+    every: int = 1  # periodic: H
+    wire: str = "none"  # periodic: the exchange's wire type (one of the mode's wires)
+    overlap: int = 0  # periodic: T
+
+    @property
+    def mode(self) -> Mode:
+        return MODES[self.name]
 
     @property
     def periodic(self) -> bool:
-        """local_sgd/diloco: an exchange every H steps, at hvdlm's periodic cycle."""
-        return self.name in ("local_sgd", "diloco")
+        """An exchange every H steps, at hvdlm's periodic cycle."""
+        return self.mode.periodic
+
+    @property
+    def setting(self) -> int:
+        """The number that tunes it: PowerSGD's rank, a periodic mode's H, else 0."""
+        return self.rank if self.mode.path == "low_rank" else (self.every if self.periodic else 0)
 
     @property
     def label(self) -> str:
-        if self.name == "powersgd":
-            return f"powersgd r{self.rank}"
+        if self.mode.path == "low_rank":
+            return f"{self.name} r{self.rank}"
         if self.periodic:
-            wire = f" {self.wire}" if self.name == "diloco" else ""
+            wire = f" {self.wire}" if len(self.mode.wires) > 1 else ""
             return f"{self.name} H={self.every}{wire}" + (f" overlap {self.overlap}" if self.overlap else "")
         return self.name
 
@@ -145,24 +152,25 @@ def predict(s: Setting, m: Method) -> Row:
 
 
 def _predict(s: Setting, m: Method) -> Row:
-    c, n = s.cluster, s.cluster.ranks
-    if m.name in ("none", "fp16"):
-        bpe = 2 if m.name == "fp16" else 4
+    c, n, path = s.cluster, s.cluster.ranks, m.mode.path
+    if path == "hooks":
+        bpe = BYTES_PER_VALUE[m.mode.wires[0]]
         backward = s.compute * BACKWARD / s.accum
         ready = overlap.ready_times(list(s.params), s.shape, backward, bpe)
         tl = overlap.simulate(ready, s.cycle, s.threshold, lambda b: network.allreduce(c, b), network.negotiation(c))
         exposed = max(tl.finish - backward, stop_check(s, s.cycle)) if n > 1 else 0.0
         return Row(m, s.compute, tl.busy if n > 1 else 0.0, exposed, ring_bytes(s.numel, bpe, n),
                    network.nic_bytes_allreduce(c, s.numel * bpe))
-    if m.name == "bf16":
-        nbytes = s.numel * 2
+    if path == "fused":
+        bpe = BYTES_PER_VALUE[m.mode.wires[0]]
+        nbytes = s.numel * bpe
         ex = 0.0
         if n > 1:
             ex = (2 * collective(s, s.cycle, 0.0) + network.alltoall_exchange(c, nbytes)
                   + s.numel * COPY_BYTES / s.mem_bw)
-        return Row(m, s.compute, ex, ex + stop_check(s, s.cycle), ring_bytes(s.numel, 2, n),
+        return Row(m, s.compute, ex, ex + stop_check(s, s.cycle), ring_bytes(s.numel, bpe, n),
                    network.nic_bytes_exchange(c, nbytes))
-    if m.name == "powersgd":
+    if path == "low_rank":
         return _powersgd(s, m)
     return _periodic(s, m)
 
@@ -191,9 +199,9 @@ def _powersgd(s: Setting, m: Method) -> Row:
 
 def _periodic(s: Setting, m: Method) -> Row:
     c, n, h = s.cluster, s.cluster.ranks, m.every
-    wire = "none" if m.name == "local_sgd" else m.wire
+    wire = m.wire if m.wire in m.mode.wires else m.mode.wires[0]
     own = wire in ("bf16", "int8")  # hvdlm's alltoall exchange; fp32/fp16 go by ring allreduce
-    encoded = Int8.encoded_numel(s.numel) if wire == "int8" else s.numel * WIRE_BYTES[wire]
+    encoded = encoded_bytes(s.numel, wire)
     parts = max(1, m.overlap)
 
     def one(nbytes: float) -> float:
@@ -210,7 +218,7 @@ def _periodic(s: Setting, m: Method) -> Row:
             exposed = _overlapped(s, slice_time, parts, h) + copies
         else:
             exposed = ex
-    sent = ring_bytes(s.numel, WIRE_BYTES[wire], n) / h
+    sent = ring_bytes(s.numel, BYTES_PER_VALUE[wire], n) / h
     nic = (network.nic_bytes_exchange(c, encoded) if own else network.nic_bytes_allreduce(c, encoded)) / h
     return Row(m, s.compute, ex / h, exposed / h + stop_check(s, s.periodic_cycle), sent, nic)
 

@@ -19,7 +19,7 @@ inside the host:
     2(g-1)/g x S / B_intra + 2(g-1) x lat_intra   +   2(H-1)/H x S / B_inter + 2(H-1) x lat_inter.
     It trades the flat ring's 2(N-1) inter-host latencies for 2(H-1).
 
-hvdlm's 16- and 8-bit exchange (``distributed.Average``: ``wire.Bf16``, ``wire.Int8``): Horovod
+hvdlm's 16- and 8-bit exchange (``distributed.Average``: ``codecs.Bf16``, ``codecs.Int8``): Horovod
 cannot sum bf16, so a reduce-scatter by ``alltoall`` (rank r receives every rank's r-th chunk of
 E encoded bytes), an fp32 sum, then an ``allgather`` of the summed chunks:
     alltoall:  each rank sends (N-1)/N x E in N-1 messages; the g ranks of a host send

@@ -3,7 +3,7 @@
 Horovod's DistributedOptimizer hooks every parameter: when backward has produced a gradient
 (on the last micro-step, ``backward_passes_per_step``), it is queued. Horovod's background thread
 wakes once per cycle (HOROVOD_CYCLE_TIME, Horovod's default 1 ms; hvdlm sets 1 ms for CPU ranks
-under MPI, ``distributed.CPU_DEFAULTS_MPI``), negotiates which queued tensors every rank has
+under MPI, ``launcher.CPU_DEFAULTS_MPI``), negotiates which queued tensors every rank has
 ready, packs them in order into fused buffers of at most HOROVOD_FUSION_THRESHOLD bytes (Horovod
 0.28.1's default 128 MB, ``horovodrun --help``; the docs' "Tensor Fusion" page still says 64 MB,
 the default until 0.21.0 raised it, with the cycle from 5 to 1 ms: its changelog, #2468) and

@@ -32,5 +32,4 @@ MEASURED: dict[tuple[str, int, int], tuple[float, str]] = {
 
 def measured(m: Method) -> tuple[float, str] | None:
     """(penalty in %, source), or None when this setting was never measured."""
-    key = m.rank if m.name == "powersgd" else (m.every if m.periodic else 0)
-    return MEASURED.get((m.name, key, m.overlap))
+    return MEASURED.get((m.name, m.setting, m.overlap))

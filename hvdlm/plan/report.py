@@ -7,15 +7,19 @@ import json
 
 from hvdlm.plan import penalty
 from hvdlm.plan.methods import Method, Row, Setting, bottleneck, predict
+from hvdlm.sync import EVERY_STEP, PERIODIC
 
 
 def methods(powersgd_ranks: list[int], sync_every: list[int], overlap_steps: int) -> list[Method]:
-    out = [Method("none"), Method("fp16"), Method("bf16")]
-    out += [Method("powersgd", rank=r) for r in powersgd_ranks]
+    """Every sync mode (``sync.MODES``) at each setting asked for: PowerSGD at each rank, each
+    periodic mode at each H, on time and overlapped, on each of its wire types."""
+    out = []
+    for mode in EVERY_STEP:
+        ranks = powersgd_ranks if mode.path == "low_rank" else [0]
+        out += [Method(mode.name, rank=r) for r in ranks]
     for h in sync_every:
         for t in (0, min(overlap_steps, h)):
-            out.append(Method("local_sgd", every=h, overlap=t))
-            out += [Method("diloco", every=h, wire=w, overlap=t) for w in ("none", "fp16", "bf16", "int8")]
+            out += [Method(mode.name, every=h, wire=w, overlap=t) for mode in PERIODIC for w in mode.wires]
     return list(dict.fromkeys(out))
 
 

@@ -29,8 +29,9 @@ so that a resume under another strategy drops them instead of misreading them:
 
 The loads return the lines a resume prints (what was dropped or replaced, and why).
 ``sent_bytes`` counts the payload bytes this rank has sent so far, computed from what each
-collective moves (a ring allreduce of B bytes sends 2(n-1)/n x B per rank); ``describe()`` is the
-phrase the start line uses.
+collective moves (``sizes.ring_bytes``: a ring allreduce of B bytes sends 2(n-1)/n x B per rank);
+``describe()`` is the phrase the start line uses; ``mode`` (``modes.Mode``, given by
+``build.build_strategy``) is what the rest of hvdlm asks about the strategy.
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ import torch
 
 from hvdlm import distributed as dist
 from hvdlm.errors import HvdlmError
-from hvdlm.units import bus_factor
+from hvdlm.sync.modes import MODES, Mode
+from hvdlm.sync.sizes import ring_bytes
 
 
 @dataclass
@@ -54,7 +56,16 @@ class Sync:
     """The interface; every method has the do-nothing default of a single process."""
 
     sent_bytes: float = 0.0
-    kind: str = "every_step"  # the tag of this strategy's checkpointed state (checkpoint.strategy_of)
+    mode: Mode = MODES["none"]
+
+    @property
+    def kind(self) -> str:
+        """The tag of this strategy's checkpointed state (``Mode.kind``)."""
+        return self.mode.kind
+
+    def count_ring(self, numel: int, bytes_per_element: float) -> None:
+        """Add one ring allreduce of ``numel`` elements over this world's ranks to ``sent_bytes``."""
+        self.sent_bytes += ring_bytes(numel, bytes_per_element, dist.size())
 
     def describe(self) -> str:
         return ""
@@ -69,7 +80,8 @@ class Sync:
         pass
 
     def step(self, optimizer: torch.optim.Optimizer, model: torch.nn.Module, grad_clip: float) -> StepStats:
-        raise NotImplementedError
+        """No exchange in the step: clip and step (local SGD and DiLoCo exchange in ``after_step``)."""
+        return StepStats(0.0, clip_and_step(optimizer, model, grad_clip))
 
     def after_step(self, step: int, model: torch.nn.Module) -> float:
         return 0.0
@@ -93,23 +105,6 @@ class Sync:
         return ""
 
 
-def ring_bytes(numel: int, bytes_per_element: float, n: int | None = None) -> float:
-    """What one rank sends in a ring allreduce of ``numel`` elements over ``n`` ranks (default:
-    this job's; 0 on one rank)."""
-    return bus_factor(dist.size() if n is None else n) * numel * bytes_per_element
-
-
-def flatten(tensors: list[torch.Tensor]) -> torch.Tensor:
-    return torch.cat([t.reshape(-1) for t in tensors])
-
-
-def unflatten_into(flat: torch.Tensor, tensors: list[torch.Tensor]) -> None:
-    offset = 0
-    for t in tensors:
-        t.copy_(flat[offset:offset + t.numel()].view_as(t))
-        offset += t.numel()
-
-
 def check_finite(mean: torch.Tensor, mine: torch.Tensor, what: str, wire: str = "none") -> None:
     """End the job with one line naming the rank(s) when an exchange's mean is not finite, before
     it reaches the model. The mean is the same on every rank, so every rank asks, or none does."""
@@ -121,14 +116,6 @@ def check_finite(mean: torch.Tensor, mine: torch.Tensor, what: str, wire: str = 
                          "model; resume from the last checkpoint with a lower --lr or --grad_clip", everywhere=True)
     raise HvdlmError(f"the mean {what} overflowed {wire} on the wire (every rank's was finite); use "
                      "--compression bf16, whose range is fp32's", everywhere=True)
-
-
-def grads_of(params: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Each parameter's gradient, made zero where backward gave none (every rank sends the same shapes)."""
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-    return [p.grad for p in params]
 
 
 class OwnCollectives(Sync):
@@ -147,12 +134,15 @@ class OwnCollectives(Sync):
     def start(self, model):
         dist.broadcast_parameters(model)
 
-    @staticmethod
-    def clip_and_step(optimizer, model, grad_clip: float) -> float:
-        """Clip the gradient now in .grad (the averaged one, or this rank's own between syncs), step."""
-        norm = float("nan")
-        if grad_clip > 0:
-            norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip))
-        optimizer.step()
-        optimizer.zero_grad()
-        return norm
+
+def clip_and_step(optimizer: torch.optim.Optimizer, model: torch.nn.Module, grad_clip: float) -> float:
+    """Clip the gradient now in .grad (the averaged one, or this rank's own between syncs), step,
+    zero the gradients; returns the norm before clipping (nan when not clipping). Every strategy's
+    step ends here; Horovod's DistributedOptimizer calls it after ``synchronize()``, so the clip
+    acts on the averaged gradient, not on each rank's own."""
+    norm = float("nan")
+    if grad_clip > 0:
+        norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip))
+    optimizer.step()
+    optimizer.zero_grad()  # Horovod 0.28.1's takes no arguments; torch sets the grads to None
+    return norm

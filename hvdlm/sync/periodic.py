@@ -30,12 +30,10 @@ import time
 import torch
 
 from hvdlm import distributed as dist
-from hvdlm.sync.base import OwnCollectives, StepStats, check_finite, flatten, ring_bytes, unflatten_into
-from hvdlm.distributed.codecs import Int8
-
-
-# bytes per value on the wire: int8 carries one fp32 scale per block of 256 (wire.Int8)
-WIRE_BYTES = {"none": 4, "fp16": 2, "bf16": 2, "int8": 1 + 4 / Int8.BLOCK}
+from hvdlm.sync.base import OwnCollectives, check_finite
+from hvdlm.sync.modes import MODES
+from hvdlm.sync.sizes import BYTES_PER_VALUE
+from hvdlm.tensors import flatten, unflatten_into
 
 
 class Exchange:
@@ -79,7 +77,7 @@ class Exchange:
 class Periodic(OwnCollectives):
     def __init__(self, every: int, max_steps: int, outer: tuple[float, float] | None, wire: str, overlap: int = 0):
         self.every, self.max_steps, self.outer, self.wire, self.overlap = every, max_steps, outer, wire, overlap
-        self.kind = "local_sgd" if outer is None else "diloco"
+        self.mode = MODES["local_sgd" if outer is None else "diloco"]
         self.anchor: torch.Tensor | None = None  # diloco: the parameters at the last sync (flat)
         self.outer_opt: torch.optim.SGD | None = None
         self.outer_state: dict | None = None  # the outer optimizer's state, loaded before start()
@@ -116,9 +114,6 @@ class Periodic(OwnCollectives):
                 # the outer lr and momentum of this run's command line win over the checkpoint's
                 self.outer_opt.param_groups[0].update(lr=lr, momentum=momentum, nesterov=momentum > 0)
 
-    def step(self, optimizer, model, grad_clip):
-        return StepStats(0.0, self.clip_and_step(optimizer, model, grad_clip))
-
     def after_step(self, step, model):
         last, sync = step == self.max_steps, step % self.every == 0
         if not (sync or last or self.pending):
@@ -142,7 +137,7 @@ class Periodic(OwnCollectives):
         now = flatten([p.detach() for p in self.params])
         name = "hvdlm.local_sgd" if self.outer is None else f"hvdlm.diloco.{self.wire}"
         payload = now if self.outer is None else self.anchor - now
-        self.sent_bytes += ring_bytes(now.numel(), WIRE_BYTES[self.wire])
+        self.count_ring(now.numel(), BYTES_PER_VALUE[self.wire])
         return Exchange(payload, name, self.wire, now, due, parts=max(1, due - step))
 
     def apply(self, exchange: Exchange) -> None:

@@ -21,6 +21,10 @@ Q is the same on every rank (``state_dict``); the residuals differ (``rank_state
 saved by parameter name and taken back only where the name and shape still match: another
 ``--powersgd_rank`` or ``--powersgd_min_compression`` drops what no longer fits, never adds one
 layer's residual to another's.
+
+The arithmetic (which tensors, the power iteration, Q and the residuals by name) is
+``low_rank.LowRank``, with no Horovod; this strategy gives it Horovod's averages and the plain
+allreduce of the first steps.
 """
 
 from __future__ import annotations
@@ -30,52 +34,27 @@ import time
 import torch
 
 from hvdlm import distributed as dist
-from hvdlm.sync.base import OwnCollectives, StepStats, check_finite, flatten, grads_of, ring_bytes, unflatten_into
+from hvdlm.sync.base import OwnCollectives, StepStats, check_finite, clip_and_step
+from hvdlm.sync.low_rank import LowRank
+from hvdlm.sync.modes import MODES
+from hvdlm.tensors import flatten, grads_of, unflatten_into
 
 
-def compressed_shape(shape: tuple[int, ...], rank: int, min_compression: float) -> tuple[int, int, int] | None:
-    """(n, m, r) when a gradient of this shape is compressed (viewed as n x m, rank r), else None:
-    a matrix whose n x m is at least ``min_compression`` times (n + m) x r."""
-    if len(shape) < 2:
-        return None
-    n = shape[0]
-    m = 1
-    for d in shape[1:]:
-        m *= d
-    r = min(rank, n, m)
-    return (n, m, r) if min_compression * (n + m) * r <= n * m else None
-
-
-class PowerSGD(OwnCollectives):
-    kind = "powersgd"
+class PowerSGD(LowRank, OwnCollectives):
+    mode = MODES["powersgd"]
 
     def __init__(self, rank: int, start: int, min_compression: float, seed: int):
-        self.rank, self.start_step, self.min_compression, self.seed = rank, start, min_compression, seed
+        super().__init__(rank, min_compression, seed)
+        self.start_step = start
         self.steps = 0  # optimizer steps taken: plain allreduce while below start_step
-        self.q: list[torch.Tensor] = []
-        self.errors: list[torch.Tensor] | None = None  # this rank's residuals, from the first compressed step
 
     def describe(self) -> str:
         return (f"PowerSGD rank {self.rank} ({len(self.compressed)} of {len(self.params)} tensors compressed, "
                 f"plain allreduce for the first {self.start_step} steps)")
 
     def wrap(self, optimizer, model):
-        optimizer = super().wrap(optimizer, model)
-        names = [n for n, p in model.named_parameters() if p.requires_grad]
-        self.compressed, self.plain, self.shapes = [], [], []
-        for i, p in enumerate(self.params):
-            nmr = compressed_shape(tuple(p.shape), self.rank, self.min_compression)
-            if nmr:
-                self.compressed.append(i)
-                self.shapes.append(nmr)
-            else:
-                self.plain.append(i)
-        self.names = [names[i] for i in self.compressed]
-        # The same starting Q on every rank and device: drawn in order on the CPU from a generator
-        # seeded with --seed, then moved to its parameter's device.
-        gen = torch.Generator().manual_seed(self.seed)
-        self.q = [torch.randn(m, r, generator=gen).to(self.params[i].device)
-                  for i, (n, m, r) in zip(self.compressed, self.shapes)]
+        optimizer = OwnCollectives.wrap(self, optimizer, model)
+        self.setup([n for n, p in model.named_parameters() if p.requires_grad], self.params)
         return optimizer
 
     def step(self, optimizer, model, grad_clip):
@@ -84,79 +63,41 @@ class PowerSGD(OwnCollectives):
         if self.steps < self.start_step:
             flat = flatten(grads)
             unflatten_into(dist.allreduce_average(flat, "hvdlm.powersgd.plain"), grads)
-            self.sent_bytes += ring_bytes(flat.numel(), 4)
+            self.count_ring(flat.numel(), 4)
         else:
             self.compress_and_average(grads)
         wait = time.perf_counter() - t0  # includes the small matmuls and QR, which are the price of the method
         self.steps += 1
-        return StepStats(wait, self.clip_and_step(optimizer, model, grad_clip))
+        return StepStats(wait, clip_and_step(optimizer, model, grad_clip))
 
     def compress_and_average(self, grads: list[torch.Tensor]) -> None:
-        """Replace each gradient by its PowerSGD average; keep this rank's residuals."""
-        if self.errors is None:
-            self.errors = [torch.zeros_like(grads[i]) for i in self.compressed]
-        mats = [(grads[i] + e).view(n, m) for i, e, (n, m, r) in zip(self.compressed, self.errors, self.shapes)]
-        plain = [grads[i] for i in self.plain]
-        ps = [mat @ q for mat, q in zip(mats, self.q)]
-        first = flatten(plain + ps)
-        mean = dist.allreduce_average(first, "hvdlm.powersgd.p")
-        check_finite(mean, first, "gradient (PowerSGD's P and uncompressed tensors)")
-        unflatten_into(mean, plain + ps)
-        ps = [torch.linalg.qr(p, mode="reduced").Q for p in ps]
-        qs = [mat.t() @ p for mat, p in zip(mats, ps)]
-        if qs:
-            second = flatten(qs)
-            unflatten_into(dist.allreduce_average(second, "hvdlm.powersgd.q"), qs)
-            self.sent_bytes += ring_bytes(second.numel(), 4)
-        self.sent_bytes += ring_bytes(first.numel(), 4)
-        for k, (i, mat, p, q) in enumerate(zip(self.compressed, mats, ps, qs)):
-            approx = p @ q.t()
-            self.errors[k] = (mat - approx).view_as(grads[i])
-            grads[i].copy_(approx.view_as(grads[i]))
-        self.q = qs  # warm start: next step's power iteration begins here
+        """Replace each gradient by its PowerSGD average over the ranks; keep this rank's residuals."""
+        first, second = self.average_(grads, self._average)
+        self.count_ring(first, 4)
+        self.count_ring(second, 4)
+
+    def _average(self, flat: torch.Tensor, name: str) -> torch.Tensor:
+        mean = dist.allreduce_average(flat, name)
+        if name == "hvdlm.powersgd.p":
+            check_finite(mean, flat, "gradient (PowerSGD's P and uncompressed tensors)")
+        return mean
 
     def state_dict(self) -> dict:
-        return {"steps": self.steps, "q": {n: q.clone() for n, q in zip(self.names, self.q)}}
+        return {"steps": self.steps, "q": self.q_state()}
 
     def load_state_dict(self, state: dict) -> list[str]:
         if "q" not in state:  # a fresh run
             return []
         self.steps = state["steps"]
-        saved = self._by_name(state["q"])
-        kept = [n for n, q in zip(self.names, self.q) if n in saved and saved[n].shape == q.shape]
-        self.q = [saved[n].to(q.device).clone() if n in kept else q for n, q in zip(self.names, self.q)]
-        return self._dropped("Q", saved, kept, "drawn afresh from --seed")
+        return self.load_q(state["q"])
 
     def rank_state(self) -> dict | None:
-        if self.errors is None:
-            return {"errors": None}
-        return {"errors": {n: e.clone() for n, e in zip(self.names, self.errors)}}
+        return {"errors": self.residual_state()}
 
     def load_rank_state(self, state: dict) -> list[str]:
         if state.get("errors") is None:
             return []
-        saved = self._by_name(state["errors"])
-        shapes = [self.params[i].shape for i in self.compressed]
-        kept = [n for n, shape in zip(self.names, shapes) if n in saved and saved[n].shape == shape]
-        self.errors = [saved[n].to(self.params[i].device).clone() if n in kept else torch.zeros_like(self.params[i])
-                       for n, i in zip(self.names, self.compressed)]
-        return self._dropped("residual", saved, kept, "starting from zero")
+        return self.load_residuals(state["errors"])
 
     def what_ranks_hold(self) -> str:
         return "PowerSGD's error-feedback residuals; Q is kept"
-
-    def _by_name(self, saved) -> dict:
-        """{name: tensor}; an older hvdlm saved lists in the order of its compressed tensors, taken by
-        position only when every shape agrees with this run's."""
-        if isinstance(saved, dict):
-            return saved
-        if [tuple(t.shape) for t in saved] in ([tuple(q.shape) for q in self.q],
-                                               [tuple(self.params[i].shape) for i in self.compressed]):
-            return dict(zip(self.names, saved))
-        return {}
-
-    def _dropped(self, what: str, saved: dict, kept: list[str], instead: str) -> list[str]:
-        if len(kept) == len(saved) == len(self.names):
-            return []
-        return [f"hvdlm: PowerSGD's {what} kept for {len(kept)} of {len(self.names)} compressed tensor(s) (matched by "
-                f"name and shape; the checkpoint had {len(saved)}); the others {instead}"]

@@ -6,7 +6,7 @@ R=/work/main/benchmarks/results/n-ranks-advice
 name=$1; shift
 source /work/main/.venv/bin/activate
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 PYTHONPATH=/work/snap
-cmd=(nice -n 10 hvdlm bench sync --preset tiny --block_size 128 --global_batch 12 --lr_warmup 50 --eval_interval 50 \
+cmd=(nice -n 10 hvdlm bench sync --preset tiny --block_size 128 --global_batch_size 12 --lr_warmup 50 --eval_interval 50 \
      --eval_sequences 64 --threads 1 --out_dir "$R/$name" "$@")
 printf '%s\n' "cd /work/main && OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 PYTHONPATH=/work/snap $(printf '%q ' "${cmd[@]}")" >> "$R/commands.txt"
 cd /work/main

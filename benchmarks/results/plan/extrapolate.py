@@ -16,9 +16,9 @@ from hvdlm.cli import main
 
 HERE = Path(__file__).parent
 MODELS = {  # name -> flags; vocab 50304 (GPT-2's BPE padded to a multiple of 64)
-    "gpt2": ["--preset", "gpt2", "--vocab_size", "50304", "--global_batch", "1024", "--batch_size", "16"],
+    "gpt2": ["--preset", "gpt2", "--vocab_size", "50304", "--global_batch_size", "1024", "--batch_size", "16"],
     "1.3b": ["--preset", "gpt2", "--n_layer", "24", "--n_embd", "2048", "--n_head", "16", "--block_size", "2048",
-             "--vocab_size", "50304", "--global_batch", "1024", "--batch_size", "4"],
+             "--vocab_size", "50304", "--global_batch_size", "1024", "--batch_size", "4"],
 }
 LINKS = {  # name -> flags
     "ib400": ["--link", "400gbit,3us"],

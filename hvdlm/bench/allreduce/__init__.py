@@ -39,12 +39,11 @@ from hvdlm.bench.allreduce.correctness import (count_wrong, expected_pattern, fi
 from hvdlm.bench.allreduce.measure import time_calls
 from hvdlm.bench.allreduce.results import CSV_FIELDS, median_of_runs, plot
 from hvdlm.bench.allreduce.settings import Settings, settings_from_args
-from hvdlm.bench.allreduce.startup import detect_launcher, mpi_launched
 from hvdlm.bench.allreduce.sweep import run
 from hvdlm.bench.allreduce.units import (DTYPES, EXACT_INTEGERS, algbw, bus_factor, busbw, element_count, parse_bytes,
                                          sweep_sizes)
 
 __all__ = ["CSV_FIELDS", "DTYPES", "EXACT_INTEGERS", "Settings", "algbw", "bus_factor", "busbw", "count_wrong",
-           "detect_launcher", "element_count", "expected_pattern", "fill_periodic", "median_of_runs", "mpi_launched",
+           "element_count", "expected_pattern", "fill_periodic", "median_of_runs",
            "parse_bytes", "pattern_period", "plot", "rank_pattern", "run", "settings_from_args", "sweep_sizes",
            "time_calls"]

@@ -16,7 +16,7 @@ from hvdlm.bench.allreduce.measure import measure
 from hvdlm.bench.allreduce.results import describe, say
 from hvdlm.bench.allreduce.settings import BACKENDS, Settings
 from hvdlm.errors import HvdlmError
-from hvdlm.launcher import mpi as mpi_launched, name as detect_launcher
+from hvdlm import launcher as launch_env
 
 NO_LAUNCHER = ("hvdlm bench allreduce measures communication between ranks: launch it with "
                "`horovodrun -np 2 hvdlm bench allreduce ...`, `mpirun -np 2 hvdlm bench allreduce ...` "
@@ -52,7 +52,7 @@ def start_mpi(s: Settings, launcher: str, device_type: str, notes: list[str]):
     if not names:
         return None
     reason = None
-    if not mpi_launched():
+    if not launch_env.mpi():
         reason = (f"mpi4py needs an MPI launcher (mpirun, mpiexec, srun with PMI); these ranks were started by "
                   f"{launcher}, so MPI would see a world of 1 rank each")
         hint = "launch with mpirun (or horovodrun --mpi)"
@@ -116,7 +116,7 @@ def measure_floor(MPI, s: Settings) -> tuple[list[dict], list[Backend]]:
 
 def start(s: Settings) -> Context:
     """Check the launch, measure the MPI floor, start Horovod and the other backends."""
-    launcher = detect_launcher()
+    launcher = launch_env.name()
     if launcher is None:
         raise HvdlmError(NO_LAUNCHER, everywhere=True)
     # Horovod reads its settings once, in hvd.init().
@@ -176,7 +176,7 @@ def start(s: Settings) -> Context:
                 continue  # measured already, before Horovod started
             if b not in available:
                 offered = [n for n in BACKENDS + ("mpi4py-hvd",)
-                           if n in available or (n.startswith("mpi4py") and mpi_launched() and device.type == "cpu")]
+                           if n in available or (n.startswith("mpi4py") and launch_env.mpi() and device.type == "cpu")]
                 raise HvdlmError(f"backend {b} is not available here ({missing.get(b, 'not offered')}); "
                                  f"available: {', '.join(offered)}", everywhere=True)
             if b not in chosen:
