@@ -7,6 +7,7 @@ setup(
     long_description=open("README.md").read() if __import__("os").path.exists("README.md") else "",
     long_description_content_type="text/markdown",
     packages=find_packages(include=["hvdlm", "hvdlm.*"]),
+    package_data={"hvdlm.plan": ["penalties.json"]},  # the measured loss penalties `hvdlm plan` reads
     python_requires=">=3.11",  # tomllib (config.py)
     # horovod is built by scripts/install.sh (0.28.1 needs a C++17 patch for torch >= 2.1),
     # so it is not listed here: pip would try the unpatched sdist and fail.

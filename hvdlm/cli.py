@@ -216,7 +216,7 @@ def build_parser(prepare_only: bool = False) -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, metavar="PATH", help="also write every figure to this JSON file")
     p.set_defaults(func=cmd_preflight)
 
-    from hvdlm.bench.cli import add_bench_parser
+    from hvdlm.bench.commands import add_bench_parser
     add_bench_parser(sub)
 
     from hvdlm.plan.command import add_plan_parser

@@ -127,7 +127,7 @@ fi
 bench_figures() {  # allreduce.csv -> "ok|notes" when every Horovod row went over NCCL and none was wrong
   "$PY" - "$1" <<'EOF'
 import sys
-from hvdlm.bench.report import read_csv
+from hvdlm.bench.output import read_csv
 try:
     rows = read_csv(sys.argv[1])
 except OSError:

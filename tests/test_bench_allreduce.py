@@ -15,7 +15,8 @@ import torch
 from support.launch import BIN, HVDLM, launch
 from hvdlm.bench import allreduce as ar
 from hvdlm import launcher
-from hvdlm.bench import report
+from hvdlm.units import bus_factor, parse_bytes
+from hvdlm.bench import output
 from hvdlm.errors import HvdlmError
 
 # A sweep that takes seconds: 4 sizes, every dtype, in and out of place.
@@ -31,7 +32,7 @@ def test_busbw_is_algbw_times_2_n_minus_1_over_n(n, factor):
     nbytes, seconds = 64 * 2 ** 20, 0.0125
     alg = ar.algbw(nbytes, seconds)
     assert alg == pytest.approx(nbytes / seconds)
-    assert ar.bus_factor(n) == pytest.approx(factor)
+    assert bus_factor(n) == pytest.approx(factor)
     assert ar.busbw(alg, n) == pytest.approx(nbytes / seconds * 2 * (n - 1) / n)
 
 
@@ -55,14 +56,14 @@ def test_sizes_out_of_range_are_refused(args, message):
 
 
 def test_parse_bytes():
-    assert ar.parse_bytes("8") == 8
-    assert ar.parse_bytes("4K") == ar.parse_bytes("4KB") == ar.parse_bytes("4KiB") == 4096
-    assert ar.parse_bytes("64M") == 64 * 2 ** 20
-    assert ar.parse_bytes("1g") == 2 ** 30
-    assert ar.parse_bytes("1.5K") == 1536
+    assert parse_bytes("8") == 8
+    assert parse_bytes("4K") == parse_bytes("4KB") == parse_bytes("4KiB") == 4096
+    assert parse_bytes("64M") == 64 * 2 ** 20
+    assert parse_bytes("1g") == 2 ** 30
+    assert parse_bytes("1.5K") == 1536
     for bad in ("", "abc", "-4", "1.5", "4X"):
         with pytest.raises(HvdlmError):
-            ar.parse_bytes(bad)
+            parse_bytes(bad)
 
 
 def test_a_size_that_is_not_whole_elements_is_refused():
@@ -131,18 +132,18 @@ def test_launcher_detection():
 def test_report_writers_round_trip(tmp_path):
     rows = [{"backend": "a", "bytes": 1024, "busbw_GBps": 1.5, "wrong": 0},
             {"backend": "b", "bytes": 2048, "busbw_GBps": 0.25, "wrong": 3}]
-    assert report.read_csv(report.write_csv(tmp_path / "r.csv", rows)) == rows
-    doc = json.loads(report.write_json(tmp_path / "r.json", {"ranks": 2}, rows).read_text())
+    assert output.read_csv(output.write_csv(tmp_path / "r.csv", rows)) == rows
+    doc = json.loads(output.write_json(tmp_path / "r.json", {"ranks": 2}, rows).read_text())
     assert doc == {"meta": {"ranks": 2}, "rows": rows}
-    panel = report.Panel("busbw", "size", "GB/s", {"a": ([1024, 2048], [1.0, 2.0]), "b": ([1024], [0.0])})
-    png = report.plot_panels(tmp_path / "r.png", [panel], title="t", note="n")
+    panel = output.Panel("busbw", "size", "GB/s", {"a": ([1024, 2048], [1.0, 2.0]), "b": ([1024], [0.0])})
+    png = output.plot_panels(tmp_path / "r.png", [panel], title="t", note="n")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    table = report.Table([report.Column("backend", "backend", 8, align="<"),
-                          report.Column("busbw_GBps", "busbw", 6, "{:.2f}")])
+    table = output.Table([output.Column("backend", "backend", 8, align="<"),
+                          output.Column("busbw_GBps", "busbw", 6, "{:.2f}")])
     lines = table.render(rows, units=["", "(GB/s)"]).splitlines()
     assert lines[0].startswith("#") and lines[2].split() == ["a", "1.50"]
     assert len({len(line) for line in lines}) == 1  # aligned
-    assert report.human_bytes(256 * 2 ** 20) == "256M" and report.human_bytes(6) == "6B"
+    assert output.human_bytes(256 * 2 ** 20) == "256M" and output.human_bytes(6) == "6B"
 
 
 def test_median_of_runs_takes_each_figure_s_median_and_adds_up_wrong():
@@ -171,7 +172,7 @@ def sweep(launcher: str, tmp_path: Path, *flags: str, rc: int = 0):
     run = launch(launcher, [HVDLM, "bench", "allreduce", *TINY, "--device", "cpu", "--out_dir", str(out), *flags],
                  timeout=120)
     assert run.returncode == rc, run.output
-    return run, report.read_csv(out / "allreduce.csv"), json.loads((out / "allreduce.json").read_text()), out
+    return run, output.read_csv(out / "allreduce.csv"), json.loads((out / "allreduce.json").read_text()), out
 
 
 # Horovod's two controllers; horovodrun --mpi would run mpirun's case again (the same MPI

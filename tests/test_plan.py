@@ -108,6 +108,12 @@ def test_predicted_bytes_equal_hvdlm_counters_at_2_ranks(name, corpus, tmp_path)
                                 "--block_size", "32", "--vocab_size", str(vocab), "--ranks", "2",
                                 "--global_batch_size", "16", "--step_ms", "10", "--mem_bw", "10GB/s"))
     assert counted > 0 and predict(s, method).sent == pytest.approx(counted, rel=1e-9)
+    # and by hand: at 2 ranks a ring allreduce sends each rank's whole payload once; N parameters
+    numel = sum(n for _, shape in s.params for n in [math.prod(shape)])
+    by_hand = {"none": 4 * numel, "fp16": 2 * numel, "bf16": 2 * numel, "local_sgd": 4 * numel / 2,
+               "diloco-int8": numel * (1 + 4 / 256) / 2}  # int8: one fp32 scale per 256 values; H = 2
+    if name in by_hand:
+        assert counted == pytest.approx(by_hand[name], rel=1e-9)
     if name == "none":  # the same run as a model (its out_dir) and as compute (its metrics.jsonl)
         from_run, _, source = setting(plan_args("--out_dir", str(out), "--metrics", str(out), "--ranks", "4",
                                                 "--global_batch_size", "16", "--mem_bw", "10GB/s"))
@@ -185,3 +191,29 @@ def test_bad_input_from_the_command_line(tmp_path):
     assert run.returncode == 2 and run.stdout == "" and run.stderr.count("\n") == 1, run.output
     assert run.stderr.startswith("hvdlm: error: --link bandwidth '9furlongs' is not a rate")
     assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_every_penalty_is_the_worst_cell_of_its_row_in_results():
+    """plan's penalties (one recorded source, penalties.json) are the figures RESULTS.md records:
+    each is the largest +x.xx% in the table row it names, within the section it names."""
+    import re
+    from pathlib import Path
+
+    from hvdlm.plan import penalty
+
+    results = (Path(__file__).resolve().parent.parent / "benchmarks" / "RESULTS.md").read_text()
+    entries = json.loads(penalty.RECORDED.read_text())["penalties"]
+    assert len(penalty.MEASURED) == len(entries) > 5
+    for e in entries:
+        if e["section"] is None:
+            assert e["method"] == "none" and e["pct"] == 0.0
+            continue
+        start = results.index(f"## {e['section']}") if f"## {e['section']}" in results else \
+            results.index(f"### {e['section']}")
+        section = results[start:results.find("\n## ", start + 4)]
+        rows = [line for line in section.splitlines() if line.startswith(e["row"])]
+        assert rows, (e["section"], e["row"])
+        worst = max(float(x) for x in re.findall(r"\+(\d+\.\d+)%", rows[0]))
+        assert worst == e["pct"], (e, rows[0])
+        assert penalty.measured(Method(e["method"], rank=e["setting"], every=e["setting"] or 1,
+                                       overlap=e["overlap"]))[0] == e["pct"]

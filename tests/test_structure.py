@@ -81,7 +81,7 @@ def cycles() -> list[list[str]]:
 
 def test_the_walk_sees_the_imports_it_should():
     """The checker itself: known edges are found (absolute, from-package and lazy imports)."""
-    assert "hvdlm.watchdog.report" in GRAPH["hvdlm.watchdog.decision"]
+    assert "hvdlm.watchdog.messages" in GRAPH["hvdlm.watchdog.decision"]
     assert "hvdlm.bench.allreduce.sweep" in GRAPH["hvdlm.bench.allreduce"]
     assert "hvdlm.distributed" in GRAPH["hvdlm.preflight"]  # inside a function
     assert "horovod.torch" in imports("hvdlm.distributed.world")

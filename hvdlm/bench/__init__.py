@@ -2,5 +2,5 @@
 
 ``allreduce``  allreduce latency and bandwidth per backend (Horovod, torch.distributed, mpi4py, memcpy);
                a package, one module per concern (see its docstring)
-``report``     aligned tables, CSV, JSON and PNG plots, shared by every benchmark
+``output``     aligned tables, CSV, JSON and PNG plots, shared by every benchmark
 """

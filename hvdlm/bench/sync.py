@@ -41,7 +41,7 @@ import sys
 import time
 from pathlib import Path
 
-from hvdlm.bench.report import format_grid, plot_panels, write_csv, write_json
+from hvdlm.bench.output import format_grid, plot_panels, write_csv, write_json
 from hvdlm.bench.sync_methods import METHODS, method_flags, parse_method, variants
 from hvdlm.bench.sync_plot import loss_panels
 from hvdlm.arguments import renamed

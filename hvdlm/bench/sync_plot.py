@@ -4,7 +4,7 @@ is read against the every-step average at a glance, on any link."""
 
 from __future__ import annotations
 
-from hvdlm.bench.report import Panel
+from hvdlm.bench.output import Panel
 
 COLORS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:gray"]
 REFERENCE = "none, free link"

@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from hvdlm.bench.report import format_grid, write_csv, write_json
+from hvdlm.bench.output import format_grid, write_csv, write_json
 from hvdlm.arguments import renamed
 from hvdlm.errors import HvdlmError
 
@@ -167,10 +167,18 @@ def run(args) -> list[dict]:
     for r in table:  # wall time too: the best of the repeats, independently of the step times
         r["wall_s"] = min(x["wall_s"] for x in rows if x["run"] == r["run"])
         r["cpu_s"] = min(x["cpu_s"] for x in rows if x["run"] == r["run"])
+    add_ratios(table, rows, cores, args.ranks)
+    report(table, rows, args, cores)
+    return table
+
+
+def add_ratios(table: list[dict], rows: list[dict], cores: int, ranks: int) -> None:
+    """Each row's ratios against its baselines (the module's docstring), from the table's best rows
+    (``rows``: every repeat, for the paired ratio)."""
     bare = {r["threads_per_rank"]: r for r in table if r["run"].startswith("bare")}
     hvdlm_1 = [r for r in table if r["ranks"] == 1 and not r["run"].startswith("bare")]  # ratios are against hvdlm
     by_cores = next((r for r in hvdlm_1 if r["threads_per_rank"] == cores), None)
-    one_slice = next((r for r in hvdlm_1 if r["threads_per_rank"] == max(1, cores // args.ranks)), None)
+    one_slice = next((r for r in hvdlm_1 if r["threads_per_rank"] == max(1, cores // ranks)), None)
     beside = next((r for r in table if r["run"].endswith("side by side")), None)
     for r in table:
         r["vs_1_rank_all_cores"] = r["tokens_per_s"] / by_cores["tokens_per_s"] if by_cores else float("nan")
@@ -182,8 +190,6 @@ def run(args) -> list[dict]:
         r["bare_step_ratio"] = same["step_ms"] / r["step_ms"] if same else float("nan")
         r["bare_wall_ratio"] = same["wall_s"] / r["wall_s"] if same else float("nan")
         r["bare_cpu_ratio"] = same["cpu_s"] / r["cpu_s"] if same else float("nan")
-    report(table, rows, args, cores)
-    return table
 
 
 def paired_median(rows: list[dict], run: str, baseline: str) -> float:

@@ -14,14 +14,14 @@ By concern:
   ``optimizer.py``    the gradient allreduce through Horovod's DistributedOptimizer (or Adasum)
   ``exchange.py``     hvdlm's own fused averages: fp32/fp16 allreduce, bf16/int8 as alltoall +
                       allgather of ``codecs.py``'s payloads
-  ``elastic.py``      elastic state: commit, restore, sync after a reset
+  ``elastic_state.py`` elastic state: commit, restore, sync after a reset
 Everything also runs at size 1 (plain ``hvdlm train``), where the collectives return at once.
 """
 
 from hvdlm.distributed.collectives import (StopSignals, agree, allgather, allreduce_sum_, average, barrier,
                                            broadcast_object, broadcast_parameters, gather_objects, on_root,
                                            ranks_where, sum_all)
-from hvdlm.distributed.elastic import ElasticState, elastic_launched, elastic_run
+from hvdlm.distributed.elastic_state import ElasticState, elastic_launched, elastic_run
 from hvdlm.distributed.exchange import Average, allreduce_average, bf16_average
 from hvdlm.distributed.optimizer import adasum_step, set_accumulation, skip_synchronize, synchronize, wrap_optimizer
 from hvdlm.distributed.world import (World, allreduce_transport, alone,

@@ -9,9 +9,9 @@ One concern per module, each term written down with its source in the module tha
   ``methods.py``  one row per method (none, fp16, bf16, powersgd r, local_sgd H, diloco H with each
                   wire, on time or overlapped): compute, exchange, exposed exchange, bytes
   ``penalty.py``  the loss each method was measured to cost (benchmarks/RESULTS.md)
-  ``inputs.py``   the model's parameters, and one rank's compute per step (given, read, measured,
+  ``sources.py``  the model's parameters, and one rank's compute per step (given, read, measured,
                   or a GPU's peak x MFU)
-  ``command.py``, ``report.py``  the command line and the table
+  ``command.py``, ``table.py``  the command line and the table
 
 What is not modelled: contention between the exchange and compute for memory or cores (on CPU
 ranks the background thread shares the ranks' cores), MPI's choice of a non-ring algorithm for

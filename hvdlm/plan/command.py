@@ -88,7 +88,7 @@ def int_list(text: str, what: str) -> list[int]:
 
 
 def cmd_plan(args: argparse.Namespace) -> None:
-    from hvdlm.plan.report import methods, report
+    from hvdlm.plan.table import methods, report
 
     try:
         ms = methods(int_list(args.powersgd_ranks, "--powersgd_rank"), int_list(args.sync_every, "--sync_every"),
@@ -101,14 +101,14 @@ def cmd_plan(args: argparse.Namespace) -> None:
 
 def setting(args: argparse.Namespace):
     """(Setting, per-rank batch, compute source) from the command line; every input checked first."""
-    from hvdlm.plan import inputs
+    from hvdlm.plan import sources
     from hvdlm.plan.methods import Setting
     from hvdlm.plan.network import Cluster, Link
     from hvdlm.units import parse_bytes, parse_link, parse_rate
 
     inter, intra = Link(*parse_link(args.link, "--link")), Link(*parse_link(args.intra_link, "--intra_link"))
     if args.preflight:
-        inter = Link(inputs.preflight_bandwidth(args.preflight), inter.latency)
+        inter = Link(sources.preflight_bandwidth(args.preflight), inter.latency)
     cluster = Cluster(args.ranks, args.ranks_per_host, inter, intra, args.hierarchical)
     global_batch = args.global_batch or args.ranks * (args.batch_size or 8)
     if global_batch < 1 or global_batch % args.ranks:
@@ -119,31 +119,31 @@ def setting(args: argparse.Namespace):
         raise HvdlmError(f"--batch_size {micro} does not divide a rank's share of {share} sequences")
     if args.log_interval < 1:
         raise HvdlmError(f"--log_interval {args.log_interval} is out of range: at least 1")
-    sources = [bool(args.step_ms), bool(args.metrics), bool(args.measure), bool(args.gpu)]
-    if sum(sources) != 1:
+    given = [bool(args.step_ms), bool(args.metrics), bool(args.measure), bool(args.gpu)]
+    if sum(given) != 1:
         raise HvdlmError("give one of --step_ms, --metrics, --measure STEPS or --gpu NAME (with --mfu)")
     if sum(map(bool, (args.preset, args.out_dir, args.init_from))) != 1:
         raise HvdlmError("give the model as --preset NAME, --out_dir RUN or --init_from FOLDER (one of them)")
     if args.out_dir:
-        shape = inputs.model_from_out_dir(args.out_dir, args.vocab_size)
+        shape = sources.model_from_out_dir(args.out_dir, args.vocab_size)
     elif args.init_from:
-        shape = inputs.model_from_init(args.init_from, args.block_size)
+        shape = sources.model_from_init(args.init_from, args.block_size)
     else:
         overrides = {k: getattr(args, k) for k in ("n_layer", "n_head", "n_embd", "block_size")}
-        shape = inputs.model_from_preset(args.preset, overrides, inputs.vocab_of(args.data_dir, args.vocab_size))
+        shape = sources.model_from_preset(args.preset, overrides, sources.vocab_of(args.data_dir, args.vocab_size))
     tokens_per_rank = share * shape["block_size"]
     work = ()  # PowerSGD's own work, timed here only when the plan measures here
     if args.step_ms:
         compute, source = args.step_ms / 1e3, f"--step_ms {args.step_ms:g}"
     elif args.metrics:
-        compute, source = inputs.compute_from_metrics(args.metrics, tokens_per_rank), f"from {args.metrics}"
+        compute, source = sources.compute_from_metrics(args.metrics, tokens_per_rank), f"from {args.metrics}"
     elif args.gpu:
-        compute = inputs.compute_from_gpu(shape, tokens_per_rank, args.gpu, args.mfu, args.precision)
+        compute = sources.compute_from_gpu(shape, tokens_per_rank, args.gpu, args.mfu, args.precision)
         source = f"{args.gpu} {args.precision} at MFU {args.mfu:g}"
     else:
-        compute = inputs.compute_by_measuring(shape, micro, args.measure, args.measure_ranks, args.data_dir)
+        compute = sources.compute_by_measuring(shape, micro, args.measure, args.measure_ranks, args.data_dir)
         compute *= share // micro
-        work = tuple(inputs.powersgd_work(shape, int_list(args.powersgd_ranks, "--powersgd_rank"),
+        work = tuple(sources.powersgd_work(shape, int_list(args.powersgd_ranks, "--powersgd_rank"),
                                           args.powersgd_min_compression).items())
         source = (f"measured here: {args.measure} steps on {args.measure_ranks} rank(s); PowerSGD's work "
                   + ", ".join(f"r{r} {t * 1e3:.3g} ms" for r, t in work))
@@ -152,11 +152,11 @@ def setting(args: argparse.Namespace):
     cycle_ms = float(CPU_DEFAULTS_MPI["HOROVOD_CYCLE_TIME"]) if args.cycle_ms is None else args.cycle_ms
     periodic_cycle_ms = float(PERIODIC_CYCLE_MS) if args.periodic_cycle_ms is None else args.periodic_cycle_ms
 
-    s = Setting(params=inputs.parameters(shape), shape=shape, cluster=cluster, compute=compute,
+    s = Setting(params=sources.parameters(shape), shape=shape, cluster=cluster, compute=compute,
                 accum=share // micro, tokens_per_step=global_batch * shape["block_size"],
                 cycle=cycle_ms / 1e3, periodic_cycle=periodic_cycle_ms / 1e3,
                 threshold=parse_bytes(args.fusion, "--fusion"),
-                mem_bw=parse_rate(args.mem_bw, "--mem_bw") if args.mem_bw else inputs.memory_bandwidth(args.gpu),
+                mem_bw=parse_rate(args.mem_bw, "--mem_bw") if args.mem_bw else sources.memory_bandwidth(args.gpu),
                 flops=flops_per_token(shape) * tokens_per_rank / compute,
                 min_compression=args.powersgd_min_compression, powersgd_work=work, log_interval=args.log_interval)
     return s, share, source

@@ -1,4 +1,6 @@
-"""The loss each method was measured to cost against fp32 every-step sync, from benchmarks/RESULTS.md.
+"""The loss each method was measured to cost against fp32 every-step sync, read from the one
+recorded source, ``penalties.json`` (each figure with the benchmarks/RESULTS.md section and table
+row it comes from; tests/test_plan.py checks each against that row).
 
 The worst cell measured for each setting counts (a plan should not promise the best draw). All of
 them are small models (tiny, mini) at 2-4 ranks on this project's machine: the penalty of
@@ -8,26 +10,24 @@ bound, said in the row. A setting never measured has no penalty and is never rec
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from hvdlm.plan.methods import Method
 
-ADVICE = "RESULTS.md, \"Past 2 ranks ...: the advice at 2 and 4 ranks\" (tiny, 1,000 steps, 2 corpora)"
-SLOW_LINK = "RESULTS.md, \"Communication on a slow link\" (mini, 300 steps, 2 ranks)"
-SHORTER_H = "RESULTS.md, \"Closing the loss gap\" (mini, 300 steps, 2 ranks)"
+RECORDED = Path(__file__).with_name("penalties.json")
 
-# (name, H or rank, overlap steps) -> (worst val-loss penalty in %, source). The wire of diloco's
-# exchange changed the loss by at most 0.02 points (fp32 = bf16 at H=50, bf16 = int8 at H=25).
-MEASURED: dict[tuple[str, int, int], tuple[float, str]] = {
-    ("none", 0, 0): (0.0, "the baseline"),
-    ("fp16", 0, 0): (0.02, SLOW_LINK),
-    ("bf16", 0, 0): (0.01, SLOW_LINK),
-    ("powersgd", 4, 0): (4.45, SLOW_LINK),
-    ("powersgd", 8, 0): (2.00, ADVICE),
-    ("diloco", 50, 0): (6.30, ADVICE),
-    ("diloco", 25, 0): (7.08, ADVICE + ", outer lr 1.2, momentum 0"),
-    ("diloco", 25, 4): (3.67, SHORTER_H + ", outer lr 1.2, momentum 0"),
-    ("diloco", 25, 12): (4.77, SHORTER_H + ", outer lr 1.2, momentum 0"),
-    ("local_sgd", 50, 0): (6.04, ADVICE),
-}
+
+def _load() -> dict[tuple[str, int, int], tuple[float, str]]:
+    """(method, its setting, overlap steps) -> (penalty in %, where it was measured)."""
+    out = {}
+    for e in json.loads(RECORDED.read_text())["penalties"]:
+        source = "the baseline" if e["section"] is None else f'RESULTS.md, "{e["section"]}"'
+        out[(e["method"], e["setting"], e["overlap"])] = (e["pct"], source + (f", {e['note']}" if e.get("note") else ""))
+    return out
+
+
+MEASURED = _load()
 
 
 def measured(m: Method) -> tuple[float, str] | None:

@@ -25,7 +25,7 @@ the one at fault; a rank whose peer already reported the cause exits without a w
 
 Modules, one concern each: ``decision`` (the verdict, a pure function of what the rank knows),
 ``watch`` (the thread that gathers the facts and acts on the verdict), ``wire`` (the UDP
-heartbeats), ``procfs`` (what /proc says of processes on this host), ``report`` (the line, the
+heartbeats), ``procfs`` (what /proc says of processes on this host), ``messages`` (the line, the
 warning, the details file).
 """
 

@@ -9,7 +9,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from hvdlm.watchdog import report
+from hvdlm.watchdog import messages
 
 EXIT_STALLED = 3  # ended because a rank stalled, or a peer stalled, died or was cut off
 
@@ -145,7 +145,7 @@ def _end(k: Knowledge, line: str, blamed: list[int], warning: str | None = None)
 
 
 def _gone_line(k: Knowledge, gone: list[Peer], now: float) -> str:
-    return report.gone_line(gone[0], gone[0].rank in k.local, now, k.rank, k.phase, k.step, k.log)
+    return messages.gone_line(gone[0], gone[0].rank in k.local, now, k.rank, k.phase, k.step, k.log)
 
 
 def _unheard_warning(k: Knowledge, now: float) -> str | None:
@@ -154,7 +154,7 @@ def _unheard_warning(k: Knowledge, now: float) -> str | None:
     if k.warned or now - k.connected_at < k.peer_timeout:
         return None
     unheard = [p for p in k.peers if not p.heard and not p.left and (k.rank == 0 or p.rank == 0)]
-    return report.unheard_warning(unheard, k.rank, k.host, k.peer_timeout) if unheard else None
+    return messages.unheard_warning(unheard, k.rank, k.host, k.peer_timeout) if unheard else None
 
 
 def decide(k: Knowledge, now: float) -> Decision:
@@ -169,7 +169,7 @@ def decide(k: Knowledge, now: float) -> Decision:
         if k.rank != 0 and any(p.rank == 0 for p in silent):
             silent = [p for p in silent if p.rank == 0]  # without rank 0 we know nothing of the others
         if silent:
-            return _end(k, report.silent_peers_line(silent, now, k.rank, k.host, k.log), [p.rank for p in silent],
+            return _end(k, messages.silent_peers_line(silent, now, k.rank, k.host, k.log), [p.rank for p in silent],
                         warning)
         if k.signal_at is not None and k.progress_at < k.signal_at and now - k.signal_at > 0.2:
             gone = gone_peers(k, now)  # the launcher is ending the job while we wait on a peer
@@ -185,7 +185,7 @@ def decide(k: Knowledge, now: float) -> Decision:
         # A peer is alive and busy in its own work (a long checkpoint write, a hung read): its
         # own watchdog, with that phase's limit, ends it and names it if it is stuck.
         return Decision(warning=warning)
-    line = report.stall_line(k.rank, k.host, stuck, k.phase, k.step, lim, k.log,
+    line = messages.stall_line(k.rank, k.host, stuck, k.phase, k.step, lim, k.log,
                              busy=busy[0] if waiting and busy else None, all_waiting=waiting and k.size > 1)
     if not waiting:
         blamed = [k.rank]  # stuck in its own work: this rank names itself

@@ -11,7 +11,7 @@ import time
 from collections import deque
 from typing import Callable
 
-from hvdlm.watchdog import decision, procfs, report, wire
+from hvdlm.watchdog import decision, messages, procfs, wire
 from hvdlm.watchdog.decision import (EXIT_STALLED, INTERVAL, WARMUP_STEPS, Knowledge, Peer, Verdict, decide,
                                      explain, limit)
 
@@ -192,7 +192,7 @@ class Watchdog:
         d = decide(self.knowledge(ended=self.signal_at is not None), now)
         if d.warning:
             self._warned = True
-            report.say(d.warning)
+            messages.say(d.warning)
         if d.status is not None:
             self.fire(d.line, list(d.blamed), speaks=d.speaks, status=d.status)
 
@@ -207,8 +207,8 @@ class Watchdog:
         self.write_log(line)
         self._send_all({"bye": line})
         if speaks:
-            report.say(line)
-        report.flush_stdout()
+            messages.say(line)
+        messages.flush_stdout()
         self.exit_fn(status)
 
     def _kill_stopped(self, ranks: list[int]) -> None:
@@ -234,11 +234,11 @@ class Watchdog:
             time.sleep(0.05)
 
     def write_log(self, reason: str):
-        return report.write_log(self._log_path(), reason, self.knowledge(), self.limit(), time.monotonic(),
+        return messages.write_log(self._log_path(), reason, self.knowledge(), self.limit(), time.monotonic(),
                                 self.root_view, self.killed)
 
     def _log_path(self):
-        return report.log_path(self.out_dir, self.rank)
+        return messages.log_path(self.out_dir, self.rank)
 
     # --- the wire -------------------------------------------------------------------------------
     def _message(self, **extra) -> bytes:

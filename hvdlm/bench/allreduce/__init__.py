@@ -40,10 +40,9 @@ from hvdlm.bench.allreduce.measure import time_calls
 from hvdlm.bench.allreduce.results import CSV_FIELDS, median_of_runs, plot
 from hvdlm.bench.allreduce.settings import Settings, settings_from_args
 from hvdlm.bench.allreduce.sweep import run
-from hvdlm.bench.allreduce.units import (DTYPES, EXACT_INTEGERS, algbw, bus_factor, busbw, element_count, parse_bytes,
-                                         sweep_sizes)
+from hvdlm.bench.allreduce.bandwidth import DTYPES, EXACT_INTEGERS, algbw, busbw, element_count, sweep_sizes
 
-__all__ = ["CSV_FIELDS", "DTYPES", "EXACT_INTEGERS", "Settings", "algbw", "bus_factor", "busbw", "count_wrong",
+__all__ = ["CSV_FIELDS", "DTYPES", "EXACT_INTEGERS", "Settings", "algbw", "busbw", "count_wrong",
            "element_count", "expected_pattern", "fill_periodic", "median_of_runs",
-           "parse_bytes", "pattern_period", "plot", "rank_pattern", "run", "settings_from_args", "sweep_sizes",
+           "pattern_period", "plot", "rank_pattern", "run", "settings_from_args", "sweep_sizes",
            "time_calls"]

@@ -8,7 +8,8 @@ from typing import Callable
 
 import torch
 
-from hvdlm.bench.allreduce.units import DTYPES, bus_factor
+from hvdlm.bench.allreduce.bandwidth import DTYPES
+from hvdlm.units import bus_factor
 
 
 class Backend:

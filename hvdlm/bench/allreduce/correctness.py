@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from hvdlm.bench.allreduce.units import EXACT_INTEGERS
+from hvdlm.bench.allreduce.bandwidth import EXACT_INTEGERS
 
 PATTERN_PERIOD = 7  # prime, so a chunk moved by a power-of-two offset changes the values
 

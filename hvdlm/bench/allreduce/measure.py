@@ -10,7 +10,7 @@ import torch
 from hvdlm.bench.allreduce.backends import Backend
 from hvdlm.bench.allreduce.correctness import count_wrong, expected_pattern, fill_periodic, pattern_period, rank_pattern
 from hvdlm.bench.allreduce.settings import Settings
-from hvdlm.bench.allreduce.units import DTYPES, algbw, element_count
+from hvdlm.bench.allreduce.bandwidth import DTYPES, algbw, element_count
 
 
 def time_calls(fn: Callable[[], object], warmup: int, iters: int,

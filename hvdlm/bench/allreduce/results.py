@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from hvdlm.bench import report
+from hvdlm.bench import output
 from hvdlm.bench.allreduce.settings import PLACEMENTS, Settings
 
 # Horovod settings worth recording with the results (rendezvous variables are left out).
@@ -21,18 +21,18 @@ HOROVOD_KNOBS = ("HOROVOD_CYCLE_TIME", "HOROVOD_FUSION_THRESHOLD", "HOROVOD_CACH
 
 
 COLUMNS = [
-    report.Column("bytes", "size", 11),
-    report.Column("count", "count", 11),
-    report.Column("dtype", "type", 5),
-    report.Column("op", "redop", 5),
-    report.Column("placement", "place", 5),
-    report.Column("backend", "backend", 11, align="<"),
-    report.Column("time_avg_us", "time avg", 10, "{:.1f}"),
-    report.Column("time_min_us", "min", 10, "{:.1f}"),
-    report.Column("time_max_us", "max", 10, "{:.1f}"),
-    report.Column("algbw_GBps", "algbw", 7, "{:.2f}"),
-    report.Column("busbw_GBps", "busbw", 7, "{:.2f}"),
-    report.Column("wrong", "#wrong", 6),
+    output.Column("bytes", "size", 11),
+    output.Column("count", "count", 11),
+    output.Column("dtype", "type", 5),
+    output.Column("op", "redop", 5),
+    output.Column("placement", "place", 5),
+    output.Column("backend", "backend", 11, align="<"),
+    output.Column("time_avg_us", "time avg", 10, "{:.1f}"),
+    output.Column("time_min_us", "min", 10, "{:.1f}"),
+    output.Column("time_max_us", "max", 10, "{:.1f}"),
+    output.Column("algbw_GBps", "algbw", 7, "{:.2f}"),
+    output.Column("busbw_GBps", "busbw", 7, "{:.2f}"),
+    output.Column("wrong", "#wrong", 6),
 ]
 UNITS = ["(B)", "(elements)", "", "", "", "", "(us)", "(us)", "(us)", "(GB/s)", "(GB/s)", ""]
 CSV_FIELDS = ["backend", "transport", "bytes", "count", "dtype", "op", "placement", "time_avg_us",
@@ -112,7 +112,7 @@ def side_by_side(rows: list[dict], dtype: str, placement: str) -> str | None:
         header += [f"{n} us", "GB/s"] + (["x floor"] if floor and n not in (floor, "memcpy") else [])
     body = []
     for nbytes in sorted({r["bytes"] for r in group}):
-        line = [report.human_bytes(nbytes)]
+        line = [output.human_bytes(nbytes)]
         for n in names:
             r = by.get((n, nbytes))
             ratio = floor and n not in (floor, "memcpy")
@@ -126,7 +126,7 @@ def side_by_side(rows: list[dict], dtype: str, placement: str) -> str | None:
         body.append(line)
     title = (f"# side by side, {dtype} {PLACEMENTS[placement]}: avg time (us), busbw (GB/s)"
              + (", and time / mpi4py's time (x floor)" if floor else ""))
-    return title + "\n" + report.format_grid(header, body)
+    return title + "\n" + output.format_grid(header, body)
 
 
 def _short(us: float) -> str:
@@ -144,8 +144,8 @@ def plot(rows: list[dict], meta: dict, path: Path) -> Path:
     groups = list(dict.fromkeys((r["dtype"], r["placement"]) for r in rows))
     for dtype, placement in groups:
         group = [r for r in rows if r["dtype"] == dtype and r["placement"] == placement]
-        bw = report.Panel(f"busbw, {dtype} {PLACEMENTS[placement]}", "message size (bytes)", "busbw (GB/s)")
-        tm = report.Panel(f"time per allreduce, {dtype} {PLACEMENTS[placement]}", "message size (bytes)",
+        bw = output.Panel(f"busbw, {dtype} {PLACEMENTS[placement]}", "message size (bytes)", "busbw (GB/s)")
+        tm = output.Panel(f"time per allreduce, {dtype} {PLACEMENTS[placement]}", "message size (bytes)",
                           "avg time (us)")
         for name in dict.fromkeys(r["backend"] for r in group):
             mine = sorted((r for r in group if r["backend"] == name), key=lambda r: r["bytes"])
@@ -161,7 +161,7 @@ def plot(rows: list[dict], meta: dict, path: Path) -> Path:
     knobs = ", ".join(f"{k}={v}" for k, v in meta["settings"].items()) or "Horovod defaults"
     runs = f", median of {meta['runs']} runs" if meta.get("runs", 1) > 1 else ""
     note = f"{meta['date']}  warm-up {meta['warmup']}, {meta['iters']} iterations{runs}; {knobs}"
-    return report.plot_panels(path, panels, title=title, ncols=2, note=note)
+    return output.plot_panels(path, panels, title=title, ncols=2, note=note)
 
 
 def median_of_runs(docs: list[dict]) -> tuple[dict, list[dict]]:
@@ -199,7 +199,7 @@ def header_lines(ctx, s: Settings) -> list[str]:
     knobs = ", ".join(f"{k}={v}" for k, v in m["settings"].items())
     lines.append(f"# settings: {knobs or 'none (Horovod and MPI defaults)'}")
     sizes = s.sizes
-    lines.append(f"# sizes {report.human_bytes(sizes[0])}..{report.human_bytes(sizes[-1])} (x{s.factor}), "
+    lines.append(f"# sizes {output.human_bytes(sizes[0])}..{output.human_bytes(sizes[-1])} (x{s.factor}), "
                  f"warm-up {s.warmup}, {s.iters} timed iterations; times are the largest over ranks; "
                  f"busbw = algbw * 2(n-1)/n")
     lines += [f"# note: {n}" for n in ctx.notes]

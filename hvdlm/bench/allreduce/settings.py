@@ -7,7 +7,8 @@ from pathlib import Path
 
 import torch
 
-from hvdlm.bench.allreduce.units import DTYPES, element_count, parse_bytes, sweep_sizes
+from hvdlm.bench.allreduce.bandwidth import DTYPES, element_count, sweep_sizes
+from hvdlm.units import parse_bytes
 from hvdlm.errors import HvdlmError
 
 BACKENDS = ("horovod", "torch-gloo", "torch-nccl", "mpi4py", "memcpy")

@@ -10,7 +10,7 @@ from typing import Callable
 
 import torch
 
-from hvdlm.bench import report
+from hvdlm.bench import output
 from hvdlm.bench.allreduce.backends import Backend, HorovodBackend, MemcpyBackend, Mpi4pyBackend, TorchBackend
 from hvdlm.bench.allreduce.measure import measure
 from hvdlm.bench.allreduce.results import describe, say
@@ -251,8 +251,8 @@ def check_memory(s: Settings, device: torch.device, local_size: int) -> None:
         if free is None:
             return
     if need > free:
-        raise HvdlmError(f"--max_bytes {report.human_bytes(s.max_bytes)} needs about {report.human_bytes(need)} "
-                         f"on {where} ({local_size} ranks there), but only {report.human_bytes(free)} is free",
+        raise HvdlmError(f"--max_bytes {output.human_bytes(s.max_bytes)} needs about {output.human_bytes(need)} "
+                         f"on {where} ({local_size} ranks there), but only {output.human_bytes(free)} is free",
                          everywhere=False)
 
 

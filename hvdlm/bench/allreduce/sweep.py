@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 
-from hvdlm.bench import report
+from hvdlm.bench import output
 from hvdlm.bench.allreduce.measure import horovod_gather, measure
 from hvdlm.bench.allreduce.results import (COLUMNS, CSV_FIELDS, UNITS, header_lines, loadavg, plot, say,
                                           side_by_side)
@@ -16,7 +16,7 @@ from hvdlm.bench.allreduce.startup import Context, start
 def sweep(ctx: Context, s: Settings) -> list[dict]:
     """Every dtype x placement x size x backend, printing rows on rank 0 as they come; the rows
     measured before Horovod started are printed first at their size."""
-    table = report.Table(COLUMNS)
+    table = output.Table(COLUMNS)
     rows: list[dict] = []
     early = {(r["dtype"], r["placement"], r["bytes"]): [] for r in ctx.early}
     for r in ctx.early:
@@ -58,8 +58,8 @@ def run(s: Settings) -> list[dict]:
                     print("#\n" + text, flush=True)
         meta = {**ctx.meta, "loadavg_end": loadavg(), "notes": ctx.notes}
         s.out_dir.mkdir(parents=True, exist_ok=True)
-        written = [report.write_csv(s.out_dir / "allreduce.csv", rows, CSV_FIELDS),
-                   report.write_json(s.out_dir / "allreduce.json", meta, rows)]
+        written = [output.write_csv(s.out_dir / "allreduce.csv", rows, CSV_FIELDS),
+                   output.write_json(s.out_dir / "allreduce.json", meta, rows)]
         if s.plot and rows:
             written.append(plot(rows, meta, s.out_dir / "allreduce.png"))
         print(f"hvdlm: wrote {', '.join(str(p) for p in written)}", flush=True)

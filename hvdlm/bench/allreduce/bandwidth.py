@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import torch
 
-from hvdlm.bench import report
+from hvdlm.bench import output
 from hvdlm.errors import HvdlmError
-from hvdlm.units import bus_factor, parse_bytes  # noqa: F401  (the sweep's names for them)
+from hvdlm.units import bus_factor
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # Every integer from 0 to this is exact in the dtype (so are sums that stay below it).
@@ -20,8 +20,8 @@ def sweep_sizes(min_bytes: int, max_bytes: int, factor: int) -> list[int]:
     if min_bytes < 1:
         raise HvdlmError(f"--min_bytes {min_bytes} is out of range: at least 1 byte", everywhere=True)
     if max_bytes > MAX_BYTES:
-        raise HvdlmError(f"--max_bytes {max_bytes} ({report.human_bytes(max_bytes)}) is out of range: "
-                         f"at most {report.human_bytes(MAX_BYTES)} (MPI element counts are 32-bit)",
+        raise HvdlmError(f"--max_bytes {max_bytes} ({output.human_bytes(max_bytes)}) is out of range: "
+                         f"at most {output.human_bytes(MAX_BYTES)} (MPI element counts are 32-bit)",
                          everywhere=True)
     if min_bytes > max_bytes:
         raise HvdlmError(f"--min_bytes {min_bytes} is larger than --max_bytes {max_bytes}", everywhere=True)

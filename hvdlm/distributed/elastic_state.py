@@ -1,4 +1,4 @@
-"""Elastic training's Horovod side (``elastic.py`` is the rest): ranks leave and join while the job
+"""Elastic training's Horovod side (``hvdlm/elastic.py`` is the rest: the launcher and the loop's session): ranks leave and join while the job
 runs; the state is committed in memory and synced from rank 0 after every reset."""
 
 from __future__ import annotations
