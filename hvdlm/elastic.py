@@ -169,7 +169,7 @@ class ElasticSession(loop.Session):
         batch = loop.describe_batch(state, world, job)
         if self.size is None:
             metrics.info(f"hvdlm: elastic, {world.size} rank(s) (range {self.sizes[0]}..{self.sizes[-1]}), "
-                         f"{job.model.num_params() / 1e6:.2f}M parameters, {job.precision}, {batch}, "
+                         f"{loop.describe_params(job)}, {job.precision}, {batch}, "
                          f"{loop.describe_lr(state, job)}" + (f", resuming at step {state.step}" if state.step else ""))
         else:
             metrics.info(f"hvdlm: elastic: {world.size} rank(s) now (were {self.size}), going on from step "

@@ -63,7 +63,7 @@ class Session:
         """Say what the run is, once it is planned for this world."""
         metrics.info(
             f"hvdlm: {world.size} rank(s) on {describe_hosts(job.hosts)}, {world.threads} thread(s) per rank on "
-            f"{world.device.type}, {job.model.num_params() / 1e6:.2f}M parameters, {job.precision}, "
+            f"{world.device.type}, {describe_params(job)}, {job.precision}, "
             f"{describe_batch(state, world, job)}, {describe_lr(state, job)}"
             + (f", resuming at step {state.step}" if state.step else ""))
 
@@ -79,6 +79,11 @@ def describe_hosts(hosts: list[str]) -> str:
     if len(ranks) == 1:
         return hosts[0]
     return ", ".join(f"{h} (rank{'s' if len(r) > 1 else ''} {','.join(map(str, r))})" for h, r in ranks.items())
+
+
+def describe_params(job: Job) -> str:
+    """'124.34M parameters (vocabulary 50,257)': the count depends on the vocabulary it assumes."""
+    return f"{job.model.num_params() / 1e6:.2f}M parameters (vocabulary {job.shape['vocab_size']:,})"
 
 
 def describe_lr(state: TrainState, job: Job) -> str:

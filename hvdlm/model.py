@@ -118,9 +118,10 @@ class GPT(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    def num_params(self, non_embedding: bool = True) -> int:
-        n = sum(p.numel() for p in self.parameters())
-        return n - self.pos_emb.weight.numel() if non_embedding else n
+    def num_params(self) -> int:
+        """Every parameter, the tied embedding once: what is trained, checkpointed and exchanged, and
+        what ``hvdlm plan`` counts (the one count hvdlm prints, always with its vocabulary)."""
+        return sum(p.numel() for p in self.parameters())
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
         T = idx.shape[1]

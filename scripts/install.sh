@@ -82,6 +82,32 @@ case "${1:-}" in
   *) die "unknown argument '$1' (usage: bash scripts/install.sh [--nccl-decision])" ;;
 esac
 
+# 0. Prerequisites, before anything is installed or built: each missing one is one line saying what
+# to install (the Horovod build takes minutes and would fail deep inside otherwise).
+prerequisites() {
+  local missing=()
+  if ! command -v "$PYTHON" >/dev/null 2>&1; then
+    missing+=("Python 3.11 or newer ($PYTHON not found): install it, or set PYTHON=/path/to/python3.11")
+  elif ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+    missing+=("Python 3.11 or newer ($PYTHON is $({ "$PYTHON" -V 2>&1 || true; } | head -n1)): set PYTHON=/path/to/python3.11 or load a newer python module")
+  else
+    if [ ! -x "$VENV/bin/python" ]; then
+      "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null ||
+        missing+=("Python's venv module: install python3-venv (Debian/Ubuntu: apt-get install python3-venv)")
+    fi
+    "$PYTHON" -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' 2>/dev/null ||
+      missing+=("Python's headers (Python.h): install python3-dev (Debian/Ubuntu: apt-get install python3-dev; conda and pyenv pythons have them)")
+  fi
+  command -v c++ >/dev/null 2>&1 || command -v g++ >/dev/null 2>&1 || command -v clang++ >/dev/null 2>&1 ||
+    missing+=("a C++ compiler: install g++ (Debian/Ubuntu: apt-get install g++; on a cluster: module load gcc)")
+  command -v make >/dev/null 2>&1 || missing+=("make: install make (Debian/Ubuntu: apt-get install make)")
+  if [ ${#missing[@]} -gt 0 ]; then
+    for m in "${missing[@]}"; do echo "[install] ERROR: missing $m" >&2; done
+    exit 1
+  fi
+}
+prerequisites
+
 # 1. MPI --------------------------------------------------------------------------------------
 if ! command -v mpicc >/dev/null 2>&1; then
   if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
@@ -159,6 +185,11 @@ if ! horovod_ok; then
     export HOROVOD_WITH_PYTORCH=1 HOROVOD_WITH_MPI=1 HOROVOD_WITH_GLOO=1
     export HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_MXNET=1
     export CMAKE_POLICY_VERSION_MINIMUM=3.5   # cmake >= 4 refuses gloo's old CMakeLists
+    if ! command -v cmake >/dev/null 2>&1; then  # none on the system: PyPI's, into the venv
+      say "no cmake found: installing PyPI's into the venv"
+      "${PIP[@]}" cmake
+      export PATH="$VENV/bin:$PATH"
+    fi
     export MAKEFLAGS="-j$(nproc)"
     if [ "$NCCL" = yes ]; then
       say "building with NCCL"

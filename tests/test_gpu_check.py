@@ -131,3 +131,23 @@ def test_the_decision_follows_torch_nvcc_and_the_gpus(tmp_path, torch_cuda, gpus
         assert "no GPU found" not in line, line
     else:
         assert "no GPU found: nvidia-smi lists none" in line and line.startswith("[install] NCCL: no ("), line
+
+
+def test_install_checks_its_prerequisites_before_anything_else(tmp_path):
+    """A Python that is too old (here: one whose version check fails) and no C++ compiler on PATH:
+    one line for each, exit 1, and nothing installed (no venv made)."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "python-too-old").write_text("#!/bin/sh\n[ \"$1\" = -V ] && echo 'Python 3.9.2'\nexit 1\n")
+    (fake / "python-too-old").chmod(0o755)
+    for tool in ("bash", "sed", "id", "dirname", "head"):  # what the script needs to reach its checks, and no compiler
+        (fake / tool).symlink_to(shutil.which(tool))
+    env = {"PATH": str(fake), "HOME": str(tmp_path), "PYTHON": str(fake / "python-too-old"),
+           "HVDLM_VENV": str(tmp_path / "venv")}
+    run = subprocess.run([str(fake / "bash"), str(INSTALL)], capture_output=True, text=True, env=env, timeout=60)
+    lines = run.stderr.strip().splitlines()
+    assert run.returncode == 1 and run.stdout == "", run.stdout + run.stderr
+    assert lines[0].startswith("[install] ERROR: missing Python 3.11 or newer") and "Python 3.9.2" in lines[0], lines
+    assert any("a C++ compiler: install g++" in line for line in lines), lines
+    assert all(line.startswith("[install] ERROR: missing ") for line in lines), lines
+    assert not (tmp_path / "venv").exists()

@@ -34,7 +34,7 @@ def test_attention_is_causal():
 def test_output_head_shares_the_token_embedding():
     model = small()
     assert model.head.weight is model.tok_emb.weight
-    assert model.num_params(non_embedding=False) == sum(p.numel() for p in model.parameters())
+    assert model.num_params() == sum(p.numel() for p in model.parameters())  # the tied weight once
 
 
 def test_longer_than_context_is_refused():
@@ -45,12 +45,12 @@ def test_longer_than_context_is_refused():
 def test_presets_span_tiny_to_gpt2_124m():
     assert set(PRESETS) >= {"tiny", "mini", "gpt2"}
     gpt2 = GPTConfig(vocab_size=50257, **PRESETS["gpt2"])
+    def by_hand(V, T, L, C):  # blocks (attention 4C^2, MLP 8C^2, two layer norms), embeddings, final norm
+        return L * (12 * C * C + 2 * C) + V * C + T * C + C
+
     with torch.device("meta"):  # no memory: just count
-        n = GPT(gpt2).num_params(non_embedding=False)
-    assert 123e6 < n < 126e6
-    with torch.device("meta"):
-        mini = GPT(GPTConfig(vocab_size=256, **PRESETS["mini"])).num_params()
-    assert 10e6 < mini < 11.5e6
+        assert GPT(gpt2).num_params() == by_hand(50257, 1024, 12, 768) == 124_337_664
+        assert GPT(GPTConfig(vocab_size=256, **PRESETS["mini"])).num_params() == by_hand(256, 256, 6, 384)
 
 
 def test_generate_appends_tokens_within_vocabulary():

@@ -248,7 +248,7 @@ def add_train_parser(sub) -> None:
     t = sub.add_parser("train", help="training tokens/s: 1 rank vs N ranks (Horovod MPI/Gloo) vs PyTorch DDP",
                        description=__doc__.split("\n\n")[0].replace("``", "`"))
     t.add_argument("--data_dir", default="data/default", help="prepared data (default: data/default)")
-    t.add_argument("--preset", default="mini", help="model preset (default: mini, 10.7M parameters)")
+    t.add_argument("--preset", default="mini", help="model preset (default: mini, 10.8M parameters on bytes)")
     t.add_argument("--block_size", type=int, default=0, help="context length (default: the preset's)")
     t.add_argument("--global_batch_size", dest="global_batch", type=int, default=12,
                    help="sequences per step over all ranks (default: 12)")
