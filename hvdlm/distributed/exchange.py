@@ -8,6 +8,7 @@ import horovod.torch as hvd
 import torch
 
 from hvdlm.distributed.codecs import CODECS
+from hvdlm.distributed.world import alone
 
 
 def allreduce_average(flat: torch.Tensor, name: str, wire: str = "none") -> torch.Tensor:
@@ -36,13 +37,12 @@ class Average:
 
     def __init__(self, flat: torch.Tensor, name: str, wire: str = "none"):
         self.name, self.wire, self._value = name, wire, None
-        n = hvd.size()
         self._codec = CODECS.get(wire)
         if self._codec:
-            if n == 1:
+            if alone():
                 self._value = self._codec.decode(self._codec.encode(flat), flat.numel())
                 return
-            count = flat.numel()
+            n, count = hvd.size(), flat.numel()
             # ceil, in whole blocks: every rank owns one chunk; the last ones may be short or empty
             chunk = -(-count // n)
             chunk = -(-chunk // self._codec.BLOCK) * self._codec.BLOCK
@@ -55,7 +55,7 @@ class Average:
             self._gathering = False
         else:
             payload = flat.half() if wire == "fp16" else flat
-            if n == 1:  # alone: the mean is here now, not after Horovod's next cycle (50 ms alone)
+            if alone():  # the mean is here now, not after Horovod's next cycle (50 ms alone)
                 self._value = payload.float() if wire == "fp16" else flat.clone()
                 return
             self._handle = hvd.allreduce_async(payload, op=hvd.Average, name=name)
