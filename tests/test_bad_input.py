@@ -170,3 +170,13 @@ def test_plot_into_a_file_path_and_plan_into_a_closed_pipe(tmp_path):
                     cwd=tmp_path)
     assert "closed pipe" in closed.output and "Traceback" not in closed.output, closed.output
     assert not list(tmp_path.glob("error-rank*.log"))
+
+
+def test_the_help_lists_what_is_accepted():
+    """`bench sync --help` names every method it takes (the diloco variants too); `plan --help`
+    offers no empty preset."""
+    sync = launch("single", [HVDLM, "bench", "sync", "--help"])
+    listed = " ".join(sync.stdout.split())
+    assert sync.returncode == 0 and all(m in listed for m in ("diloco-int8-overlap", "local_sgd-overlap", "diloco-fp16"))
+    plan = launch("single", [HVDLM, "plan", "--help"])
+    assert plan.returncode == 0 and "{tiny,mini,small,gpt2,gpt2-medium}" in plan.stdout and "{," not in plan.stdout
