@@ -148,7 +148,8 @@ def test_plan_runs_with_horovod_unimportable(tmp_path):
     code = ("import sys; sys.modules['horovod'] = None\n"
             "from hvdlm.cli import main\n"
             "main(['plan', '--preset', 'gpt2', '--gpu', 'A100', '--ranks', '16', '--ranks_per_host', '8'])\n"
-            "assert not [m for m, v in sys.modules.items() if v is not None and m.startswith(('horovod', 'hvdlm.distributed'))]")
+            "assert not [m for m, v in sys.modules.items()\n"
+            "            if v is not None and m.startswith(('horovod', 'hvdlm.distributed'))]")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert run.returncode == 0 and "hvdlm: fastest within" in run.stdout, run.stdout + run.stderr
 

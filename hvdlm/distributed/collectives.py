@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import pickle
 import signal
+import time
 from typing import Callable, TypeVar
 
 import horovod.torch as hvd
@@ -18,6 +19,21 @@ from hvdlm.errors import HvdlmError
 from hvdlm.tensors import alias_key, map_tensors
 
 T = TypeVar("T")
+
+
+def wait(handle):
+    """Horovod's ``synchronize`` for a collective that may take seconds (ranks waiting for rank 0 to
+    read or write a checkpoint): ``synchronize`` itself spins (a yield in a loop), so each waiting
+    rank keeps a core busy, and where ranks share cores (more ranks than cores, as on a
+    workstation) the spinners take them from the one rank doing the work: rank 0's read of a
+    checkpoint took 2-9 s with 3 ranks waiting on 2 cores against 1.1 s with 1 (benchmarks/RESULTS.md).
+    Here a waiting rank sleeps between polls (0.1 ms, doubling to 5 ms: at most 5 ms late), with
+    the GIL released, then collects the result."""
+    delay = 1e-4
+    while not hvd.poll(handle):
+        time.sleep(delay)
+        delay = min(2 * delay, 5e-3)
+    return hvd.synchronize(handle)
 
 
 def broadcast_parameters(model: torch.nn.Module) -> None:
@@ -95,10 +111,10 @@ def _broadcast_pickle(obj, name: str):
     if hvd.rank() == 0:
         payload = torch.frombuffer(bytearray(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)), dtype=torch.uint8)
     length = torch.tensor([payload.numel() if payload is not None else 0], dtype=torch.int64)
-    hvd.broadcast_(length, root_rank=0, name=name + ".length")
+    wait(hvd.broadcast_async_(length, root_rank=0, name=name + ".length"))
     if payload is None:
         payload = torch.empty(int(length.item()), dtype=torch.uint8)
-    hvd.broadcast_(payload, root_rank=0, name=name + ".pickle")
+    wait(hvd.broadcast_async_(payload, root_rank=0, name=name + ".pickle"))
     return obj if hvd.rank() == 0 else pickle.loads(payload.numpy().tobytes())
 
 
@@ -125,7 +141,7 @@ def broadcast_tensors_(tensors: list[torch.Tensor], name: str) -> None:
         in_flight += piece.numel() * piece.element_size()
         if in_flight >= WINDOW_BYTES or i == len(pieces) - 1:
             for handle in handles:
-                hvd.synchronize(handle)
+                wait(handle)
             handles, in_flight = [], 0
 
 
@@ -139,8 +155,8 @@ def gather_objects(obj: T, name: str) -> list[T]:
     if alone():
         return [obj]
     payload = torch.frombuffer(bytearray(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)), dtype=torch.uint8)
-    sizes = hvd.allgather(torch.tensor([payload.numel()], dtype=torch.int64), name=name + ".sizes").tolist()
-    gathered = hvd.allgather(payload, name=name + ".payload").numpy()
+    sizes = wait(hvd.allgather_async(torch.tensor([payload.numel()], dtype=torch.int64), name=name + ".sizes")).tolist()
+    gathered = wait(hvd.allgather_async(payload, name=name + ".payload")).numpy()
     ends = itertools.accumulate(sizes)
     return [pickle.loads(gathered[end - n:end]) for n, end in zip(sizes, ends)]
 
@@ -149,7 +165,7 @@ def ranks_where(flag: bool, name: str) -> list[int]:
     """The ranks on which ``flag`` is true (one number from each rank)."""
     if alone():
         return [0] if flag else []
-    got = hvd.allgather(torch.tensor([int(flag)], dtype=torch.int32), name=name)
+    got = wait(hvd.allgather_async(torch.tensor([int(flag)], dtype=torch.int32), name=name))
     return [r for r, f in enumerate(got.tolist()) if f]
 
 
@@ -158,14 +174,14 @@ def average(values: list[float], name: str) -> list[float]:
     if alone():
         return list(values)
     t = torch.tensor(values, dtype=torch.float64)
-    return hvd.allreduce(t, op=hvd.Average, name=name).tolist()
+    return wait(hvd.allreduce_async(t, op=hvd.Average, name=name)).tolist()
 
 
 def sum_all(values: list[float], name: str) -> list[float]:
     if alone():
         return list(values)
     t = torch.tensor(values, dtype=torch.float64)
-    return hvd.allreduce(t, op=hvd.Sum, name=name).tolist()
+    return wait(hvd.allreduce_async(t, op=hvd.Sum, name=name)).tolist()
 
 
 def allgather(obj: T) -> list[T]:
@@ -229,7 +245,7 @@ class StopSignals:
 
     def end_step(self) -> str | None:
         """The name of the signal any rank received (the same on every rank), or None."""
-        signum = int(hvd.synchronize(self._handle).item()) if self._handle is not None else stop_signals.received()
+        signum = int(wait(self._handle).item()) if self._handle is not None else stop_signals.received()
         return signal.Signals(signum).name if signum else None
 
     def restore(self) -> None:
@@ -239,7 +255,7 @@ class StopSignals:
 def barrier(name: str) -> None:
     """Every rank waits here for the others (e.g. for rank 0 to finish writing a checkpoint)."""
     if not alone():
-        hvd.allreduce(torch.zeros(1), name=name)
+        wait(hvd.allreduce_async(torch.zeros(1), name=name))
 
 
 def allreduce_sum_(buf: torch.Tensor, name: str) -> None:

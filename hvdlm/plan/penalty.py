@@ -23,7 +23,8 @@ def _load() -> dict[tuple[str, int, int], tuple[float, str]]:
     out = {}
     for e in json.loads(RECORDED.read_text())["penalties"]:
         source = "the baseline" if e["section"] is None else f'RESULTS.md, "{e["section"]}"'
-        out[(e["method"], e["setting"], e["overlap"])] = (e["pct"], source + (f", {e['note']}" if e.get("note") else ""))
+        note = f", {e['note']}" if e.get("note") else ""
+        out[(e["method"], e["setting"], e["overlap"])] = (e["pct"], source + note)
     return out
 
 
