@@ -17,7 +17,6 @@ from pathlib import Path
 
 from hvdlm.errors import HvdlmError
 from hvdlm.model import PRESETS
-from hvdlm.sync.modes import Mode, mode_of
 
 
 def opt(default, help: str, choices=None):
@@ -98,11 +97,6 @@ class DistributedConfig:
     discovery_script: str = opt("", "elastic: executable that prints the available hosts, one `host:slots` a line")
     commit_interval: int = opt(10, "elastic: commit the state in memory every this many steps; a lost rank costs "
                                    "at most this many steps")
-
-    @property
-    def mode(self) -> Mode:
-        """The sync mode --sync and --compression select (``sync.modes``): what it is, not how it runs."""
-        return mode_of(self.sync, self.compression)
 
 
 @dataclass

@@ -15,6 +15,7 @@ from hvdlm.config import Config
 from hvdlm.data.sampler import ShardedSampler, split_global_batch
 from hvdlm.errors import HvdlmError
 from hvdlm.optim import scaled_lr
+from hvdlm.sync import mode_of_config
 
 
 @dataclass
@@ -38,7 +39,7 @@ def plan_batches(cfg: Config, size: int, num_train_seqs: int, resume: dict | Non
         # Every-step sync takes one step on the global batch: the lr scales with it (= the number of
         # ranks unless --global_batch_size is set). Under local_sgd/diloco each rank's optimizer steps
         # on its own batch, so the inner lr is the one tuned for that batch, at any rank count.
-        factor = global_batch / reference if cfg.distributed.mode.lr_scales else 1.0
+        factor = global_batch / reference if mode_of_config(cfg.distributed).lr_scales else 1.0
         plan = BatchPlan(global_batch, scaled_lr(o.lr, factor, o.lr_scaling),
                          scaled_lr(o.min_lr, factor, o.lr_scaling))
     split(plan.global_batch, size, d.batch_size)

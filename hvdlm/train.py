@@ -21,6 +21,7 @@ from hvdlm.model import GPT, GPTConfig
 from hvdlm.optim import build_optimizer
 from hvdlm.precision import resolve_precision
 from hvdlm.state import TrainState
+from hvdlm.sync import mode_of_config
 from hvdlm.sync.build import build_strategy
 
 
@@ -70,7 +71,7 @@ def setup(cfg: Config, world: dist.World, watch, size: int, everyone: Callable, 
 def start(cfg: Config) -> tuple[dist.World, watchdog.Watchdog | watchdog.Idle]:
     """What plain and elastic runs start with: Horovod (at the sync mode's cycle: step 1), then the
     watchdog, which ends the job with one line if this rank or a peer stops making progress."""
-    world = dist.init(cfg.distributed.threads, cycle_ms=cfg.distributed.mode.cycle_ms)
+    world = dist.init(cfg.distributed.threads, cycle_ms=mode_of_config(cfg.distributed).cycle_ms)
     return world, watchdog.start(world, cfg, dist.allgather)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from hvdlm.sync.sizes import INT8_BLOCK, int8_encoded_bytes
+from hvdlm.wire_bytes import INT8_BLOCK, int8_encoded_bytes
 
 
 class Bf16:

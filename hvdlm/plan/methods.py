@@ -33,7 +33,7 @@ started with the step and read at its end; Horovod serves it at the next cycle, 
 than the cycle waits for the rest of it (the steps fall in phase with the cycles). A 4-byte
 message is latency only: it costs what the negotiation does (a tree), not a ring's 2(N-1) hops.
 
-Bytes each rank sends per step are what hvdlm's counters add up (``sync.sizes.ring_bytes``, the
+Bytes each rank sends per step are what hvdlm's counters add up (``wire_bytes.ring_bytes``, the
 ``sync_bytes`` of metrics.jsonl): 2(N-1)/N x elements x bytes per element, per exchange.
 """
 
@@ -44,7 +44,7 @@ from dataclasses import dataclass, replace
 from hvdlm.plan import network, overlap
 from hvdlm.plan.network import Cluster
 from hvdlm.sync import MODES, Mode
-from hvdlm.sync.sizes import BYTES_PER_VALUE, compressed_shape, encoded_bytes, ring_bytes
+from hvdlm.wire_bytes import BYTES_PER_VALUE, compressed_shape, encoded_bytes, ring_bytes
 
 BACKWARD = 2 / 3  # of forward + backward (6N FLOPs per token: 2N forward, 4N backward)
 COPY_BYTES = 24  # memory traffic per element of hvdlm's own flatten/encode/decode/unflatten, or PowerSGD's passes

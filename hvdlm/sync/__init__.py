@@ -13,10 +13,10 @@ The interface and what the strategies share are in ``base.py``; each strategy is
 ``build.build_strategy(cfg)`` makes the one the configuration asks for (``config.validate_sync``
 has already refused the combinations that make no sense). What a mode *is* (periodic or not, lr
 scaling, Horovod's cycle, its checkpoint tag, its wire bytes) is in ``modes.py`` and its byte
-arithmetic in ``sizes.py``: both plain Python, and this package's ``__init__`` imports nothing
+arithmetic in ``hvdlm/wire_bytes.py``: plain Python, and this package's ``__init__`` imports nothing
 else, so ``hvdlm plan`` reads them without starting Horovod.
 """
 
-from hvdlm.sync.modes import EVERY_STEP, MODES, PERIODIC, Mode, mode_of
+from hvdlm.sync.modes import EVERY_STEP, MODES, PERIODIC, Mode, mode_of, mode_of_config
 
-__all__ = ["EVERY_STEP", "MODES", "Mode", "PERIODIC", "mode_of"]
+__all__ = ["EVERY_STEP", "MODES", "Mode", "PERIODIC", "mode_of", "mode_of_config"]

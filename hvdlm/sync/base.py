@@ -29,7 +29,7 @@ so that a resume under another strategy drops them instead of misreading them:
 
 The loads return the lines a resume prints (what was dropped or replaced, and why).
 ``sent_bytes`` counts the payload bytes this rank has sent so far, computed from what each
-collective moves (``sizes.ring_bytes``: a ring allreduce of B bytes sends 2(n-1)/n x B per rank);
+collective moves (``wire_bytes.ring_bytes``: a ring allreduce of B bytes sends 2(n-1)/n x B per rank);
 ``describe()`` is the phrase the start line uses; ``mode`` (``modes.Mode``, given by
 ``build.build_strategy``) is what the rest of hvdlm asks about the strategy.
 """
@@ -43,7 +43,7 @@ import torch
 from hvdlm import distributed as dist
 from hvdlm.errors import HvdlmError
 from hvdlm.sync.modes import MODES, Mode
-from hvdlm.sync.sizes import ring_bytes
+from hvdlm.wire_bytes import ring_bytes
 
 
 @dataclass

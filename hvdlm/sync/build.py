@@ -7,6 +7,7 @@ from __future__ import annotations
 from hvdlm.config import Config
 from hvdlm.sync.allreduce import Adasum, Bf16Allreduce, GradientAllreduce
 from hvdlm.sync.base import Sync
+from hvdlm.sync.modes import mode_of_config
 from hvdlm.sync.periodic import Periodic
 from hvdlm.sync.powersgd import PowerSGD
 
@@ -14,7 +15,7 @@ from hvdlm.sync.powersgd import PowerSGD
 def build_strategy(cfg: Config) -> Sync:
     """The strategy ``--sync`` and ``--compression`` (and ``--reduce_op``) select."""
     d = cfg.distributed
-    mode = d.mode
+    mode = mode_of_config(d)
     if mode.periodic:
         outer = (d.outer_lr, d.outer_momentum) if mode.name == "diloco" else None
         return Periodic(d.sync_every, cfg.train.max_steps, outer, d.compression, d.overlap_steps)

@@ -15,7 +15,7 @@ from typing import Callable
 
 import torch
 
-from hvdlm.sync.sizes import compressed_shape
+from hvdlm.wire_bytes import compressed_shape
 from hvdlm.tensors import flatten, unflatten_into
 
 Average = Callable[[torch.Tensor, str], torch.Tensor]  # (flat payload, name) -> its mean over the ranks

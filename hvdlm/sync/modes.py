@@ -5,7 +5,7 @@ checkpoint's tags, ``hvdlm plan`` and ``hvdlm bench sync`` read it before (or wi
 A mode is a ``Mode``: its name (what ``plan`` and ``bench sync`` call it), how it exchanges (the
 path ``plan`` costs), whether it exchanges every H steps (then Horovod runs at the slower periodic
 cycle and the lr is each rank's own, not scaled with the ranks), the tag of its checkpointed state,
-the wire types it sends (their bytes: ``sizes.py``) and the ``hvdlm train`` flags that select it.
+the wire types it sends (their bytes: ``hvdlm/wire_bytes.py``) and the ``hvdlm train`` flags that select it.
 Each strategy class carries its mode (``Sync.mode``). A new strategy is its module, one entry here
 and one branch in ``build.py`` (docs/design.md).
 """
@@ -53,6 +53,11 @@ MODES = {m.name: m for m in (
 )}
 EVERY_STEP = tuple(m for m in MODES.values() if not m.periodic)
 PERIODIC = tuple(m for m in MODES.values() if m.periodic)
+
+
+def mode_of_config(d) -> Mode:
+    """The mode a run's ``DistributedConfig`` selects."""
+    return mode_of(d.sync, d.compression)
 
 
 def mode_of(sync: str, compression: str) -> Mode:

@@ -32,7 +32,7 @@ import torch
 from hvdlm import distributed as dist
 from hvdlm.sync.base import OwnCollectives, check_finite
 from hvdlm.sync.modes import MODES
-from hvdlm.sync.sizes import BYTES_PER_VALUE
+from hvdlm.wire_bytes import BYTES_PER_VALUE
 from hvdlm.tensors import flatten, unflatten_into
 
 

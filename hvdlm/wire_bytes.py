@@ -1,7 +1,8 @@
 """Bytes on the wire, as arithmetic: what each wire type costs per value, the int8 codec's block
 layout, which gradients PowerSGD compresses, and what a rank sends in a ring allreduce. Plain Python
-with no Horovod (and no torch), so ``hvdlm plan`` and the strategies count with the same functions
-and the plan's bytes are the strategies' counters (``Sync.sent_bytes``) by construction."""
+with no Horovod (and no torch), below both ``distributed`` (the int8 codec) and ``sync``, so
+``hvdlm plan`` and the strategies count with the same functions and the plan's bytes are the
+strategies' counters (``Sync.sent_bytes``) by construction."""
 
 from __future__ import annotations
 
