@@ -165,9 +165,8 @@ def test_plot_into_a_file_path_and_plan_into_a_closed_pipe(tmp_path):
     run = launch("single", [HVDLM, "plot", str(tmp_path / "run"), "--out", str(tmp_path / "a-file" / "loss.png")],
                  cwd=tmp_path)
     assert_one_clear_error(run, "a-file")
-    closed = launch("single", ["bash", "-c", f"{HVDLM} plan --preset gpt2 --ranks 1024 --gpu A100 --sync_every "
-                                             "5,10,25,50,100 --powersgd_rank 1,2,4,8,16 | head -c 10 >/dev/null"],
-                    cwd=tmp_path)
+    # the reader is gone before plan writes (`true` exits at once; plan takes a second to start)
+    closed = launch("single", ["bash", "-c", f"{HVDLM} plan --preset gpt2 --ranks 1024 --gpu A100 | true"], cwd=tmp_path)
     assert "closed pipe" in closed.output and "Traceback" not in closed.output, closed.output
     assert not list(tmp_path.glob("error-rank*.log"))
 
