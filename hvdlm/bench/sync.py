@@ -240,9 +240,10 @@ def run(args) -> list[dict]:
     for entry in (x.strip() for x in args.links.split(",") if x.strip()):
         link, _, only = entry.partition(":")
         plan[link] = [m for m in only.split("+") if m] if only else methods
-    unknown = [m for ms in plan.values() for m in ms if m not in variants()]
+    known = variants()
+    unknown = [m for ms in plan.values() for m in ms if m not in known]
     if unknown:
-        raise HvdlmError(f"unknown method {unknown[0]!r}; choose from {', '.join(variants())}")
+        raise HvdlmError(f"unknown method {unknown[0]!r}; choose from {', '.join(known)}")
     if any(x != "free" for x in plan) and not args.slow_cmd:
         print(f"hvdlm: no --slow_cmd: measuring the free link only (not {', '.join(x for x in plan if x != 'free')})")
         plan = {"free": plan["free"]} if "free" in plan else {}

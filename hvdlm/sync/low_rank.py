@@ -18,7 +18,7 @@ import torch
 from hvdlm.wire_bytes import compressed_shape
 from hvdlm.tensors import flatten, unflatten_into
 
-Average = Callable[[torch.Tensor, str], torch.Tensor]  # (flat payload, name) -> its mean over the ranks
+MeanOverRanks = Callable[[torch.Tensor, str], torch.Tensor]  # (flat payload, name) -> its mean over the ranks
 
 
 class LowRank:
@@ -45,7 +45,7 @@ class LowRank:
         self.q = [torch.randn(m, r, generator=gen).to(params[i].device)
                   for i, (n, m, r) in zip(self.compressed, self.shapes)]
 
-    def average_(self, grads: list[torch.Tensor], average: Average) -> tuple[int, int]:
+    def average_(self, grads: list[torch.Tensor], average: MeanOverRanks) -> tuple[int, int]:
         """Replace each gradient by its PowerSGD average; keep this rank's residuals. Returns the
         element counts of the two exchanges (P's with the plain tensors, then Q's)."""
         if self.errors is None:
