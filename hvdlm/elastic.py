@@ -193,7 +193,7 @@ def train_elastic(cfg: Config) -> dict:
     # loop), planned for the full-size job; rank 0's state reaches every rank in the elastic sync.
     sizes = check_range(cfg, world.size)
     job, state = setup(cfg, world, watch, sizes[-1], everyone=lambda fn: fn(),
-                       on_root=lambda fn: fn() if world.is_root else None)
+                       on_root=lambda fn: dist.settled(fn()) if world.is_root else None)
     t = cfg.train
     session = ElasticSession(job, state, sizes, cfg.distributed.commit_interval)
 

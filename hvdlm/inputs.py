@@ -17,6 +17,7 @@ from hvdlm import checkpoint, pretrained
 from hvdlm.config import Config, model_shape
 from hvdlm.data import load_meta, open_tokens, verify_checksums
 from hvdlm.data.sampler import num_sequences
+from hvdlm.distributed import Unverified, settled
 from hvdlm.errors import HvdlmError
 from hvdlm.state import TrainState, plan_batches
 
@@ -59,10 +60,13 @@ def prepare_out_dir(out_dir: str) -> None:
         raise HvdlmError(f"cannot write to out_dir {out_dir}: {e.strerror or e}") from None
 
 
-def load_resume_state(cfg: Config, shape: dict, meta: dict) -> dict | None:
+def load_resume_state(cfg: Config, shape: dict, meta: dict, verify: bool = True) -> dict | Unverified | None:
     """Rank 0 reads the newest valid checkpoint in ``out_dir``, if any, and checks it fits this run.
-    ``state["resumed_from"]`` says which file it is and which newer ones were skipped, and why."""
-    found = checkpoint.newest_valid(cfg.train.out_dir) if cfg.train.resume else None
+    ``state["resumed_from"]`` says which file it is and which newer ones were skipped, and why.
+
+    With ``verify`` False the checksum is left for ``distributed.on_root`` to check while it sends
+    the state (an ``Unverified``); if it fails, the fallback reads again, verifying first."""
+    found = checkpoint.newest_valid(cfg.train.out_dir, verify) if cfg.train.resume else None
     if found is None:
         return None
     state, path = checkpoint.upgrade(found.state), found.path
@@ -73,7 +77,7 @@ def load_resume_state(cfg: Config, shape: dict, meta: dict) -> dict | None:
             f"checkpoint {path} was trained on data tokenized as {state.get('tokenizer', {}).get('kind')!r} "
             f"but {cfg.data.data_dir} uses {meta['tokenizer']['kind']!r} with another vocabulary; "
             "point data_dir at the data it was trained on")
-    return state
+    return state if verify else Unverified(state, found.check, lambda: load_resume_state(cfg, shape, meta))
 
 
 @dataclass
@@ -88,21 +92,23 @@ class Inputs:
 
 
 def _here(fn: Callable[[], T]) -> T:
-    return fn()
+    return settled(fn())
 
 
 def read_inputs(cfg: Config, size: int, everyone: Callable = _here, on_root: Callable | None = _here) -> Inputs:
     """Check every input in the order a user would fix them, and plan the batches for ``size`` ranks
     (an elastic job's largest). ``everyone(fn)`` runs a check on each rank (``distributed.agree``
     makes one rank's error every rank's); ``on_root(fn)`` reads the checkpoint on rank 0 and shares
-    it (``distributed.on_root``); ``on_root=None`` reads none (a check before launching)."""
+    it (``distributed.on_root``, which checks its checksum while sending it; an ``on_root`` that
+    sends nothing checks it first: ``distributed.settled``); ``on_root=None`` reads none (a check
+    before launching)."""
     meta = everyone(lambda: load_meta(cfg.data.data_dir))
     # --init_from: rank 0 reads the pretrained model's config and checks it against the flags and the data
     start = on_root(lambda: pretrained.inspect(cfg, meta)) if cfg.train.init_from and on_root else None
     shape = start.shape if start else model_shape(cfg.model, meta["vocab_size"])
     data = everyone(lambda: load_data(cfg, shape["block_size"]))
     everyone(lambda: prepare_out_dir(cfg.train.out_dir))  # every rank: each writes its own checkpoint files
-    resume = on_root(lambda: load_resume_state(cfg, shape, data.meta)) if on_root else None
+    resume = on_root(lambda: load_resume_state(cfg, shape, data.meta, verify=False)) if on_root else None
     num_train_seqs = num_sequences(len(data.train), shape["block_size"])
     plan = everyone(lambda: plan_batches(cfg, size, num_train_seqs, resume))
     return Inputs(data, shape, resume, TrainState(plan, num_train_seqs, cfg.train.seed, cfg.data.batch_size), start)

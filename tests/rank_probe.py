@@ -3,6 +3,7 @@
     python rank_probe.py samples OUT.json NUM_SEQS BATCH SEED
     python rank_probe.py gather OUT.json                     (hvdlm's gather_objects, 16 MB a rank)
     python rank_probe.py broadcast OUT.json                  (hvdlm's broadcast_object: tensors as tensors)
+    python rank_probe.py on_root OUT.json                    (on_root of an Unverified value: check, fallback)
     python rank_probe.py params OUT.json -- <hvdlm train flags>
     python rank_probe.py crash UNUSED -- <hvdlm train flags>   (rank 1 raises at step 3)
     python rank_probe.py signal UNUSED -- <hvdlm train flags>  (rank 1 gets SIGUSR1 at step 3)
@@ -89,6 +90,45 @@ def broadcast(out):
             and got["bf16"][0].dtype == torch.bfloat16 and torch.equal(got["bf16"][0], want["bf16"][0])
             and (got["bf16"][1], got["n"], got["none"]) == ("text", 3, None))
     report = d.gather_objects({"rank": hvd.rank(), "same": bool(same), "gil_gap_s": gap[0]}, "probe.report")
+    if hvd.rank() == 0:
+        json.dump(report, open(out, "w"))
+
+
+def on_root(out):
+    """``on_root`` of values read without their check (``Unverified``): a check that passes, one
+    that fails and one that raises, each running on rank 0 in a thread while the value travels;
+    every rank must end with the value or the fallback's, and an HvdlmError must reach every rank."""
+    import threading
+
+    from hvdlm import distributed as d
+    from hvdlm.errors import HvdlmError
+
+    hvd.init()
+    value, fallback = torch.arange(2 << 20, dtype=torch.float32), torch.full((3,), 7.0)
+    threads = []
+
+    def checker(answer):
+        def check():
+            threads.append(threading.current_thread() is not threading.main_thread())
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+        return check
+
+    got = {}
+    for case, answer in (("passes", None), ("fails", "checksum mismatch"), ("raises", OSError("gone"))):
+        result = d.on_root(lambda: d.Unverified({"t": value}, checker(answer), lambda: {"t": fallback}))
+        got[case] = ("value" if torch.equal(result["t"], value) else
+                     "fallback" if torch.equal(result["t"], fallback) else "neither")
+
+    def refuse():
+        raise HvdlmError("no such checkpoint")
+    try:
+        d.on_root(refuse)
+        got["error"] = None
+    except HvdlmError as e:
+        got["error"] = str(e)
+    report = d.gather_objects({"rank": hvd.rank(), **got, "in_threads": threads}, "probe.report")
     if hvd.rank() == 0:
         json.dump(report, open(out, "w"))
 
@@ -243,5 +283,5 @@ def elastic_sync(out, *flags):
 if __name__ == "__main__":
     what, out, *rest = sys.argv[1:]
     torch.set_num_threads(1)
-    {"samples": samples, "gather": gather, "broadcast": broadcast, "params": params, "crash": crash, "signal": signal, "fault": fault,
+    {"samples": samples, "gather": gather, "broadcast": broadcast, "on_root": on_root, "params": params, "crash": crash, "signal": signal, "fault": fault,
      "elastic_sync": elastic_sync}[what](out, *[a for a in rest if a != "--"])

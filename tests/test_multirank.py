@@ -49,6 +49,17 @@ def test_broadcast_object_sends_tensors_as_tensors_to_every_rank(launcher, np, t
     assert max(r["gil_gap_s"] for r in report) < 2.0, report  # the heartbeat beats every second
 
 
+def test_on_root_checks_a_value_while_it_travels_and_sends_the_fallback_when_the_check_fails(tmp_path):
+    """A resume's checksum runs beside the broadcast of the state (rank 0's read, hash and send
+    overlap); when it fails or raises, every rank ends with the fallback's value instead."""
+    out = tmp_path / "on_root.json"
+    check(launch("mpirun", [sys.executable, PROBE, "on_root", str(out)], np=3))
+    want = {"passes": "value", "fails": "fallback", "raises": "fallback", "error": "no such checkpoint"}
+    report = json.loads(out.read_text())
+    assert [{k: r[k] for k in want} for r in report] == [want] * 3, report
+    assert report[0]["in_threads"] == [True, True, True] and report[1]["in_threads"] == [], report
+
+
 @pytest.mark.parametrize("launcher, extra", [
     ("horovodrun-gloo", []),
     ("horovodrun-mpi", ["--compression", "fp16", "--grad_accum", "2"]),

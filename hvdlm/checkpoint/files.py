@@ -165,14 +165,15 @@ def _remove_stale_temporaries(out: Path) -> None:
 def load(path: str | Path) -> dict:
     """Read one checkpoint and verify its checksum; any problem is one HvdlmError line."""
     path = Path(path)
-    state, problem = _try_load(path)
+    state, problem, _ = _try_load(path)
     if problem:
         raise HvdlmError(f"cannot read checkpoint {path}: {problem}")
     return state
 
 
-def _try_load(path: Path) -> tuple[dict | None, str | None]:
-    """(state, None), or (None, why it cannot be used)."""
+def _try_load(path: Path, verify: bool = True) -> tuple[dict | None, str | None, str | None]:
+    """(state, None, its saved checksum), or (None, why it cannot be used, None). With ``verify``
+    False the checksum is left to the caller (``Found.check``)."""
     try:
         # mmap: the tensors are the file's pages, read as the checksum walks them (no copy of the
         # whole file, and no long read in one call that holds the GIL)
@@ -183,15 +184,22 @@ def _try_load(path: Path) -> tuple[dict | None, str | None]:
                 raise
             state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        return None, "no such file"
+        return None, "no such file", None
     except Exception as e:  # truncated, not a checkpoint, or holding objects we do not unpickle
-        return None, unreadable(e)
+        return None, unreadable(e), None
     if not isinstance(state, dict):
-        return None, f"not an hvdlm checkpoint (a {type(state).__name__})"
+        return None, f"not an hvdlm checkpoint (a {type(state).__name__})", None
     saved = state.pop(CHECKSUM_KEY, None)
+    if verify and (problem := mismatch(state, saved)):
+        return None, problem, None
+    return state, None, saved
+
+
+def mismatch(state: dict, saved: str | None) -> str | None:
+    """Why ``state`` is not what was written (its checksum differs from the saved one), or None."""
     if saved is not None and saved != checksum(state):
-        return None, "checksum mismatch (the file changed after it was written: damaged or edited)"
-    return state, None
+        return "checksum mismatch (the file changed after it was written: damaged or edited)"
+    return None
 
 
 def unreadable(e: BaseException) -> str:
@@ -215,6 +223,13 @@ class Found:
     state: dict
     path: Path
     skipped: list[tuple[Path, str]] = field(default_factory=list)
+    saved_checksum: str | None = None  # read with verify=False: what ``check`` compares against
+    content: dict = field(default_factory=dict)  # the state as read, before a caller adds to it
+
+    def check(self) -> str | None:
+        """Why the state read with verify=False is not what was written, or None (a pass over
+        every byte: meant to run while the state travels to the other ranks)."""
+        return mismatch(self.content, self.saved_checksum)
 
     def note(self) -> str:
         """One line for the log: what was skipped and why, and what is resumed."""
@@ -246,18 +261,19 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def newest_valid(out_dir: str | Path) -> Found | None:
-    """The newest checkpoint that loads and verifies; None when there is none at all.
+def newest_valid(out_dir: str | Path, verify: bool = True) -> Found | None:
+    """The newest checkpoint that loads and verifies; None when there is none at all. With
+    ``verify`` False its checksum is not checked here: ``Found.check()`` checks it later.
 
     Raises HvdlmError (one line) when there are checkpoints but none of them can be used: the
     run would otherwise silently start over and, at its first save, push the damaged ones out.
     """
     skipped: list[tuple[Path, str]] = []
     for path in candidates(out_dir):
-        state, problem = _try_load(path)
+        state, problem, saved = _try_load(path, verify)
         problem = problem or torn(path.parent, state)
         if problem is None:
-            return Found(state, path, skipped)
+            return Found(state, path, skipped, None if verify else saved, dict(state))
         skipped.append((path, problem))
     if skipped:
         # every set torn: most likely rank files on disks rank 0 cannot see (node-local out_dirs)

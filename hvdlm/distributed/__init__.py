@@ -18,9 +18,9 @@ By concern:
 Everything also runs at size 1 (plain ``hvdlm train``), where the collectives return at once.
 """
 
-from hvdlm.distributed.collectives import (StopSignals, agree, allgather, allreduce_sum_, average, barrier,
-                                           broadcast_object, broadcast_parameters, gather_objects, on_root,
-                                           ranks_where, sum_all)
+from hvdlm.distributed.collectives import (StopSignals, Unverified, agree, allgather, allreduce_sum_, average,
+                                           barrier, broadcast_object, broadcast_parameters, gather_objects, on_root,
+                                           ranks_where, settled, sum_all)
 from hvdlm.distributed.elastic_state import ElasticState, elastic_launched, elastic_run
 from hvdlm.distributed.exchange import Average, allreduce_average, bf16_average
 from hvdlm.distributed.optimizer import adasum_step, set_accumulation, skip_synchronize, synchronize, wrap_optimizer
@@ -29,10 +29,10 @@ from hvdlm.distributed.world import (World, allreduce_transport, alone,
                                      size, solo_engine, world_now)
 from hvdlm.launcher import LAUNCHER_VARS
 
-__all__ = ["Average", "ElasticState", "LAUNCHER_VARS", "StopSignals",
+__all__ = ["Average", "ElasticState", "LAUNCHER_VARS", "StopSignals", "Unverified",
            "World", "adasum_step", "agree", "allgather", "allreduce_average", "allreduce_sum_", "allreduce_transport",
            "alone", "apply_cpu_defaults", "average", "barrier", "bf16_average", "broadcast_object",
            "broadcast_parameters", "cores_per_rank", "elastic_launched", "elastic_run", "gather_objects",
            "gloo_timeout_ms", "init", "is_peer_failure", "on_root", "ranks_where", "rank",
-           "set_accumulation", "size", "skip_synchronize", "solo_engine", "sum_all", "synchronize", "world_now",
+           "set_accumulation", "settled", "size", "skip_synchronize", "solo_engine", "sum_all", "synchronize", "world_now",
            "wrap_optimizer"]

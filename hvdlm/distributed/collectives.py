@@ -8,7 +8,8 @@ import itertools
 import pickle
 import signal
 import time
-from typing import Callable, TypeVar
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, NamedTuple, TypeVar
 
 import horovod.torch as hvd
 import torch
@@ -209,19 +210,63 @@ def agree(fn: Callable[[], T], name: str = "hvdlm.agree") -> T:
     return result
 
 
+class Unverified(NamedTuple):
+    """A value read on rank 0 whose check (a checksum over its tensors) has not run yet.
+
+    ``check()`` returns None, or why the value cannot be used; ``fallback()`` reads again,
+    checking first (so what failed is skipped). ``on_root`` sends ``value`` while ``check`` runs."""
+    value: object
+    check: Callable[[], str | None]
+    fallback: Callable[[], object]
+
+
+def settled(result):
+    """``result`` checked here and now, for a caller that sends nothing (an elastic rank 0, a
+    single process): an ``Unverified`` value if its check passes, else its fallback's; any other
+    result as it is."""
+    if not isinstance(result, Unverified):
+        return result
+    return result.value if result.check() is None else result.fallback()
+
+
 def on_root(fn: Callable[[], T]) -> T:
-    """Run ``fn`` on rank 0 only and give every rank its result, or its HvdlmError."""
-    payload = None
+    """Run ``fn`` on rank 0 only and give every rank its result, or its HvdlmError.
+
+    When ``fn`` returns an ``Unverified`` value (a checkpoint read without its checksum), the value
+    is sent while its check runs in a thread beside the broadcast, and the verdict follows: reading
+    the file, hashing it and sending it overlap instead of following each other (the resume's
+    floor is one read of the file plus its transfer; benchmarks/RESULTS.md). If the check fails,
+    every rank drops what it received and rank 0 sends its ``fallback()`` instead."""
+    payload, check, fallback = None, None, None
     if hvd.rank() == 0:
         try:
-            payload = ("ok", fn())
+            result = fn()
+            if isinstance(result, Unverified):
+                result, check, fallback = result
+            payload, result = ("ok", result), None
         except HvdlmError as e:
             payload = ("error", str(e))
-    status, value = broadcast_object(payload, name="hvdlm.on_root")
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hvdlm-check") as pool:
+        checking = pool.submit(check) if check is not None else None
+        status, value = broadcast_object(payload, name="hvdlm.on_root")
+        problem = _verdict(checking)
     if status == "error":
         raise HvdlmError(value, everywhere=True)
+    if broadcast_object(problem, name="hvdlm.on_root.verdict") is not None:
+        del value, payload  # the damaged state is not held while the fallback is read
+        return on_root(fallback)
     return value
 
+
+def _verdict(checking) -> str | None:
+    """The check's answer on rank 0 (None elsewhere); an exception in it is an answer too, so that
+    rank 0 never leaves the others waiting for the verdict."""
+    if checking is None:
+        return None
+    try:
+        return checking.result()
+    except Exception as e:  # noqa: BLE001 - any failure to verify means the value is not used
+        return f"could not be verified ({type(e).__name__}: {e})"
 
 
 class StopSignals:
