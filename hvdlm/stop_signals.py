@@ -9,6 +9,7 @@ A second signal of the same kind ends the process at once, as without the handle
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 
@@ -42,3 +43,16 @@ def restore() -> None:
 def received() -> int:
     """The number of the last signal recorded, or 0."""
     return _received
+
+
+MAX_CHECK_LAG = 1000  # steps between two comparisons of the ranks' signals, at most
+
+
+def check_lag(cycle_s: float, fastest_step_s: float) -> int:
+    """How many steps apart the ranks compare their signals (``distributed.StopSignals``): enough
+    that the comparison, a one-number allreduce Horovod serves at its next cycle, is back before it
+    is read (two cycles' worth of the fastest rank's steps), so no step waits for it; one step
+    where a step is longer than that. A signal takes effect at the next comparison."""
+    if fastest_step_s <= 0:
+        return 1
+    return max(1, min(MAX_CHECK_LAG, math.ceil(2 * cycle_s / fastest_step_s)))

@@ -5,6 +5,7 @@
     python rank_probe.py broadcast OUT.json                  (hvdlm's broadcast_object: tensors as tensors)
     python rank_probe.py on_root OUT.json                    (on_root of an Unverified value: check, fallback)
     python rank_probe.py params OUT.json -- <hvdlm train flags>
+    python rank_probe.py host_reads OUT.json -- <hvdlm train flags>  (hvdlm's tensor reads to the host, per step)
     python rank_probe.py crash UNUSED -- <hvdlm train flags>   (rank 1 raises at step 3)
     python rank_probe.py signal UNUSED -- <hvdlm train flags>  (rank 1 gets SIGUSR1 at step 3)
     python rank_probe.py fault UNUSED -- <hvdlm train flags>   (HVDLM_PROBE_FAULT=RANK:BATCH:raise|hang,
@@ -133,6 +134,48 @@ def on_root(out):
         json.dump(report, open(out, "w"))
 
 
+def host_reads(out, *flags):
+    """Train through the real CLI counting every read of a tensor's value into Python that hvdlm's
+    own code makes (``item``, ``float``, ``bool``, ``int``, ``tolist``, ``cpu``: each a device sync
+    on a GPU), by the step in which it happens. torch's and Horovod's own are not counted (AdamW's
+    step counters are host tensors, read without a sync); a host tensor hvdlm reads on purpose
+    (the stop check's answer) is read with ``numpy()``, which no device tensor allows."""
+    import collections
+    import os
+
+    import hvdlm.loop
+    from hvdlm.cli import main
+
+    package = os.path.dirname(hvdlm.loop.__file__) + os.sep
+    counts, where, step = collections.Counter(), collections.defaultdict(set), [0]
+
+    def counted(name, real):
+        def read(self, *args, **kwargs):
+            caller = sys._getframe(1).f_code
+            if caller.co_filename.startswith(package):
+                counts[step[0]] += 1
+                where[step[0]].add(f"{name} in {os.path.basename(caller.co_filename)}:{caller.co_name}")
+            return real(self, *args, **kwargs)
+        return read
+
+    for name in ("item", "__float__", "__bool__", "__int__", "tolist", "cpu"):
+        setattr(torch.Tensor, name, counted(name, getattr(torch.Tensor, name)))
+    real_batch = hvdlm.loop.get_batch
+
+    def batch(*args, **kwargs):  # one per step (no accumulation): what follows is that step's
+        step[0] += 1
+        return real_batch(*args, **kwargs)
+
+    hvdlm.loop.get_batch = batch
+    try:
+        main(["train", *flags])
+    finally:
+        report = {"rank": hvd.rank(), "reads": {k: counts[k] for k in sorted(counts)},
+                  "where": {k: sorted(v) for k, v in sorted(where.items())}}
+        with open(f"{out}.{hvd.rank()}", "w") as fh:
+            json.dump(report, fh)
+
+
 def params(out, *flags):
     """Train through the real CLI and digest each rank's own model at the end (the checkpoint holds
     rank 0's only: ranks that drifted apart would not show there)."""
@@ -192,8 +235,9 @@ def crash(out, *flags):
 
 def signal(out, *flags):
     """Rank 1 alone receives SIGUSR1 (as from SLURM's --signal) during step 2. The ranks agree on
-    a signal through an allreduce started at the beginning of each step, so a signal that comes
-    during step 2 is counted in step 3's and every rank stops after step 3."""
+    a signal through an allreduce started at the end of a step and read at the end of the next
+    (steps longer than two of Horovod's cycles), so a signal that comes during step 2 is in the
+    question asked after step 2 and every rank stops after step 3."""
     import os
     import signal as sig
 
@@ -283,5 +327,5 @@ def elastic_sync(out, *flags):
 if __name__ == "__main__":
     what, out, *rest = sys.argv[1:]
     torch.set_num_threads(1)
-    {"samples": samples, "gather": gather, "broadcast": broadcast, "on_root": on_root, "params": params, "crash": crash, "signal": signal, "fault": fault,
+    {"samples": samples, "gather": gather, "broadcast": broadcast, "on_root": on_root, "host_reads": host_reads, "params": params, "crash": crash, "signal": signal, "fault": fault,
      "elastic_sync": elastic_sync}[what](out, *[a for a in rest if a != "--"])

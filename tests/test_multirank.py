@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -58,6 +59,23 @@ def test_on_root_checks_a_value_while_it_travels_and_sends_the_fallback_when_the
     report = json.loads(out.read_text())
     assert [{k: r[k] for k in want} for r in report] == [want] * 3, report
     assert report[0]["in_threads"] == [True, True, True] and report[1]["in_threads"] == [], report
+
+
+@pytest.mark.parametrize("mode", [[], ["--compression", "bf16"], ["--compression", "powersgd"]])
+def test_the_step_reads_nothing_back_to_the_host_but_on_logged_steps(mode, corpus, tmp_path):
+    """The clip norm, the finiteness of an exchange and the loss stay on the device between
+    logged steps, and the stop check does not wait: on a GPU each such read would stall the
+    step until the device caught up. Counted on 2 ranks, every read hvdlm's code makes."""
+    out = tmp_path / "reads"
+    flags = ["--data_dir", str(corpus), "--out_dir", str(tmp_path / "run"), *TINY, "--max_steps", "9",
+             "--log_interval", "4", "--eval_interval", "0", "--checkpoint_interval", "0", *mode]
+    check(launch("horovodrun-gloo", [sys.executable, PROBE, "host_reads", str(out), "--", *flags]))
+    for rank in (0, 1):
+        report = json.loads(Path(f"{out}.{rank}").read_text())
+        reads = {int(k): n for k, n in report["reads"].items()}
+        quiet = [s for s in range(1, 10) if s not in (4, 8, 9) and reads.get(s)]
+        assert not quiet, (quiet, report["where"])
+        assert all(reads.get(s) for s in (4, 8, 9)), report  # the logged loss, at least: the counter counts
 
 
 @pytest.mark.parametrize("launcher, extra", [

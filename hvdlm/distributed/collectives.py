@@ -5,6 +5,7 @@ signal. Each returns at once on one rank (``world.alone``), without waiting for 
 from __future__ import annotations
 
 import itertools
+import os
 import pickle
 import signal
 import time
@@ -271,27 +272,49 @@ def _verdict(checking) -> str | None:
 
 class StopSignals:
     """SIGUSR1 and SIGTERM (SLURM's warning before the time limit, preemption, scancel) ask the job
-    to stop after the current step, with a checkpoint (``stop_signals`` records them, from the
-    start of the process).
+    to stop, with a checkpoint (``stop_signals`` records them, from the start of the process).
 
-    Ranks may see the signal at different steps, so they agree: each step starts a one-number
-    allreduce of "did I get a signal?", which completes while the step computes and is read at
-    its end.
+    Ranks may see the signal at different steps, so they agree: every rank starts a one-number
+    allreduce of "did I get a signal?" (with its step time) and reads it ``stop_signals.check_lag``
+    steps later, at the same step on every rank, by when Horovod (which serves it at its next
+    cycle: 1 ms, or 20 ms under local_sgd/diloco) has answered it, so no step waits for the cycle.
+    A signal takes effect at the end of the step that reads the next answer: the step it arrived
+    in when steps are longer than two cycles, else within about two cycles of it (alone, at the end
+    of the step it arrived in).
     """
 
     def __init__(self):
         stop_signals.install()
-        self._handle = None
+        self._asked, self._due = None, 0
+        self._cycle_s = float(os.environ.get("HOROVOD_CYCLE_TIME", "1")) / 1000  # set before hvd.init
 
-    def begin_step(self) -> None:
-        self._handle = None
-        if not alone():  # alone, the rank's own record is the answer: no collective to pay for
-            self._handle = hvd.allreduce_async(torch.tensor([stop_signals.received()]), op=hvd.Max, name="hvdlm.stop")
+    def start(self) -> None:
+        """At the start of each run: after an elastic reset Horovod's earlier handles are gone."""
+        self._asked, self._due = None, 0
 
-    def end_step(self) -> str | None:
-        """The name of the signal any rank received (the same on every rank), or None."""
-        signum = int(wait(self._handle).item()) if self._handle is not None else stop_signals.received()
+    def after_step(self, step: int, step_s: float) -> str | None:
+        """The name of the signal any rank had received when the answer read at ``step`` was asked
+        (the same on every rank), or None; ``step_s``: this rank's last step, in seconds."""
+        if alone():  # the rank's own record is the answer: no collective to pay for
+            signum = stop_signals.received()
+        elif self._asked is not None and step < self._due:
+            return None
+        else:
+            signum, lag = 0, 1
+            if self._asked is not None:
+                # .numpy(): a host tensor, read without a device sync (the step's count of those is tested)
+                answer = wait(self._asked).numpy()
+                signum, lag = int(answer[0]), stop_signals.check_lag(self._cycle_s, -float(answer[1]))
+            # Max of (signal, -step time): any rank's signal, and the fastest rank's step, the same everywhere
+            asked = torch.tensor([stop_signals.received(), -step_s], dtype=torch.float64)
+            self._asked, self._due = hvd.allreduce_async(asked, op=hvd.Max, name="hvdlm.stop"), step + lag
         return signal.Signals(signum).name if signum else None
+
+    def finish(self) -> None:
+        """The question still in flight answered, before the run's last collective (every rank asked it)."""
+        if self._asked is not None:
+            wait(self._asked)
+            self._asked = None
 
     def restore(self) -> None:
         stop_signals.restore()

@@ -28,9 +28,9 @@ Every logged step (one in ``--log_interval``) averages the train loss over the r
 one-number allreduce after the step (``loop``): half a cycle to Horovod's next, and its negotiation.
 Behind an overlapped exchange it also waits for the slice in flight (``_overlapped``).
 
-Every method also has the step's stop check (``distributed.StopSignals``): a one-number allreduce
-started with the step and read at its end; Horovod serves it at the next cycle, so a step shorter
-than the cycle waits for the rest of it (the steps fall in phase with the cycles). A 4-byte
+Every method also has the stop check (``distributed.StopSignals``): a one-number allreduce read
+``stop_signals.check_lag`` steps after it starts (two cycles' worth of steps, at least one), so it
+is back before it is read unless the cycle and the negotiation outlast those steps. A 4-byte
 message is latency only: it costs what the negotiation does (a tree), not a ring's 2(N-1) hops.
 
 Bytes each rank sends per step are what hvdlm's counters add up (``wire_bytes.ring_bytes``, the
@@ -43,6 +43,7 @@ from dataclasses import dataclass, replace
 
 from hvdlm.plan import network, overlap
 from hvdlm.plan.network import Cluster
+from hvdlm.stop_signals import check_lag
 from hvdlm.sync import MODES, Mode
 from hvdlm.wire_bytes import BYTES_PER_VALUE, compressed_shape, encoded_bytes, ring_bytes
 
@@ -132,11 +133,12 @@ def collective(s: Setting, cycle: float, cost: float) -> float:
 
 
 def stop_check(s: Setting, cycle: float) -> float:
-    """What the step's one-number stop check adds to a step shorter than Horovod's cycle."""
+    """What the one-number stop check adds per step: what is left of it when it is read."""
     if s.cluster.ranks == 1:
         return 0.0
     done = cycle + 2 * network.negotiation(s.cluster)  # a 4-byte allreduce: a tree's latency, as the negotiation
-    return max(0.0, done - s.compute)
+    lag = check_lag(cycle, s.compute)
+    return max(0.0, done - lag * s.compute) / lag
 
 
 def logged_loss(s: Setting, cycle: float) -> float:

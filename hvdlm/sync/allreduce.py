@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 
 from hvdlm import distributed as dist
-from hvdlm.sync.base import OwnCollectives, StepStats, Sync, check_finite, clip_and_step
+from hvdlm.sync.base import FiniteWatch, OwnCollectives, StepStats, Sync, clip_and_step
 from hvdlm.sync.modes import MODES
 from hvdlm.tensors import flatten, grads_of, unflatten_into
 
@@ -80,13 +80,16 @@ class Adasum(GradientAllreduce):
             return super().step(optimizer, model, grad_clip)
         wait = dist.adasum_step(optimizer)
         self.count_sent()
-        return StepStats(wait, float("nan"))
+        return StepStats(wait, None)
 
 
 class Bf16Allreduce(OwnCollectives):
     """Every step, the mean gradient with bf16 on the wire, in one fused exchange."""
 
     mode = MODES["bf16"]
+
+    def __init__(self):
+        self.finite = FiniteWatch("gradient", "bf16")
 
     def describe(self) -> str:
         return "gradient allreduce, bf16 on the wire"
@@ -97,7 +100,10 @@ class Bf16Allreduce(OwnCollectives):
         t0 = time.perf_counter()
         mean = dist.bf16_average(flat, "hvdlm.grad.bf16")
         wait = time.perf_counter() - t0
-        check_finite(mean, flat, "gradient", "bf16")
+        self.finite.note(mean, flat)
         unflatten_into(mean, grads)
         self.count_ring(flat.numel(), 2)
         return StepStats(wait, clip_and_step(optimizer, model, grad_clip))
+
+    def check(self, step):
+        self.finite.check(step)

@@ -12,6 +12,8 @@ the model:
                                      this strategy exchanges, clip, step; returns ``StepStats``
   ``after_step(step, model)``        after every optimizer step: a strategy that averages
                                      parameters every H steps does it here (returns the wait)
+  ``check(step)``                    on logged steps and before a checkpoint: end the job with one
+                                     line if an exchange since the last check was not finite
 
 plus ``set_accumulation(optimizer, accum)`` whenever the loop plans the micro-steps for a world
 (at its start and after an elastic reset), and two
@@ -48,8 +50,8 @@ from hvdlm.wire_bytes import ring_bytes
 
 @dataclass
 class StepStats:
-    wait: float       # seconds this rank waited on other ranks in the step
-    grad_norm: float  # the norm of the gradient that was applied (before clipping), or nan
+    wait: float                     # seconds this rank waited on other ranks in the step
+    grad_norm: torch.Tensor | None  # the applied gradient's norm before clipping (on its device), or None
 
 
 class Sync:
@@ -86,6 +88,9 @@ class Sync:
     def after_step(self, step: int, model: torch.nn.Module) -> float:
         return 0.0
 
+    def check(self, step: int) -> None:
+        """Raise the one-line error if an exchange's mean since the last check was not finite."""
+
     def state_dict(self) -> dict:
         return {}
 
@@ -105,17 +110,40 @@ class Sync:
         return ""
 
 
-def check_finite(mean: torch.Tensor, mine: torch.Tensor, what: str, wire: str = "none") -> None:
-    """End the job with one line naming the rank(s) when an exchange's mean is not finite, before
-    it reaches the model. The mean is the same on every rank, so every rank asks, or none does."""
-    if bool(torch.isfinite(mean).all()):
-        return
-    bad = dist.ranks_where(not bool(torch.isfinite(mine).all()), "hvdlm.nonfinite")
-    if bad:
-        raise HvdlmError(f"rank {', '.join(map(str, bad))}'s {what} holds nan or inf: stopped before it reached the "
-                         "model; resume from the last checkpoint with a lower --lr or --grad_clip", everywhere=True)
-    raise HvdlmError(f"the mean {what} overflowed {wire} on the wire (every rank's was finite); use "
-                     "--compression bf16, whose range is fp32's", everywhere=True)
+class FiniteWatch:
+    """Whether every exchange's mean since the last check was finite, kept on the device: the
+    step never waits for the host to read it. ``check`` reads it (the loop asks on logged steps and
+    before every checkpoint, so a nan never reaches a checkpoint) and ends the job with one line
+    naming the rank(s) whose own part of the first non-finite exchange was not finite. The mean is
+    the same on every rank, so every rank raises, or none does."""
+
+    def __init__(self, what: str, wire: str = "none"):
+        self.what, self.wire = what, wire
+        self.all_finite: torch.Tensor | None = None  # since the last check
+        self.mine_bad: torch.Tensor | None = None    # this rank's part, frozen at the first bad mean
+        self.checked_at = 0
+
+    def note(self, mean: torch.Tensor, mine: torch.Tensor) -> None:
+        finite, mine_bad = torch.isfinite(mean).all(), ~torch.isfinite(mine).all()
+        if self.all_finite is None:
+            self.all_finite, self.mine_bad = finite, mine_bad
+        else:
+            self.mine_bad = torch.where(self.all_finite, mine_bad, self.mine_bad)
+            self.all_finite = self.all_finite & finite
+
+    def check(self, step: int) -> None:
+        since, self.checked_at = self.checked_at, step
+        if self.all_finite is None or bool(self.all_finite):
+            self.all_finite = self.mine_bad = None
+            return
+        when = f"between steps {since} and {step}"
+        bad = dist.ranks_where(bool(self.mine_bad), "hvdlm.nonfinite")
+        if bad:
+            raise HvdlmError(f"rank {', '.join(map(str, bad))}'s {self.what} holds nan or inf ({when}): stopped "
+                             "before a checkpoint held it; resume from the last checkpoint with a lower --lr or "
+                             "--grad_clip", everywhere=True)
+        raise HvdlmError(f"the mean {self.what} overflowed {self.wire} on the wire ({when}; every rank's was "
+                         "finite); use --compression bf16, whose range is fp32's", everywhere=True)
 
 
 class OwnCollectives(Sync):
@@ -135,14 +163,16 @@ class OwnCollectives(Sync):
         dist.broadcast_parameters(model)
 
 
-def clip_and_step(optimizer: torch.optim.Optimizer, model: torch.nn.Module, grad_clip: float) -> float:
+def clip_and_step(optimizer: torch.optim.Optimizer, model: torch.nn.Module, grad_clip: float
+                  ) -> torch.Tensor | None:
     """Clip the gradient now in .grad (the averaged one, or this rank's own between syncs), step,
-    zero the gradients; returns the norm before clipping (nan when not clipping). Every strategy's
-    step ends here; Horovod's DistributedOptimizer calls it after ``synchronize()``, so the clip
-    acts on the averaged gradient, not on each rank's own."""
-    norm = float("nan")
+    zero the gradients; returns the norm before clipping, on the device (the loop reads it on
+    logged steps only), or None when not clipping. Every strategy's step ends here; Horovod's
+    DistributedOptimizer calls it after ``synchronize()``, so the clip acts on the averaged
+    gradient, not on each rank's own."""
+    norm = None
     if grad_clip > 0:
-        norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip))
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
     optimizer.zero_grad()  # Horovod 0.28.1's takes no arguments; torch sets the grads to None
     return norm

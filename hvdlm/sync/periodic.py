@@ -30,7 +30,7 @@ import time
 import torch
 
 from hvdlm import distributed as dist
-from hvdlm.sync.base import OwnCollectives, check_finite
+from hvdlm.sync.base import FiniteWatch, OwnCollectives
 from hvdlm.sync.modes import MODES
 from hvdlm.wire_bytes import BYTES_PER_VALUE
 from hvdlm.tensors import flatten, unflatten_into
@@ -84,6 +84,7 @@ class Periodic(OwnCollectives):
         self.own: dict | None = None  # this rank's parameters and moments, from a checkpoint
         self.pending: Exchange | None = None  # --overlap_steps: the exchange running behind the inner steps
         self.arrived: torch.Tensor | None = None  # its mean, from a checkpoint taken while it was in flight
+        self.finite = FiniteWatch("parameters" if outer is None else "pseudo-gradient", wire)
 
     def describe(self) -> str:
         overlap = f", each exchange applied {self.overlap} steps later" if self.overlap else ""
@@ -130,6 +131,9 @@ class Periodic(OwnCollectives):
                     self.apply(self.pending)
         return time.perf_counter() - t0
 
+    def check(self, step):
+        self.finite.check(step)
+
     def send(self, step: int, due: int) -> Exchange:
         """Start this sync's exchange (in one slice per step until ``due``): the parameters
         (local_sgd), or where this rank's inner steps went since the last sync, negated (diloco's
@@ -144,8 +148,7 @@ class Periodic(OwnCollectives):
         """The synced parameters (the average, or diloco's outer step from the last sync's), plus
         the inner steps this rank took since it sent (none when the exchange is not overlapped)."""
         average = exchange.result()
-        check_finite(average, average if exchange.payload is None else exchange.payload,
-                     "parameters" if self.outer is None else "pseudo-gradient", self.wire)
+        self.finite.note(average, average if exchange.payload is None else exchange.payload)
         if self.outer is None:
             synced = average
         else:

@@ -34,7 +34,7 @@ import time
 import torch
 
 from hvdlm import distributed as dist
-from hvdlm.sync.base import OwnCollectives, StepStats, check_finite, clip_and_step
+from hvdlm.sync.base import FiniteWatch, OwnCollectives, StepStats, clip_and_step
 from hvdlm.sync.low_rank import LowRank
 from hvdlm.sync.modes import MODES
 from hvdlm.tensors import flatten, grads_of, unflatten_into
@@ -47,6 +47,7 @@ class PowerSGD(LowRank, OwnCollectives):
         super().__init__(rank, min_compression, seed)
         self.start_step = start
         self.steps = 0  # optimizer steps taken: plain allreduce while below start_step
+        self.finite = FiniteWatch("gradient (PowerSGD's P and uncompressed tensors)")
 
     def describe(self) -> str:
         return (f"PowerSGD rank {self.rank} ({len(self.compressed)} of {len(self.params)} tensors compressed, "
@@ -79,8 +80,11 @@ class PowerSGD(LowRank, OwnCollectives):
     def _average(self, flat: torch.Tensor, name: str) -> torch.Tensor:
         mean = dist.allreduce_average(flat, name)
         if name == "hvdlm.powersgd.p":
-            check_finite(mean, flat, "gradient (PowerSGD's P and uncompressed tensors)")
+            self.finite.note(mean, flat)
         return mean
+
+    def check(self, step):
+        self.finite.check(step)
 
     def state_dict(self) -> dict:
         return {"steps": self.steps, "q": self.q_state()}
