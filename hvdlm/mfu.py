@@ -14,6 +14,8 @@ token follow the PaLM paper's appendix B: 6N (forward and backward through the N
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import platform
@@ -93,25 +95,43 @@ def cache_dir() -> Path:
 
 
 def cpu_peak(precision: str, threads: int, cache: Path | None = None) -> float:
-    """This host's measured matmul peak for one rank's ``threads``, cached per host."""
+    """This host's measured matmul peak for one rank's ``threads``, cached per host. Ranks on one
+    host take turns (a lock beside the cache): the first measures on cores no other rank is
+    measuring on, the others read its figure, so every rank of a host has the same one (and
+    ``--precision auto`` makes the same choice on each)."""
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     path = (cache or cache_dir()) / f"cpu-peak-{socket.gethostname()}.json"
     key = f"{cpu_model()}|torch {torch.__version__}|{str(dtype).split('.')[-1]}|{threads} threads|mm{MATMUL_N}"
+    with _host_lock(path):
+        try:
+            known = json.loads(path.read_text())
+        except (OSError, ValueError):
+            known = {}
+        if key in known:
+            return float(known[key])
+        flops = _measure_with_threads(dtype, threads)
+        try:  # a whole file, renamed: a reader never sees half of one
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({**known, key: flops}, indent=1))
+            os.replace(tmp, path)
+        except OSError:
+            pass  # no cache: measured again next time
+        return flops
+
+
+@contextlib.contextmanager
+def _host_lock(path: Path):
+    """An exclusive lock on ``path``'s lock file while it is held (none where it cannot be made:
+    then ranks may measure at once, as they did before the lock)."""
     try:
-        known = json.loads(path.read_text())
-    except (OSError, ValueError):
-        known = {}
-    if key in known:
-        return float(known[key])
-    flops = _measure_with_threads(dtype, threads)
-    try:  # ranks on one host may write at once: each writes a whole file and renames it
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({**known, key: flops}, indent=1))
-        os.replace(tmp, path)
+        fh = open(path.with_suffix(".lock"), "a")
     except OSError:
-        pass  # no cache: measured again next time
-    return flops
+        yield
+        return
+    with fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)  # released when the file closes, or the process dies
+        yield
 
 
 def _measure_with_threads(dtype: torch.dtype, threads: int) -> float:

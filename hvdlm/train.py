@@ -19,7 +19,7 @@ from hvdlm.evaluate import Evaluator
 from hvdlm.inputs import Inputs, read_inputs
 from hvdlm.model import GPT, GPTConfig
 from hvdlm.optim import build_optimizer
-from hvdlm.precision import resolve_precision
+from hvdlm.precision import compiles, configure_matmuls, resolve_precision
 from hvdlm.state import TrainState
 from hvdlm.sync import mode_of_config
 from hvdlm.sync.build import build_strategy
@@ -30,6 +30,7 @@ def build_job(cfg: Config, world: dist.World, watch, inputs: Inputs) -> loop.Job
     loaded from the checkpoint; on a first start with ``--init_from``, rank 0's model takes the
     pretrained weights (step 4's broadcast gives them to every rank). The same for plain and elastic runs."""
     torch.manual_seed(cfg.train.seed)
+    configure_matmuls(world.device)
     model = GPT(GPTConfig(**inputs.shape)).to(world.device)
     # 3. The learning rate was scaled with the global batch (plan_batches); wrap the optimizer
     # before any state is loaded: Horovod rebuilds the optimizer from its param groups.
@@ -47,10 +48,13 @@ def build_job(cfg: Config, world: dist.World, watch, inputs: Inputs) -> loop.Job
             if world.is_root:
                 loop.say(note)
     pretrained.start_from(inputs.start, model, inputs.resume, world.is_root)  # --init_from: rank 0's weights
-    precision = resolve_precision(t.precision, world.device)
+    precision, why = resolve_precision(t.precision, world.device, inputs.shape["n_embd"], world.threads)
+    compiled = compiles(t.compile, world.device)
+    if compiled:
+        model.compile()  # in place: the state dict keeps its names (checkpoints, export, Horovod's hooks)
     evaluator = Evaluator(inputs.data.val, t.eval_sequences, cfg.data.batch_size, t.eval_interval, precision)
     return loop.Job(cfg, model, optimizer, strategy, inputs.data, inputs.shape, precision, evaluator, checkpointer,
-                    watch, dist.StopSignals())
+                    watch, dist.StopSignals(), precision_why=why, compiled=compiled)
 
 
 def setup(cfg: Config, world: dist.World, watch, size: int, everyone: Callable, on_root: Callable

@@ -8,9 +8,14 @@
 #    torch sees (G) and prepares the default corpus with byte tokens;
 # 2. trains `--preset mini --precision bf16` for 50 steps on G ranks (`horovodrun -np G`, one rank
 #    per GPU) under every-step sync with each --compression (none, fp16, bf16, powersgd), under
-#    --sync local_sgd, and under --sync diloco with compression none, bf16 and int8 (--sync_every 10);
-# 3. `hvdlm sample` from the first run; `hvdlm bench allreduce` over NCCL when G >= 2;
-# 4. `--preset gpt2` for 100 steps, for its MFU.
+#    --sync local_sgd, and under --sync diloco with compression none, bf16 and int8 (--sync_every 10),
+#    with HVDLM_ALWAYS_EXCHANGE=1: on one GPU every exchange still goes through Horovod's NCCL ops
+#    (a one-rank communicator) instead of the alone shortcut;
+# 3. `hvdlm sample` from the first run; `hvdlm bench allreduce` over NCCL, 1 KiB to 1 GiB, when G >= 2;
+# 4. GPT-2 124M's shape (`--preset gpt2` on GPT-2's tokenizer: tiktoken is installed for it) for 100
+#    steps on one GPU, compiled (the GPU default) and not: tokens/s and MFU are the median of the
+#    steps after the first 20 (compilation and warm-up excluded).
+# Not yet: a bare PyTorch loop of the same model beside it (hvdlm.bench.bare runs on CPUs only).
 # It ends with one markdown table (check, status, val loss, tokens/s, MFU/notes) and exits 1 if any
 # check failed; each check runs whatever the others did (none without the install and the data).
 # Without a GPU it exits 1 at once, with one line on stderr.
@@ -109,6 +114,7 @@ train() {  # check name, steps, then hvdlm train flags; the run goes to runs/NAM
     row "$name" FAILED "$val" "$tok" "exit $rc; $notes; see $WORK/logs/$dir.log"
   fi
 }
+export HVDLM_ALWAYS_EXCHANGE=1  # one GPU too: every exchange through Horovod (NCCL), not the alone shortcut
 for c in none fp16 bf16 powersgd; do
   train "every_step $c" 50 --preset mini --sync every_step --compression "$c"
 done
@@ -141,10 +147,10 @@ print(f"{'ok' if ok else 'FAILED'}|horovod ({big['transport']}): {big['busbw_GBp
       f"{big['bytes'] / 2**20:.0f} MiB; {wrong} wrong elements")
 EOF
 }
-if [ "$G" -ge 2 ]; then
+if [ "$G" -ge 2 ]; then  # an allreduce benchmark needs 2 ranks (one GPU's NCCL path: the training above)
   echo "gpu_check: bench allreduce on $G ranks ..."
   horovodrun -np "$G" -H "localhost:$G" hvdlm bench allreduce --backends horovod,torch-nccl --device cuda \
-    --min_bytes 1K --max_bytes 64M --factor 8 --out_dir "$WORK/bench" --no_plot >"$WORK/logs/bench.log" 2>&1
+    --min_bytes 1K --max_bytes 1G --factor 8 --out_dir "$WORK/bench" --no_plot >"$WORK/logs/bench.log" 2>&1
   rc=$?
   IFS='|' read -r status notes <<<"$(bench_figures "$WORK/bench/allreduce.csv")"
   [ "$rc" = 0 ] || { status=FAILED; notes="exit $rc; $notes; see $WORK/logs/bench.log"; }
@@ -153,7 +159,36 @@ else
   row "bench allreduce" skipped - - "needs 2 GPUs, this machine has 1"
 fi
 
-# 4. GPT-2 (124M) for its MFU --------------------------------------------------------------------
-train "gpt2 mfu" 100 --preset gpt2 --batch_size 8
+# 4. GPT-2 124M: its tokenizer, one GPU, compiled and not ------------------------------------------
+steady() {  # metrics.jsonl -> "tokens/s|MFU": the median over the train records after step 20
+  "$PY" - "$1" <<'EOF'
+import statistics, sys
+from hvdlm.metrics import read_jsonl
+try:
+    rows = [r for r in read_jsonl(sys.argv[1], "train") if r["step"] > 20]
+    tok = statistics.median(r["tokens_per_s"] for r in rows)
+except (OSError, ValueError, statistics.StatisticsError):
+    sys.exit(print("-|no train records after step 20"))
+mfu = [r["mfu"] for r in rows if "mfu" in r]
+print(f"{tok:,.0f}|" + (f"MFU {100 * statistics.median(mfu):.1f}% (median after step 20)" if mfu else "no MFU"))
+EOF
+}
+DATA2=$WORK/data-gpt2
+if "$PY" -m pip install -q tiktoken >"$WORK/logs/gpt2-prepare.log" 2>&1 \
+    && hvdlm prepare --tokenizer gpt2 --out_dir "$DATA2" >>"$WORK/logs/gpt2-prepare.log" 2>&1; then
+  for compiled in true false; do
+    name="gpt2 124M compile $compiled" dir=gpt2-compile-$compiled
+    echo "gpu_check: $name: 100 steps on 1 GPU ..."
+    horovodrun -np 1 -H localhost:1 hvdlm train --data_dir "$DATA2" --out_dir "$WORK/runs/$dir" --preset gpt2 \
+      --batch_size 8 --max_steps 100 --log_interval 1 --warmup_steps 10 --eval_interval 0 --sample_tokens 0 \
+      --progress false --resume false --compile "$compiled" >"$WORK/logs/$dir.log" 2>&1
+    rc=$?
+    IFS='|' read -r tok notes <<<"$(steady "$WORK/runs/$dir/metrics.jsonl")"
+    if [ "$rc" = 0 ] && [ "$tok" != - ]; then row "$name" ok - "$tok" "$notes"
+    else row "$name" FAILED - "$tok" "exit $rc; $notes; see $WORK/logs/$dir.log"; fi
+  done
+else
+  row "gpt2 124M" FAILED - - "tiktoken or prepare --tokenizer gpt2 failed; see $WORK/logs/gpt2-prepare.log"
+fi
 
 report

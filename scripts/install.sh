@@ -3,9 +3,13 @@
 #
 #   bash scripts/install.sh                  # venv in ./.venv (HVDLM_VENV=... to change)
 #   bash scripts/install.sh --nccl-decision  # only print whether Horovod would get NCCL, and why
+#   bash scripts/install.sh --torch-decision # only print which torch build would be installed, and why
 #
 # Steps: an MPI (Debian's OpenMPI when no mpicc is found and apt-get is usable; on a cluster,
-# load your MPI module first), a venv, torch (the cluster's own if the base python has one),
+# load your MPI module first), a venv, torch (the cluster's own if the base python has one; else
+# the build for this machine: the CPU build without a GPU, else the newest CUDA line the GPU
+# driver supports, from `nvidia-smi`; HVDLM_TORCH_INDEX=URL|pypi overrides, HVDLM_TORCH_SPEC pins
+# the version; one `[install] torch: ...` line says which and why),
 # numpy/mpi4py/pytest/pytest-timeout/tqdm/tokenizers/zstandard/orjson/tensorboard (and transformers/safetensors, hvdlm's [hf]
 # extra, for the tests), then Horovod 0.28.1 built from its sdist with the C++17 fix, with PyTorch + MPI
 # + Gloo always, and NCCL when this machine can build and use it: torch with CUDA AND a CUDA toolkit
@@ -62,6 +66,52 @@ nccl_decision() {
     NCCL_WHY="$(IFS=';'; echo "${missing[*]}" | sed 's/;/; /g'); set HVDLM_NCCL=1 to force"
   fi
 }
+# Which torch build to install: sets TORCH_INDEX (a pip index URL, or "" for PyPI's default) and
+# TORCH_WHY. PyPI's default torch for Linux is a CUDA 13 build: a GPU whose driver is older sees
+# no GPU through it, and a machine without a GPU downloads gigabytes of CUDA libraries it never
+# uses. The CUDA lines are those PyTorch publishes for the pinned version (check
+# https://pytorch.org/get-started/locally when changing TORCH_SPEC).
+TORCH_CUDA_LINES="13.0 12.8 12.6"
+PYTORCH_WHL=https://download.pytorch.org/whl
+torch_decision() {
+  local driver="" line
+  case "${HVDLM_TORCH_INDEX:-}" in
+    pypi) TORCH_INDEX="" TORCH_WHY="PyPI's default build, as HVDLM_TORCH_INDEX=pypi says"; return ;;
+    "") ;;
+    *) TORCH_INDEX=$HVDLM_TORCH_INDEX TORCH_WHY="from $HVDLM_TORCH_INDEX, as HVDLM_TORCH_INDEX says"; return ;;
+  esac
+  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep -q '^GPU '; then
+    driver=$(nvidia-smi 2>/dev/null | sed -n 's/.*CUDA Version: *\([0-9][0-9]*\.[0-9][0-9]*\).*/\1/p' | head -n1)
+  fi
+  if [ -z "$driver" ]; then
+    TORCH_INDEX=$PYTORCH_WHL/cpu TORCH_WHY="the CPU build: nvidia-smi finds no GPU"
+    return
+  fi
+  for line in $TORCH_CUDA_LINES; do
+    if [ "$(printf '%s\n%s\n' "$line" "$driver" | sort -V | head -n1)" = "$line" ]; then  # line <= driver
+      if [ "$line" = 13.0 ]; then
+        TORCH_INDEX="" TORCH_WHY="CUDA 13.0 (PyPI's default build): the GPU driver supports CUDA $driver"
+      else
+        TORCH_INDEX=$PYTORCH_WHL/cu${line/./} TORCH_WHY="CUDA $line: the GPU driver supports CUDA $driver, too old for PyPI's CUDA 13 build"
+      fi
+      return
+    fi
+  done
+  die "the GPU driver supports CUDA $driver; $TORCH_SPEC is built for CUDA ${TORCH_CUDA_LINES// /, }: update the driver, or set HVDLM_TORCH_SPEC (and HVDLM_TORCH_INDEX) to a torch built for CUDA $driver"
+}
+say_torch() {
+  say "torch: ${TORCH_INDEX:-PyPI} ($TORCH_WHY)"
+}
+# An index that cannot be reached (no internet but a PyPI mirror, as on air-gapped clusters) falls
+# back to PyPI's default, with one line saying so.
+reachable_torch_index() {
+  [ -z "$TORCH_INDEX" ] && return
+  if ! "$PYTHON" -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1] + "/torch/", timeout=5)' \
+       "$TORCH_INDEX" >/dev/null 2>&1; then
+    say "torch: $TORCH_INDEX cannot be reached: PyPI's default build instead (set HVDLM_TORCH_INDEX to a mirror)"
+    TORCH_INDEX=""
+  fi
+}
 say_nccl() {
   if [ "$NCCL" = yes ]; then say "NCCL: yes ($NCCL_WHY)"; else say "NCCL: no ($NCCL_WHY)"; fi
 }
@@ -79,7 +129,11 @@ case "${1:-}" in
     nccl_decision "${torch_cuda:-unknown}"
     say_nccl
     exit 0 ;;
-  *) die "unknown argument '$1' (usage: bash scripts/install.sh [--nccl-decision])" ;;
+  --torch-decision)
+    torch_decision
+    say_torch
+    exit 0 ;;
+  *) die "unknown argument '$1' (usage: bash scripts/install.sh [--nccl-decision|--torch-decision])" ;;
 esac
 
 # 0. Prerequisites, before anything is installed or built: each missing one is one line saying what
@@ -139,8 +193,11 @@ PIP=("$PY" -m pip install -q --disable-pip-version-check)
 
 # 3. torch and the Python dependencies ----------------------------------------------------------
 if ! "$PY" -c 'import torch' >/dev/null 2>&1; then
+  torch_decision
+  say_torch
+  reachable_torch_index
   say "installing $TORCH_SPEC"
-  "${PIP[@]}" "$TORCH_SPEC"
+  "${PIP[@]}" ${TORCH_INDEX:+--index-url "$TORCH_INDEX"} "$TORCH_SPEC"
 fi
 "${PIP[@]}" numpy mpi4py matplotlib pytest pytest-timeout tqdm tokenizers zstandard orjson tensorboard cloudpickle psutil pyyaml packaging cffi wheel setuptools
 # The tests also check `hvdlm export` (the [hf] extra): transformers must load what it writes.

@@ -31,9 +31,9 @@ for name in ("allreduce", "allreduce_async", "allgather", "allgather_object", "b
 d.barrier("hvdlm.test")
 d.broadcast_parameters(torch.nn.Linear(2, 2))
 stop = d.StopSignals()
-stop.begin_step()
+stop.start()
 print("answers", d.agree(lambda: 3), d.on_root(lambda: 4), d.allgather("h"), d.average([1.5], "a"),
-      d.sum_all([2.5], "s"), d.broadcast_object(5), d.gather_objects(6, "g"), stop.end_step())
+      d.sum_all([2.5], "s"), d.broadcast_object(5), d.gather_objects(6, "g"), stop.after_step(1, 0.1))
 '''
 
 
@@ -53,6 +53,17 @@ def test_a_process_no_launcher_started_runs_horovod_over_gloo_and_its_collective
                           env=dict(env, HOROVOD_CYCLE_TIME="7"))
     # the user's cycle wins
     assert mine.returncode == 0 and "left ['HOROVOD_CYCLE_TIME'] 7" in mine.stdout, mine.stdout + mine.stderr[-2000:]
+
+
+def test_always_exchange_sends_a_lone_ranks_collectives_through_horovod():
+    """HVDLM_ALWAYS_EXCHANGE=1 (gpu_check's switch: every exchange path through NCCL on one GPU):
+    the same process's first collective reaches Horovod instead of the alone shortcut."""
+    from support.launch import launch_env
+
+    env = {k: v for k, v in launch_env().items() if k not in LAUNCHER_VARS and k != "HOROVOD_CYCLE_TIME"}
+    run = subprocess.run([sys.executable, "-c", SOLO_PROBE], capture_output=True, text=True, timeout=120,
+                         env=dict(env, HVDLM_ALWAYS_EXCHANGE="1"))
+    assert run.returncode != 0 and "a Horovod collective was called by a process alone" in run.stderr, run.stderr[-2000:]
 
 
 def test_the_solo_engine_is_only_for_processes_no_launcher_started():

@@ -133,6 +133,42 @@ def test_the_decision_follows_torch_nvcc_and_the_gpus(tmp_path, torch_cuda, gpus
         assert "no GPU found: nvidia-smi lists none" in line and line.startswith("[install] NCCL: no ("), line
 
 
+@pytest.mark.parametrize("driver, expected", [
+    (None, "https://download.pytorch.org/whl/cpu (the CPU build: nvidia-smi finds no GPU)"),
+    ("13.1", "PyPI (CUDA 13.0 (PyPI's default build): the GPU driver supports CUDA 13.1)"),
+    ("12.9", "https://download.pytorch.org/whl/cu128 (CUDA 12.8: the GPU driver supports CUDA 12.9, too old for "
+             "PyPI's CUDA 13 build)"),
+    ("12.6", "https://download.pytorch.org/whl/cu126 (CUDA 12.6: the GPU driver supports CUDA 12.6, too old for "
+             "PyPI's CUDA 13 build)"),
+])
+def test_the_torch_build_follows_the_gpu_driver(tmp_path, driver, expected):
+    """A fake nvidia-smi with a GPU and a driver for CUDA `driver` (or none at all): the torch
+    build install.sh would take, in one line; an override wins; a driver too old is one error."""
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    if driver:
+        tool(bin_, "nvidia-smi", 'if [ "$1" = -L ]; then echo "GPU 0: NVIDIA Fake (UUID: GPU-0)"; else\n'
+                                 f'echo "| NVIDIA-SMI 570.1  Driver Version: 570.1  CUDA Version: {driver}  |"; fi\n')
+    else:
+        tool(bin_, "nvidia-smi", "exit 6\n")
+    run = bash(INSTALL, "--torch-decision", path_first=bin_)
+    assert run.returncode == 0 and run.stdout.splitlines() == [f"[install] torch: {expected}"], run.stdout + run.stderr
+    given = bash(INSTALL, "--torch-decision", env={"HVDLM_TORCH_INDEX": "https://mirror.example/whl"}, path_first=bin_)
+    assert given.stdout.strip() == ("[install] torch: https://mirror.example/whl (from https://mirror.example/whl, "
+                                    "as HVDLM_TORCH_INDEX says)"), given.stdout
+
+
+def test_a_gpu_driver_too_old_for_the_pinned_torch_is_one_error(tmp_path):
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    tool(bin_, "nvidia-smi", 'if [ "$1" = -L ]; then echo "GPU 0: NVIDIA Fake (UUID: GPU-0)"; else\n'
+                             'echo "| NVIDIA-SMI 470.1  Driver Version: 470.1  CUDA Version: 11.4  |"; fi\n')
+    run = bash(INSTALL, "--torch-decision", path_first=bin_)
+    assert run.returncode == 1 and run.stdout == "", run.stdout
+    assert run.stderr.strip().startswith("[install] ERROR: the GPU driver supports CUDA 11.4; torch=="), run.stderr
+    assert "update the driver, or set HVDLM_TORCH_SPEC" in run.stderr
+
+
 def test_install_checks_its_prerequisites_before_anything_else(tmp_path):
     """A Python that is too old (here: one whose version check fails) and no C++ compiler on PATH:
     one line for each, exit 1, and nothing installed (no venv made)."""

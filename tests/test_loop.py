@@ -10,7 +10,7 @@ import re
 import pytest
 
 from support.elastic import discovery_script
-from support.launch import HVDLM, TINY_WITH_PROGRESS, check, launch
+from support.launch import HVDLM, TINY, TINY_WITH_PROGRESS, check, launch
 from support.runs import losses
 from hvdlm.checkpoint import Checkpointer
 from hvdlm.console import say
@@ -151,3 +151,21 @@ def test_hosts_of_this_machine_are_told_apart_from_others(corpus, tmp_path):
     cmd = launch_command(load_config(None, given), given, np=2, network_interface="", host_cooldown=2,
                          config_file=None)
     assert cmd[cmd.index("--network-interface") + 1] == "lo"
+
+
+def test_compile_true_trains_the_compiled_model_to_the_eager_losses_on_2_ranks(corpus, tmp_path):
+    """`--compile true` (auto is on GPUs only): the compiled forward under Horovod's hooks gives
+    the eager run's losses (to float rounding), the start line says so, and the checkpoint keeps
+    the model's own parameter names (compiled in place)."""
+    common = ["--data_dir", str(corpus), *TINY, "--max_steps", "4", "--log_interval", "1", "--eval_interval", "0",
+              "--sample_tokens", "0"]
+    eager = check(launch("horovodrun-gloo", [HVDLM, "train", *common, "--out_dir", str(tmp_path / "eager")]))
+    compiled = check(launch("horovodrun-gloo", [HVDLM, "train", *common, "--out_dir", str(tmp_path / "compiled"),
+                                                "--compile", "true"], timeout=900))
+    assert ", compiled," in compiled.output and ", compiled," not in eager.output, compiled.output
+    got, want = losses(tmp_path / "compiled"), losses(tmp_path / "eager")
+    assert sorted(got) == [1, 2, 3, 4] and got == pytest.approx(want, rel=1e-4), (got, want)
+    from hvdlm import checkpoint
+
+    names = set(checkpoint.load(tmp_path / "compiled" / "checkpoint.pt")["model"])
+    assert names == set(checkpoint.load(tmp_path / "eager" / "checkpoint.pt")["model"]), names

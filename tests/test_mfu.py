@@ -62,3 +62,35 @@ def test_several_threads_are_measured_again_when_the_machine_denied_them_their_c
     assert mfu._measure_with_threads(torch.float32, 2) == 1.9e10
     figures = iter([1e10, 3e9, 4e9, 5e9])  # starved every time: at least one thread's figure
     assert mfu._measure_with_threads(torch.float32, 2) == 1e10
+
+
+def test_ranks_of_one_host_measure_one_at_a_time_and_read_one_figure(tmp_path):
+    """Four processes ask for the same peak at once: one measures, the others wait on the lock and
+    read its figure (measuring at once, they would compete for the cores and disagree)."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(4) as pool:
+        figures = pool.starmap(_peak_in_a_process, [(str(tmp_path),)] * 4)
+    assert len(set(figures)) == 1, figures
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".json") and len(list(tmp_path.glob("*.tmp"))) == 0
+
+
+def _peak_in_a_process(cache: str) -> float:
+    from pathlib import Path
+
+    return mfu.cpu_peak("fp32", 1, cache=Path(cache))
+
+
+@pytest.mark.parametrize("ratio, width, device, want", [
+    (3.0, 384, "cpu", "bf16"),   # native bf16 (AMX, AVX-512 BF16) and a model wide enough
+    (3.0, 128, "cpu", "fp32"),   # tiny: the casts cost more than the matmuls save
+    (0.4, 768, "cpu", "fp32"),   # AVX2 only: bf16 converted in software
+])
+def test_precision_auto_follows_this_cpus_measured_bf16_and_the_models_width(ratio, width, device, want, monkeypatch):
+    from hvdlm import precision
+
+    monkeypatch.setattr(precision, "cpu_peak", lambda p, threads: 1e11 * (ratio if p == "bf16" else 1.0))
+    chosen, why = precision.resolve_precision("auto", torch.device(device), width, 2)
+    assert chosen == want and why.startswith(f"auto: bf16 matmuls {ratio:.2f}x fp32's on this CPU"), why
+    assert precision.resolve_precision("fp32", torch.device(device), width, 2) == ("fp32", "")

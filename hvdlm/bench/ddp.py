@@ -43,7 +43,7 @@ def main(argv: list[str]) -> None:
     shape, data, state = inputs.shape, inputs.data, inputs.state
     state.replan(rank, size)
     plan, micro, accum, sampler = state.plan, state.micro, state.accum, state.sampler
-    precision = resolve_precision(cfg.train.precision, device)
+    precision, _ = resolve_precision(cfg.train.precision, device, shape["n_embd"], torch.get_num_threads())
 
     torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank, as DDP expects
     model = DistributedDataParallel(GPT(GPTConfig(**shape)))

@@ -47,6 +47,10 @@ def cores_per_rank(local_size: int) -> int:
 
 
 _solo = False  # set by init(): no launcher started this process, so its world is 1 rank for good
+# A check's switch (scripts/gpu_check.sh): exchange through Horovod even at one rank, so that one
+# GPU runs every exchange path over NCCL (a one-rank communicator) instead of the alone shortcut.
+ALWAYS_EXCHANGE = "HVDLM_ALWAYS_EXCHANGE"
+_always_exchange = False  # read by init()
 
 
 def solo_engine(env=os.environ) -> dict:
@@ -78,7 +82,8 @@ def init(threads: int = 0, cycle_ms: str | None = None) -> World:
     exchange once in many steps), unless the user set one."""
     if cycle_ms is not None:
         os.environ.setdefault("HOROVOD_CYCLE_TIME", cycle_ms)
-    global _solo
+    global _solo, _always_exchange
+    _always_exchange = os.environ.get(ALWAYS_EXCHANGE) == "1"
     _solo = launcher.unlaunched()  # before solo_engine() sets Horovod's engine variables
     applied = solo_engine()
     apply_cpu_defaults()  # before hvd.init(): MPI and Horovod read them there
@@ -106,7 +111,7 @@ def alone() -> bool:
     """One rank: the collectives below return at once instead of waiting for Horovod's next cycle
     (long when this process trains alone: SOLO). A process no launcher started needs no call to
     hvd.size(), which is not free (elastic worlds change size, so they ask)."""
-    return _solo or hvd.size() == 1
+    return not _always_exchange and (_solo or hvd.size() == 1)
 
 
 def size() -> int:
