@@ -37,6 +37,7 @@ die() { echo "[install] ERROR: $*" >&2; exit 1; }
 # a CPU build, "unknown" when torch is not installed yet.
 nccl_decision() {
   local torch_cuda=$1 nvcc="" gpus="" missing=()
+  NCCL_GPU=""
   case "${HVDLM_NCCL:-}" in
     1) NCCL=yes NCCL_WHY="forced by HVDLM_NCCL=1"; return ;;
     0) NCCL=no NCCL_WHY="forbidden by HVDLM_NCCL=0"; return ;;
@@ -50,7 +51,12 @@ nccl_decision() {
   for c in "$(command -v nvcc 2>/dev/null)" "${CUDA_HOME:+$CUDA_HOME/bin/nvcc}" /usr/local/cuda/bin/nvcc; do
     if [ -n "$c" ] && [ -x "$c" ]; then nvcc=$c; break; fi
   done
-  [ -n "$nvcc" ] || missing+=("no CUDA toolkit: nvcc not on PATH, in \$CUDA_HOME/bin or /usr/local/cuda/bin")
+  if [ -z "$nvcc" ]; then
+    case "$torch_cuda" in
+      13.*) nvcc="PyPI's CUDA 13 wheels (none on this machine)" ;;
+      *) missing+=("no CUDA toolkit: nvcc not on PATH, in \$CUDA_HOME/bin or /usr/local/cuda/bin") ;;
+    esac
+  fi
   if command -v nvidia-smi >/dev/null 2>&1; then
     local n
     n=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ' || true)
@@ -59,6 +65,7 @@ nccl_decision() {
     else missing+=("no GPU found: nvidia-smi lists none"); fi
   elif [ -e /dev/nvidia0 ]; then gpus="/dev/nvidia0"
   else missing+=("no GPU found: nvidia-smi missing, no /dev/nvidia0"); fi
+  NCCL_GPU=$gpus
   if [ ${#missing[@]} = 0 ]; then
     NCCL=yes NCCL_WHY="torch CUDA $torch_cuda, nvcc at $nvcc, $gpus"
   else
@@ -209,6 +216,67 @@ PYTAG=$("$PY" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1
 say "torch $TORCH_VERSION ($TORCH_CUDA), python $PYTAG"
 nccl_decision "$TORCH_CUDA"
 say_nccl
+if [ "$NCCL" = no ] && [ -z "${HVDLM_NCCL:-}" ] && [ -n "${NCCL_GPU:-}" ]; then
+  # every CUDA gradient would go through host memory and MPI/Gloo, and training would not say so
+  die "a GPU is here ($NCCL_GPU) but Horovod would be built without NCCL: fix what the NCCL line says is missing, or set HVDLM_NCCL=0 to build without it"
+fi
+
+# Where Horovod's NCCL build gets its pieces, for the NCCL that torch itself loads (one NCCL in the
+# process, linked shared): torch's CUDA wheels depend on nvidia-nccl-cuXX, whose library Horovod
+# links and finds at run time through an $ORIGIN rpath (no LD_LIBRARY_PATH). nvcc is the system's
+# when there is one; PyPI's CUDA 13 wheels when there is none (PyPI's CUDA 12 nvcc wheel holds no
+# nvcc, only ptxas). A CPU torch (HVDLM_NCCL=1 on a machine without a GPU: the proof that the build
+# works, CI-free) takes CUDA 13's wheels and NCCL, and a stub for the three c10::cuda functions the
+# binding references (a CPU torch has no libc10_cuda.so; they are reached only for CUDA tensors).
+CUDA13_WHEELS=(nvidia-cuda-nvcc==13.0.88 nvidia-nvvm==13.0.88 nvidia-cuda-crt==13.0.88
+               nvidia-cuda-runtime==13.0.96 nvidia-cuda-cccl==13.0.85)
+NCCL13_WHEEL=nvidia-nccl-cu13==2.30.7
+torch_nccl() {  # the folder of the pip NCCL torch uses (installing CUDA 13's for a CPU torch)
+  "$PY" -c 'import nvidia.nccl' >/dev/null 2>&1 || "${PIP[@]}" "$NCCL13_WHEEL"
+  "$PY" -c 'import nvidia.nccl as n; print(list(n.__path__)[0])'
+}
+nccl_build_env() {  # $1: the build folder, $2: Horovod's source
+  local build=$1 src=$2 nvcc="" site nc cu root caps
+  nc=$(torch_nccl) || die "no NCCL wheel for torch ($TORCH_CUDA): pip install nvidia-nccl-cu${TORCH_CUDA%%.*}"
+  ln -sfn libnccl.so.2 "$nc/lib/libnccl.so"  # Horovod's FindNCCL (shared) looks for libnccl.so
+  export HOROVOD_NCCL_HOME=$nc HOROVOD_NCCL_INCLUDE=$nc/include HOROVOD_NCCL_LIB=$nc/lib HOROVOD_NCCL_LINK=SHARED
+  echo 'set(CMAKE_BUILD_RPATH "\$ORIGIN/../../nvidia/nccl/lib")' > "$build/rpath.cmake"
+  export CMAKE_TOOLCHAIN_FILE=$build/rpath.cmake  # read from the environment by CMake >= 3.21
+  for c in "$(command -v nvcc 2>/dev/null)" "${CUDA_HOME:+$CUDA_HOME/bin/nvcc}" /usr/local/cuda/bin/nvcc; do
+    if [ -n "$c" ] && [ -x "$c" ]; then nvcc=$c; break; fi
+  done
+  if [ -n "$nvcc" ]; then
+    export HOROVOD_CUDA_HOME=$(cd "$(dirname "$nvcc")/.." && pwd)
+    say "NCCL build: nvcc $nvcc, NCCL $nc (torch's, shared)"
+  else
+    case "$TORCH_CUDA" in
+      cpu|13.*) ;;
+      *) die "no nvcc for torch's CUDA $TORCH_CUDA (PyPI has a complete nvcc for CUDA 13 only): load or install a CUDA ${TORCH_CUDA%%.*} toolkit (module load cuda), or HVDLM_NCCL=0" ;;
+    esac
+    "${PIP[@]}" "${CUDA13_WHEELS[@]}"
+    site=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+    cu=$site/nvidia/cu13 root=$build/cuda
+    # A CUDA root nvcc and CMake accept: nvcc.profile links from $TOP/lib64 (the wheel has lib/),
+    # CMake wants libcudart.so (the wheel: .so.13); nvcc takes TOP from the path it is called by.
+    mkdir -p "$root/bin" "$root/lib64"
+    for f in "$cu"/bin/*; do ln -sfn "$f" "$root/bin/"; done
+    for f in "$cu"/lib/*; do ln -sfn "$f" "$root/lib64/"; done
+    ln -sfn "$cu/lib/libcudart.so.13" "$root/lib64/libcudart.so"
+    ln -sfn "$cu/include" "$root/include"; ln -sfn "$cu/nvvm" "$root/nvvm"
+    export HOROVOD_CUDA_HOME=$root PATH=$root/bin:$PATH
+    say "NCCL build: nvcc from PyPI's CUDA 13 wheels, NCCL $nc (shared)"
+  fi
+  caps=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | tr -d ' .' | sort -u | paste -sd, -) || caps=""
+  export HOROVOD_BUILD_CUDA_CC_LIST=${HOROVOD_BUILD_CUDA_CC_LIST:-${caps:-80,90}}
+  say "NCCL build: CUDA architectures $HOROVOD_BUILD_CUDA_CC_LIST (${caps:+the GPUs here}${caps:-A100 and H100; set HOROVOD_BUILD_CUDA_CC_LIST for others})"
+  if [ "$TORCH_CUDA" = cpu ]; then
+    cp "$ROOT/scripts/horovod/c10_cuda_stub.cc" "$src/horovod/torch/c10_cuda_stub.cc"
+    # upstream stops on a CPU torch; build anyway, without torch's generated CUDA macros header (not in a CPU wheel)
+    sed -i 's|message(FATAL_ERROR "Horovod build with GPU support was requested but this PyTorch installation does not support CUDA.")|add_definitions(-DC10_CUDA_NO_CMAKE_CONFIGURE_FILE)\n    list(APPEND PYTORCH_SOURCES "${PROJECT_SOURCE_DIR}/horovod/torch/c10_cuda_stub.cc")|' \
+      "$src/horovod/torch/CMakeLists.txt"
+    grep -q c10_cuda_stub.cc "$src/horovod/torch/CMakeLists.txt" || die "the CPU-torch NCCL patch did not apply"
+  fi
+}
 
 # 4. Horovod ----------------------------------------------------------------------------------
 # The installed Horovod will do if it has MPI and Gloo, and NCCL when decided so (none under
@@ -251,6 +319,7 @@ if ! horovod_ok; then
     if [ "$NCCL" = yes ]; then
       say "building with NCCL"
       export HOROVOD_GPU_OPERATIONS=NCCL
+      nccl_build_env "$BUILD" "$SRC"
     else
       unset HOROVOD_GPU_OPERATIONS
     fi
@@ -259,6 +328,7 @@ if ! horovod_ok; then
     mv "$BUILD"/dist/horovod-*.whl "$WHEELDIR"/
   fi
   "$PY" -m pip install -q --disable-pip-version-check --no-deps --force-reinstall "$WHEELDIR"/horovod-*.whl
+  [ "$NCCL" = yes ] && torch_nccl >/dev/null  # the NCCL it links: torch's, or CUDA 13's beside a CPU torch
 fi
 
 # 5. hvdlm itself ------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import sys
 from dataclasses import dataclass
 
 import horovod.torch as hvd
@@ -93,6 +94,8 @@ def init(threads: int = 0, cycle_ms: str | None = None) -> World:
     if torch.cuda.is_available():
         torch.cuda.set_device(hvd.local_rank() % torch.cuda.device_count())
         device = torch.device("cuda", torch.cuda.current_device())
+        if hvd.rank() == 0 and not alone() and not hvd.nccl_built():
+            print(NO_NCCL, file=sys.stderr, flush=True)
     else:
         device = torch.device("cpu")
     # Ranks on one host share its cores: oversubscribing them (torch defaults to all cores in every
@@ -101,6 +104,10 @@ def init(threads: int = 0, cycle_ms: str | None = None) -> World:
     torch.set_num_threads(n)
     return World(hvd.rank(), hvd.size(), hvd.local_rank(), hvd.local_size(),
                  socket.gethostname(), device, n)
+
+
+NO_NCCL = ("hvdlm: warning: this Horovod was built without NCCL: every CUDA gradient goes through host memory "
+           "and MPI/Gloo, several times slower; rebuild it on a GPU node with `HVDLM_NCCL=1 bash scripts/install.sh`")
 
 
 def rank() -> int:
