@@ -13,9 +13,10 @@
 #    (a one-rank communicator) instead of the alone shortcut;
 # 3. `hvdlm sample` from the first run; `hvdlm bench allreduce` over NCCL, 1 KiB to 1 GiB, when G >= 2;
 # 4. GPT-2 124M's shape (`--preset gpt2` on GPT-2's tokenizer: tiktoken is installed for it) for 100
-#    steps on one GPU, compiled (the GPU default) and not: tokens/s and MFU are the median of the
-#    steps after the first 20 (compilation and warm-up excluded).
-# Not yet: a bare PyTorch loop of the same model beside it (hvdlm.bench.bare runs on CPUs only).
+#    steps on one GPU, compiled (the GPU default) and not, each beside the bare PyTorch loop of the
+#    same model, batch, precision and compile setting (`python -m hvdlm.bench.bare`): tokens/s and
+#    MFU are the median of the steps after the first 20 (compilation and warm-up excluded), and the
+#    bare loop's row says hvdlm's tokens/s as a fraction of its own.
 # It ends with one markdown table (check, status, val loss, tokens/s, MFU/notes) and exits 1 if any
 # check failed; each check runs whatever the others did (none without the install and the data).
 # Without a GPU it exits 1 at once, with one line on stderr.
@@ -186,6 +187,16 @@ if "$PY" -m pip install -q tiktoken >"$WORK/logs/gpt2-prepare.log" 2>&1 \
     IFS='|' read -r tok notes <<<"$(steady "$WORK/runs/$dir/metrics.jsonl")"
     if [ "$rc" = 0 ] && [ "$tok" != - ]; then row "$name" ok - "$tok" "$notes"
     else row "$name" FAILED - "$tok" "exit $rc; $notes; see $WORK/logs/$dir.log"; fi
+    echo "gpu_check: bare PyTorch loop, $name: 100 steps on 1 GPU ..."
+    "$PY" -m hvdlm.bench.bare --data_dir "$DATA2" --out_dir "$WORK/runs/bare-$dir" --preset gpt2 \
+      --batch_size 8 --max_steps 100 --log_interval 1 --warmup_steps 10 --compile "$compiled" \
+      >"$WORK/logs/bare-$dir.log" 2>&1
+    rc=$?
+    IFS='|' read -r bare_tok bare_notes <<<"$(steady "$WORK/runs/bare-$dir/metrics.jsonl")"
+    if [ "$rc" = 0 ] && [ "$bare_tok" != - ]; then
+      row "bare PyTorch, $name" ok - "$bare_tok" "hvdlm at $("$PY" -c "import sys; a, b = (float(v.replace(',', '')) \
+        if v != '-' else float('nan') for v in sys.argv[1:]); print(f'{a / b:.3f}')" "$tok" "$bare_tok")x the bare loop's tokens/s"
+    else row "bare PyTorch, $name" FAILED - "$bare_tok" "exit $rc; see $WORK/logs/bare-$dir.log"; fi
   done
 else
   row "gpt2 124M" FAILED - - "tiktoken or prepare --tokenizer gpt2 failed; see $WORK/logs/gpt2-prepare.log"
