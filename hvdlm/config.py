@@ -32,6 +32,9 @@ class ModelConfig:
     block_size: int | None = opt(None, "context length in tokens (default: from preset)")
     dropout: float = opt(0.0, "dropout probability")
     bias: bool = opt(False, "biases in Linear and LayerNorm layers")
+    vocab_multiple: int = opt(64, "pad the embedding's rows to a multiple of this, for faster matmuls (1: no "
+                                  "padding); the padding rows are no tokens. A resumed run keeps the padding it "
+                                  "started with")
 
 
 @dataclass
@@ -252,6 +255,7 @@ def validate(cfg: Config) -> None:
         v = getattr(m, name)
         need(v is None or v > 0, f"{name} must be positive, got {v}")
     need(0.0 <= m.dropout < 1.0, f"dropout must be in [0, 1), got {m.dropout}")
+    need(m.vocab_multiple >= 1, f"vocab_multiple must be >= 1, got {m.vocab_multiple}")
     need(d.batch_size > 0, f"batch_size must be positive, got {d.batch_size}")
     need(d.global_batch_size >= 0, f"global_batch_size must be >= 0, got {d.global_batch_size}")
     need(o.lr > 0, f"lr must be positive, got {o.lr}")
@@ -329,7 +333,20 @@ def model_shape(cfg: ModelConfig, vocab_size: int) -> dict:
             shape[name] = getattr(cfg, name)
     if shape["n_embd"] % shape["n_head"]:
         raise HvdlmError(f"n_embd ({shape['n_embd']}) must be divisible by n_head ({shape['n_head']})")
-    return dict(shape, vocab_size=vocab_size, dropout=cfg.dropout, bias=cfg.bias)
+    return dict(shape, vocab_size=vocab_size, dropout=cfg.dropout, bias=cfg.bias, vocab_multiple=cfg.vocab_multiple)
+
+
+def saved_vocab_multiple(out_dir: str | Path) -> int | None:
+    """The vocabulary padding of the run in ``out_dir`` as its config.toml records it: 1 where the
+    file is older than the option (those runs were not padded); None without a readable file.
+    Read on every rank (out_dir is shared), so every rank builds the model the checkpoint holds."""
+    try:
+        with open(Path(out_dir) / "config.toml", "rb") as fh:
+            doc = tomllib.load(fh)
+    except (OSError, tomllib.TOMLDecodeError):
+        return None
+    value = doc.get("model", {}).get("vocab_multiple", doc.get("vocab_multiple", 1))
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else None
 
 
 def save_toml(cfg: Config, path: Path) -> None:

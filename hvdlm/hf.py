@@ -90,10 +90,13 @@ def shape_from_config(config: dict, where: str) -> dict:
 
 
 def to_hf(model_state: dict, shape: dict) -> dict[str, torch.Tensor]:
-    """hvdlm's GPT weights under GPT2LMHeadModel's names and layouts (the head is tied, not stored)."""
+    """hvdlm's GPT weights under GPT2LMHeadModel's names and layouts (the head is tied, not stored);
+    the embedding without its padding rows: GPT-2's config.json has the real vocabulary."""
     out: dict[str, torch.Tensor] = {}
     for src, dst, conv, has_bias in name_table(shape["n_layer"]):
         w = model_state[f"{src}.weight"].detach().to(torch.float32)
+        if src == "tok_emb":
+            w = w[:shape["vocab_size"]]
         out[f"{dst}.weight"] = (w.t() if conv else w).contiguous()
         if has_bias:
             b = model_state.get(f"{src}.bias")

@@ -14,7 +14,7 @@ from typing import Callable, TypeVar
 import numpy as np
 
 from hvdlm import checkpoint, pretrained
-from hvdlm.config import Config, model_shape
+from hvdlm.config import Config, model_shape, saved_vocab_multiple
 from hvdlm.data import load_meta, open_tokens, verify_checksums
 from hvdlm.data.sampler import num_sequences
 from hvdlm.distributed import Unverified, settled
@@ -80,6 +80,18 @@ def load_resume_state(cfg: Config, shape: dict, meta: dict, verify: bool = True)
     return state if verify else Unverified(state, found.check, lambda: load_resume_state(cfg, shape, meta))
 
 
+def keep_vocab_padding(cfg: Config) -> None:
+    """A run that resumes keeps the vocabulary padding it started with, whatever ``--vocab_multiple``
+    says now: its checkpoint's embedding, moments and per-rank state have that many rows. Its
+    config.toml says which (a run from before the option has none: unpadded); every rank reads it
+    alone, as elastic ranks must. With no checkpoint, or ``--resume false``, the option holds; the
+    effective config then records it for the next resume."""
+    if cfg.train.resume and checkpoint.candidates(cfg.train.out_dir):
+        saved = saved_vocab_multiple(cfg.train.out_dir)
+        if saved is not None:
+            cfg.model.vocab_multiple = saved
+
+
 @dataclass
 class Inputs:
     """What a run starts from, checked: the data, the model's shape, the checkpoint to resume
@@ -103,6 +115,7 @@ def read_inputs(cfg: Config, size: int, everyone: Callable = _here, on_root: Cal
     sends nothing checks it first: ``distributed.settled``); ``on_root=None`` reads none (a check
     before launching)."""
     meta = everyone(lambda: load_meta(cfg.data.data_dir))
+    keep_vocab_padding(cfg)
     # --init_from: rank 0 reads the pretrained model's config and checks it against the flags and the data
     start = on_root(lambda: pretrained.inspect(cfg, meta)) if cfg.train.init_from and on_root else None
     shape = start.shape if start else model_shape(cfg.model, meta["vocab_size"])

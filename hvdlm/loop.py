@@ -24,6 +24,7 @@ from hvdlm.errors import HvdlmError
 from hvdlm.evaluate import Evaluator, perplexity
 from hvdlm.inputs import Data
 from hvdlm.metrics import Metrics
+from hvdlm.model import padded_vocab
 from hvdlm.optim import lr_at, set_lr
 from hvdlm.precision import autocast
 from hvdlm.state import TrainState
@@ -84,8 +85,11 @@ def describe_hosts(hosts: list[str]) -> str:
 
 
 def describe_params(job: Job) -> str:
-    """'124.34M parameters (vocabulary 50,257)': the count depends on the vocabulary it assumes."""
-    return f"{job.model.num_params() / 1e6:.2f}M parameters (vocabulary {job.shape['vocab_size']:,})"
+    """'124.37M parameters (vocabulary 50,257, padded to 50,304)': the count depends on the vocabulary
+    it assumes, and counts the padding rows (trained and exchanged like the rest, though no token)."""
+    vocab, rows = job.shape["vocab_size"], padded_vocab(job.shape)
+    padding = f", padded to {rows:,}" if rows != vocab else ""
+    return f"{job.model.num_params() / 1e6:.2f}M parameters (vocabulary {vocab:,}{padding})"
 
 
 def describe_precision(job: Job) -> str:

@@ -20,6 +20,7 @@ from hvdlm.config import Config
 from hvdlm.console import say
 from hvdlm.data.tokenizers import digest, folder_tokenizer
 from hvdlm.errors import HvdlmError
+from hvdlm.model import fit_vocab
 
 WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 
@@ -71,6 +72,7 @@ def inspect(cfg: Config, meta: dict) -> Start | None:
         weights = hf.from_hf(weights, shape, positions, folder)  # every weight there and of its shape, before training
     else:
         weights = dict(weights, **{"pos_emb.weight": weights["pos_emb.weight"][:shape["block_size"]]})
+    weights = fit_vocab(weights, shape)  # the real vocabulary's rows, padded as this run pads (zero rows)
     crop = f", context {shape['block_size']} of its {positions} positions" if shape["block_size"] < positions else ""
     note = (f"hvdlm: started from {folder} ({'GPT-2 folder' if kind == 'hf' else 'hvdlm checkpoint'}: "
             f"{shape['n_layer']} layers x {shape['n_embd']}, vocab {shape['vocab_size']}, "
@@ -132,7 +134,7 @@ def _with_flags(shape: dict, positions: int, cfg: Config, folder: str) -> dict:
     if m.block_size is not None and m.block_size > positions:
         raise HvdlmError(f"--block_size {m.block_size} is longer than the {positions} positions of the model in "
                          f"{folder}; use at most {positions}")
-    return dict(shape, block_size=m.block_size or positions, dropout=m.dropout)
+    return dict(shape, block_size=m.block_size or positions, dropout=m.dropout, vocab_multiple=m.vocab_multiple)
 
 
 def _check_hf_tokenizer(path: Path, meta: dict, data_dir: str) -> None:

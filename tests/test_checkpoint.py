@@ -1,8 +1,14 @@
 import pytest
 import torch
 
+from support.launch import HVDLM, TINY, check, launch
+from support.runs import saved
+from support.text import words
 from hvdlm import checkpoint
+from hvdlm.config import load_config, saved_vocab_multiple, save_toml
+from hvdlm.data import prepare
 from hvdlm.errors import HvdlmError
+from hvdlm.inputs import keep_vocab_padding
 from hvdlm.optim import lr_at
 
 SHAPE = dict(vocab_size=256, block_size=32, n_layer=2, n_head=2, n_embd=32, bias=False)
@@ -71,6 +77,49 @@ def test_other_model_shape_is_refused():
     with pytest.raises(HvdlmError, match=r"different model: n_layer=2 \(this run: 3\)"):
         checkpoint.check_shape({"model_shape": SHAPE}, dict(SHAPE, n_layer=3), "x.pt")
     checkpoint.check_shape({"model_shape": SHAPE}, dict(SHAPE, dropout=0.2), "x.pt")  # dropout may change
+    # a checkpoint from before the padding (no vocab_multiple) is an unpadded model's
+    checkpoint.check_shape({"model_shape": SHAPE}, dict(SHAPE, vocab_multiple=1), "x.pt")
+    with pytest.raises(HvdlmError, match=r"vocab_multiple=1 \(this run: 64\).*--vocab_multiple 1 to resume it"):
+        checkpoint.check_shape({"model_shape": SHAPE}, dict(SHAPE, vocab_multiple=64), "x.pt")
+
+
+@pytest.mark.parametrize("toml, resume, has_checkpoint, want", [
+    (None, True, False, 64),  # a new run: the option
+    ("vocab_multiple = 8", True, True, 8),  # a resumed run keeps its own
+    ("", True, True, 1),  # a run from before the option: unpadded
+    ("", False, True, 64),  # --resume false starts over: the option
+    ("", True, False, 64),  # nothing to resume (a run stopped before its first save)
+])
+def test_a_resumed_run_keeps_the_vocabulary_padding_its_config_toml_records(tmp_path, toml, resume,
+                                                                             has_checkpoint, want):
+    if toml is not None:
+        (tmp_path / "config.toml").write_text(f"[model]\n{toml}\n[train]\nout_dir = 'x'\n")
+    if has_checkpoint:
+        (tmp_path / "checkpoint.pt").write_bytes(b"")  # listed is enough: rank 0 reads it later
+    cfg = load_config(overrides={"out_dir": str(tmp_path), "resume": resume})
+    keep_vocab_padding(cfg)
+    assert cfg.model.vocab_multiple == want
+    save_toml(cfg, tmp_path / "config.toml")  # the effective config records it for the next resume
+    assert saved_vocab_multiple(tmp_path) == want
+
+
+def test_a_run_from_before_the_padding_resumes_with_its_own_embedding(tmp_path):
+    """A run whose config.toml predates --vocab_multiple (its checkpoint holds a (vocab, n_embd)
+    embedding and moments) resumes unpadded under today's default 64, and its config.toml says so."""
+    (tmp_path / "a.txt").write_text(words(20000, seed=3))
+    meta = prepare([tmp_path / "a.txt"], tmp_path / "data", tokenizer="char", val_fraction=0.1, workers=1)
+    assert meta["vocab_size"] % 64
+    out = tmp_path / "run"
+    command = [HVDLM, "train", "--data_dir", str(tmp_path / "data"), "--out_dir", str(out), *TINY, "--max_steps", "4"]
+    check(launch("single", [*command, "--vocab_multiple", "1", "--stop_after", "2"]))
+    toml = out / "config.toml"
+    toml.write_text("".join(line for line in toml.read_text().splitlines(keepends=True)
+                            if not line.startswith("vocab_multiple")))  # as hvdlm wrote it before the option
+    run = check(launch("single", command))
+    assert "resuming at step 2" in run.output and "padded" not in run.output, run.output
+    state = saved(out)
+    assert state["step"] == 4 and state["model"]["tok_emb.weight"].shape[0] == meta["vocab_size"]
+    assert saved_vocab_multiple(out) == 1
 
 
 def test_lr_schedule_warms_up_then_decays_to_the_floor():

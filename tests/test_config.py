@@ -36,6 +36,7 @@ def test_saved_config_reads_back_identically(tmp_path):
     ("lr = 'fast'\n", "option lr: expected float"),
     ("preset = 'huge'\n", "preset must be one of"),
     ("grad_accum = 0\n", "grad_accum must be >= 1"),
+    ("vocab_multiple = 0\n", "vocab_multiple must be >= 1"),
     ("min_lr = 1.0\n", "min_lr must be between 0 and lr"),
     ("reduce_op = 'adasum'\n", "set grad_clip 0"),
     ("[model]\nn_layer = 2\n[", "not valid TOML"),

@@ -21,7 +21,7 @@ from hvdlm.data.sampler import get_batch, num_sequences
 from hvdlm.data.tokenizers import pretrained_tokenizer
 from hvdlm.errors import HvdlmError
 from hvdlm.export import export_hf
-from hvdlm.model import GPT, GPTConfig
+from hvdlm.model import GPT, GPTConfig, fit_vocab
 from hvdlm.sample import sample_from_checkpoint
 
 import transformers  # noqa: E402  (install.sh installs it: missing, the tests must fail, not skip)
@@ -129,12 +129,13 @@ def test_init_from_reads_the_weights_once_and_sends_none(kind, gpt2, data, tmp_p
 def test_export_init_from_export_round_trips_every_tensor(gpt2, data):
     original = load_file(str(gpt2 / "model.safetensors"))
     model = started(gpt2, data)
+    assert model.tok_emb.weight.shape[0] == 320  # the 300 tokens padded to a multiple of 64: not in the export
     exported = hf.to_hf(model.state_dict(), model.cfg.__dict__)
     assert {k: v for k, v in original.items() if k in exported}.keys() == exported.keys()
     for name, tensor in exported.items():
         assert torch.equal(tensor, original[name]), name
-    # and back: the export read in again gives the same state dict, bit for bit
-    again = hf.from_hf(exported, model.cfg.__dict__, CONTEXT, "export")
+    # and back: the export read in again (and padded as --init_from pads) gives the same state dict, bit for bit
+    again = fit_vocab(hf.from_hf(exported, model.cfg.__dict__, CONTEXT, "export"), model.cfg.__dict__)
     for name, tensor in model.state_dict().items():
         assert torch.equal(again[name], tensor), name
 
@@ -182,7 +183,7 @@ def test_two_ranks_train_from_the_folder_and_sample(gpt2, data, tmp_path):
     command = [HVDLM, "train", "--init_from", str(gpt2), "--data_dir", str(data), "--out_dir", str(out),
                "--max_steps", "4", "--sample_tokens", "0", *FLAGS]
     run = check(launch("horovodrun-gloo", [*command, "--stop_after", "3"]))
-    assert f"started from {gpt2}" in run.output
+    assert f"started from {gpt2}" in run.output and "(vocabulary 300, padded to 320)" in run.output
     evals = _evals(out)
     assert evals[0]["step"] == 0 and evals[-1]["step"] == 3
     assert evals[0]["val_loss"] == pytest.approx(_hf_val_loss(gpt2, data, sequences=8), abs=1e-4)

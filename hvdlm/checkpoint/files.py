@@ -292,10 +292,15 @@ def check_shape(state: dict, shape: dict, path: str | Path) -> None:
     # GPT-2's tanh GELU (a run started from a GPT-2 folder); older checkpoints have the exact one
     if saved.get("activation", "gelu") != shape.get("activation", "gelu"):
         diff.append(f"activation={saved.get('activation', 'gelu')} (this run: {shape.get('activation', 'gelu')})")
+    # the embedding's padding rows (out_dir/config.toml keeps it; without that file, the flag decides)
+    padding, hint = saved.get("vocab_multiple", 1), ""
+    if padding != shape.get("vocab_multiple", 1):
+        diff.append(f"vocab_multiple={padding} (this run: {shape.get('vocab_multiple', 1)})")
+        hint = f", --vocab_multiple {padding} to resume it (where out_dir has no config.toml that keeps it)"
     if diff:
         raise HvdlmError(
             f"checkpoint {path} is from a different model: {', '.join(diff)}; "
-            "use another out_dir, or --resume false to start over"
+            f"use another out_dir{hint}, or --resume false to start over"
         )
 
 

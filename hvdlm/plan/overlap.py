@@ -22,6 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+from hvdlm.model import padded_vocab
+
 
 @dataclass
 class Ready:
@@ -77,7 +79,7 @@ def ready_times(params: list[tuple[str, tuple[int, ...]]], shape: dict, backward
                 bytes_per_element: float) -> list[Ready]:
     """When each gradient of hvdlm's GPT is ready in a backward of ``backward`` seconds."""
     c, t_ctx, layers = shape["n_embd"], shape["block_size"], shape["n_layer"]
-    head = 4 * shape["vocab_size"] * c  # backward FLOPs per token: 2/3 of 6 x weights
+    head = 4 * padded_vocab(shape) * c  # backward FLOPs per token: 2/3 of 6 x weights (padding rows too)
     block = 4 * 12 * c * c + 8 * c * t_ctx  # weights, plus 2/3 of attention's 12 x C x T
     total = head + layers * block
     out = []
