@@ -4,7 +4,7 @@ MFU = training FLOPs per token x tokens/s / peak FLOP/s of the devices the run u
 token follow the PaLM paper's appendix B: 6N (forward and backward through the N weights) plus
 12 x layers x width x context for attention's score and value matmuls. The peak:
 
-* on GPUs, the vendor's dense figure for the device's name and the run's precision (``GPU_PEAKS``;
+* on GPUs, NVIDIA's dense figure for the device's name and the run's precision (``GPU_PEAKS``;
   fp32 counts TF32 tensor cores only where torch allows TF32 matmuls);
 * on CPUs there is no reliable table, so each rank measures a square matmul with its own threads
   at start-up (fp32, or bf16 when the run trains in bf16) and caches the figure per host in
@@ -26,25 +26,97 @@ from pathlib import Path
 
 import torch
 
-# Dense (no sparsity) peak TFLOP/s by device-name fragment, first match wins: bf16, fp32 without
-# tensor cores, tf32. From NVIDIA's data sheets (SXM parts unless the name says otherwise).
-GPU_PEAKS: list[tuple[str, dict[str, float]]] = [
-    ("H200", {"bf16": 989.0, "fp32": 67.0, "tf32": 494.0}),
-    ("H100 PCIe", {"bf16": 756.0, "fp32": 51.0, "tf32": 378.0}),
-    ("H100", {"bf16": 989.0, "fp32": 67.0, "tf32": 494.0}),
-    ("A100", {"bf16": 312.0, "fp32": 19.5, "tf32": 156.0}),
-    ("L40S", {"bf16": 362.0, "fp32": 91.6, "tf32": 183.0}),
-    ("L4", {"bf16": 121.0, "fp32": 30.3, "tf32": 60.0}),
-    ("A10", {"bf16": 125.0, "fp32": 31.2, "tf32": 62.5}),
-    ("V100", {"fp32": 15.7}),
-]
+from hvdlm.model import padded_vocab
+
+
+@dataclass(frozen=True)
+class GPU:
+    """One NVIDIA part's data-sheet figures: dense (no sparsity) peak TFLOP/s and memory bandwidth."""
+    name: str  # as NVIDIA writes it; what `hvdlm plan --gpu` takes
+    bf16: float | None  # tensor cores; None: it has no bf16
+    fp32: float  # without tensor cores
+    tf32: float | None
+    memory: float  # bytes/s of its HBM (GDDR6 on L4, L40, L40S, A10)
+    aliases: tuple[str, ...] = ()  # the short name people mean by it
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """(model, form) as a device name shows it: ('H100', 'NVL'); SXM is the unmarked form."""
+        words = _words(self.name)
+        return words[0], next((w for w in words if w in _FORMS), "")
+
+    def peak(self, precision: str, allow_tf32: bool = False) -> float | None:
+        """FLOP/s at ``precision``: bf16, or fp32 on TF32 tensor cores where torch allows them."""
+        tflops = self.bf16 if precision == "bf16" else (self.tf32 if allow_tf32 else self.fp32)
+        return None if tflops is None else tflops * 1e12
+
+
+# NVIDIA's data sheets give tensor-core figures "with sparsity"; the dense peak a GPT's matmuls can
+# reach is half of it. H100/H200 SXM keep 989 and 494 (half of 1,979 and 989, rounded down as
+# they always were here, so the recorded plan tables reproduce). A100 and H100 PCIe: the 80 GB
+# parts (the 40 GB A100s have 1.555 TB/s: give `--mem_bw`). Sources:
+#   H100 SXM, H100 NVL   nvidia.com/en-us/data-center/h100 (data sheet table)
+#   H100 PCIe            H100 PCIe product brief PB-11133-001 (2022): 756/1,513* TFLOPS, 2,000 GB/s
+#   H200 SXM, H200 NVL   nvidia.com/en-us/data-center/h200
+#   B200                 nvidia.com/en-us/data-center/hgx (HGX B200, per GPU, 1,000 W): TF32 2.2*,
+#                        BF16 4.5* PFLOPS, FP32 75 TFLOPS, 180 GB HBM3e at 7.7 TB/s
+#   A100 SXM, A100 PCIe  NVIDIA A100 data sheet (80 GB: 2,039 and 1,935 GB/s)
+#   L40S, L40, L4, A10   their data sheets (L40: BF16 181.05 / 362.1*, TF32 90.5 / 181*)
+#   V100 SXM2, V100 PCIe NVIDIA V100 data sheet (no bf16: fp32 only)
+GPU_PEAKS: tuple[GPU, ...] = (
+    GPU("H100 SXM", bf16=989.0, fp32=67.0, tf32=494.0, memory=3.35e12, aliases=("H100",)),
+    GPU("H100 PCIe", bf16=756.0, fp32=51.0, tf32=378.0, memory=2.0e12),
+    GPU("H100 NVL", bf16=835.5, fp32=60.0, tf32=417.5, memory=3.9e12),
+    GPU("H200 SXM", bf16=989.0, fp32=67.0, tf32=494.0, memory=4.8e12, aliases=("H200",)),
+    GPU("H200 NVL", bf16=835.5, fp32=60.0, tf32=417.5, memory=4.8e12),
+    GPU("B200", bf16=2250.0, fp32=75.0, tf32=1100.0, memory=7.7e12),
+    GPU("A100 SXM", bf16=312.0, fp32=19.5, tf32=156.0, memory=2.039e12, aliases=("A100",)),
+    GPU("A100 PCIe", bf16=312.0, fp32=19.5, tf32=156.0, memory=1.935e12),
+    GPU("L40S", bf16=362.05, fp32=91.6, tf32=183.0, memory=0.864e12),
+    GPU("L40", bf16=181.05, fp32=90.5, tf32=90.5, memory=0.864e12),
+    GPU("L4", bf16=121.0, fp32=30.3, tf32=60.0, memory=0.3e12),
+    GPU("A10", bf16=125.0, fp32=31.2, tf32=62.5, memory=0.6e12),
+    GPU("V100 SXM2", bf16=None, fp32=15.7, tf32=None, memory=0.9e12, aliases=("V100",)),
+    GPU("V100 PCIe", bf16=None, fp32=14.0, tf32=None, memory=0.9e12),
+)
+_FORMS = ("PCIE", "NVL")  # the forms a device name spells out; no mark is the SXM module
+
+
+def _words(name: str) -> list[str]:
+    """'NVIDIA A100-SXM4-80GB' -> ['NVIDIA', 'A100', 'SXM4', '80GB']: case, hyphens and
+    underscores do not matter, in names people type or devices report."""
+    return name.upper().replace("-", " ").replace("_", " ").split()
+
+
+def gpu_named(text: str) -> GPU | None:
+    """The GPU a person names (``--gpu``): its name or alias exactly, up to case and separators
+    ('h100-nvl' is the H100 NVL); never a part of a name, so 'L40' is not the L4, nor 'H100 NVL'
+    the H100 SXM."""
+    wanted = _words(text)
+    return next((g for g in GPU_PEAKS if wanted in [_words(n) for n in (g.name, *g.aliases)]), None)
+
+
+def gpu_names() -> str:
+    """'H100 SXM (or H100), H100 PCIe, ...': what ``gpu_named`` knows, for messages and --help."""
+    return ", ".join(g.name + (f" (or {', '.join(g.aliases)})" if g.aliases else "") for g in GPU_PEAKS)
+
+
+def gpu_of_device(device_name: str) -> GPU | None:
+    """The GPU torch reports by this name ('NVIDIA H100 80GB HBM3', 'NVIDIA A100-SXM4-40GB',
+    'NVIDIA A100 80GB PCIe'): its model word and its form (PCIe, NVL; none is SXM), whatever
+    the memory size and other words around them. A model the table lacks ('A10G', 'GH200') is
+    None: no MFU rather than another part's peak."""
+    words = _words(device_name)
+    form = next((w for w in words if w in _FORMS), "")
+    return next((g for g in GPU_PEAKS if g.key[0] in words and g.key[1] == form), None)
 
 
 def flops_per_token(shape: dict) -> int:
     """Training FLOPs per token of hvdlm's GPT with this ``model_shape`` (PaLM appendix B):
     6N + 12 * n_layer * n_embd * block_size, N = the weights every token multiplies through
-    (the tied embedding counts once, as the output head; position embeddings are a lookup)."""
-    c, layers, vocab = shape["n_embd"], shape["n_layer"], shape["vocab_size"]
+    (the tied embedding counts once, as the output head, with the padding rows its matmul
+    multiplies through too; position embeddings are a lookup)."""
+    c, layers, vocab = shape["n_embd"], shape["n_layer"], padded_vocab(shape)
     bias = bool(shape.get("bias"))
     per_layer = 12 * c * c + 2 * c  # qkv 3C^2, proj C^2, MLP 8C^2; two LayerNorm weights
     if bias:
@@ -53,13 +125,10 @@ def flops_per_token(shape: dict) -> int:
     return 6 * n + 12 * layers * c * shape["block_size"]
 
 
-def gpu_peak(name: str, precision: str, allow_tf32: bool = False) -> float | None:
-    """Peak FLOP/s of a GPU by name, or None when the table does not know it."""
-    key = "bf16" if precision == "bf16" else ("tf32" if allow_tf32 else "fp32")
-    for fragment, peaks in GPU_PEAKS:
-        if fragment.lower() in name.lower():
-            return peaks[key] * 1e12 if key in peaks else None
-    return None
+def gpu_peak(device_name: str, precision: str, allow_tf32: bool = False) -> float | None:
+    """Peak FLOP/s of the GPU torch reports by this name, or None when the table does not know it."""
+    gpu = gpu_of_device(device_name)
+    return None if gpu is None else gpu.peak(precision, allow_tf32)
 
 
 MATMUL_N = 384  # fits the caches, so it times the vector units; 1024 was bound by memory at 1 thread

@@ -13,17 +13,20 @@ from hvdlm.errors import HvdlmError
 
 PREFIX = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
 SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0}
-RATE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)(bit|bps|b|B|Bps)(?:/s)?\s*")
-DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ns|us|µs|ms|s)\s*")
+# A sign is read so that '-5gbit' is refused as out of range rather than as no rate at all.
+RATE = re.compile(r"\s*(-?\d+(?:\.\d+)?)\s*([kKmMgGtT]?)(bit|bps|b|B|Bps)(?:/s)?\s*")
+DURATION = re.compile(r"\s*(-?\d+(?:\.\d+)?)\s*(ns|us|µs|ms|s)\s*")
 
 
 def parse_bytes(text: str | int, what: str = "size") -> int:
     """'64M' -> 67108864; K/M/G (also KB, KiB, ...) are binary, as message sizes usually are."""
     if isinstance(text, int):
         return text
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgG]?)(?:i?[bB])?\s*", str(text))
+    m = re.fullmatch(r"\s*(-?\d+(?:\.\d+)?)\s*([kKmMgG]?)(?:i?[bB])?\s*", str(text))
     if not m:
         raise HvdlmError(f"{what} {text!r} is not a byte count (examples: 8, 4K, 64M, 1G)", everywhere=True)
+    if float(m.group(1)) < 0:
+        raise HvdlmError(f"{what} {text!r} is out of range: at least 0", everywhere=True)
     value = float(m.group(1)) * 1024 ** " KMG".index(m.group(2).upper() or " ")
     if value != int(value):
         raise HvdlmError(f"{what} {text!r} is not a whole number of bytes", everywhere=True)
@@ -39,8 +42,10 @@ def bus_factor(nranks: int) -> float:
 def parse_rate(text: str, what: str = "rate") -> float:
     """'25gbit' -> 3.125e9 bytes/s; '400Gbit/s', '1gbps', '100mbit', '3.35TB/s' likewise."""
     m = RATE.fullmatch(str(text))
-    if not m or float(m.group(1)) <= 0:
+    if not m:
         raise HvdlmError(f"{what} {text!r} is not a rate (examples: 400gbit, 25gbit, 1gbit, 100mbit, 3.35TB/s)")
+    if float(m.group(1)) <= 0:  # nothing would ever arrive
+        raise HvdlmError(f"{what} {text!r} is out of range: more than 0")
     value = float(m.group(1)) * PREFIX[m.group(2).lower()]
     in_bytes = m.group(3) in ("B", "Bps")
     return value if in_bytes else value / 8
@@ -51,6 +56,8 @@ def parse_duration(text: str, what: str = "duration") -> float:
     m = DURATION.fullmatch(str(text))
     if not m:
         raise HvdlmError(f"{what} {text!r} is not a duration (examples: 2us, 20us, 1.5ms, 30ms)")
+    if float(m.group(1)) < 0:
+        raise HvdlmError(f"{what} {text!r} is out of range: at least 0")
     return float(m.group(1)) * SECONDS[m.group(2)]
 
 

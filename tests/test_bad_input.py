@@ -128,6 +128,8 @@ def test_sample_with_a_bad_value(tmp_path, option, value, words):
     (["train", "--preset", "huge"], ["invalid choice: 'huge'", "gpt2-medium"]),
     (["plan", "--preset", "gpt2"], ["required: --ranks"]),
     (["plan", "--preset", "gpt2", "--ranks", "8", "--step_ms", "x"], ["--step_ms: invalid float value: 'x'"]),
+    (["plan", "--preset", "gpt2", "--ranks", "8", "--step_ms", "10", "--vocab_size", "-5"],  # was a crash
+     ["argument --vocab_size: -5 is out of range: at least 1"]),
     (["bench", "sync", "--method", "none"], ["unrecognized arguments: --method", "hvdlm bench sync --help"]),
     (["bench", "sync", "--methods", "diloco-int4"], ["unknown method 'diloco-int4'", "diloco-int8-overlap"]),
 ])

@@ -11,12 +11,13 @@ from hvdlm import mfu
 from hvdlm.model import GPT, GPTConfig
 
 
-@pytest.mark.parametrize("bias", [False, True])
-def test_flops_per_token_is_6n_plus_attention_with_n_counted_from_the_model(bias):
-    shape = dict(vocab_size=300, block_size=64, n_layer=3, n_head=4, n_embd=48, bias=bias)
+@pytest.mark.parametrize("bias, vocab_multiple", [(False, 1), (True, 1), (False, 64)])  # 64: 320 rows, all multiplied
+def test_flops_per_token_is_6n_plus_attention_with_n_counted_from_the_model(bias, vocab_multiple):
+    shape = dict(vocab_size=300, block_size=64, n_layer=3, n_head=4, n_embd=48, bias=bias,
+                 vocab_multiple=vocab_multiple)
     model = GPT(GPTConfig(**shape))
     n = sum(p.numel() for p in model.parameters()) - model.pos_emb.weight.numel()  # the tied head once
-    assert mfu.flops_per_token(shape) == 6 * n + 12 * 3 * 48 * 64 == model.flops_per_token()
+    assert mfu.flops_per_token(shape) == 6 * n + 12 * 3 * 48 * 64
 
 
 def test_gpu_peak_by_name_and_precision():
@@ -26,6 +27,19 @@ def test_gpu_peak_by_name_and_precision():
     assert mfu.gpu_peak("NVIDIA A100-SXM4-40GB", "fp32", allow_tf32=True) == 156e12
     assert mfu.gpu_peak("Tesla V100-SXM2-16GB", "bf16") is None  # no bf16 there
     assert mfu.gpu_peak("Some Future GPU", "bf16") is None
+    # a device's model word and form, not a fragment: the L40 is not the L4, the NVL not the SXM
+    assert mfu.gpu_peak("NVIDIA L40", "bf16") == 181.05e12 and mfu.gpu_peak("NVIDIA L4", "bf16") == 121e12
+    assert mfu.gpu_peak("NVIDIA H100 NVL", "bf16") == 835.5e12
+    assert mfu.gpu_peak("NVIDIA A10G", "bf16") is None  # AWS's A10G is not the A10
+
+
+def test_every_gpu_is_found_by_its_name_and_aliases_and_as_a_device():
+    """No entry hides another: each is what its own name, its aliases and a device named after it give."""
+    for g in mfu.GPU_PEAKS:
+        assert mfu.gpu_named(g.name.lower().replace(" ", "-")) is g
+        assert all(mfu.gpu_named(alias) is g for alias in g.aliases)
+        assert mfu.gpu_of_device(f"NVIDIA {g.name}") is g
+    assert mfu.gpu_named("H100NVL") is None and mfu.gpu_named("L40X") is None
 
 
 def test_cpu_peak_is_measured_once_per_host_and_threads_then_read_from_the_cache(tmp_path, monkeypatch):

@@ -3,11 +3,13 @@
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 
 from support.launch import HVDLM, TINY, check, launch
 from hvdlm.cli import build_parser, main
+from hvdlm.errors import HvdlmError
 from hvdlm.plan import network, overlap
 from hvdlm.plan.command import setting
 from hvdlm.plan.methods import Method, predict
@@ -126,14 +128,15 @@ def test_predicted_bytes_equal_hvdlm_counters_at_2_ranks(name, corpus, tmp_path)
 
 def test_model_from_an_init_from_folder(tmp_path):
     """A GPT-2 folder's config.json gives the model `train --init_from` would train: GPT-2's own parameter
-    count (12 C^2 + 13 C per block with its biases, wte, wpe, ln_f); --block_size shortens the context."""
+    count (12 C^2 + 13 C per block with its biases, wte, wpe, ln_f), the embedding padded to a multiple of
+    64 rows as `train --init_from` pads it (300 -> 320); --block_size shortens the context."""
     from hvdlm.hf import hf_config
 
     L, C, V, T = 3, 48, 300, 96
     (tmp_path / "config.json").write_text(json.dumps(hf_config(dict(vocab_size=V, block_size=T, n_layer=L,
                                                                      n_head=4, n_embd=C))))
     s, _, _ = setting(plan_args("--init_from", str(tmp_path), "--ranks", "2", "--step_ms", "10", "--mem_bw", "1GB/s"))
-    assert s.numel == L * (12 * C * C + 13 * C) + V * C + T * C + 2 * C and s.shape["block_size"] == T
+    assert s.numel == L * (12 * C * C + 13 * C) + 320 * C + T * C + 2 * C and s.shape["block_size"] == T
     short, _, _ = setting(plan_args("--init_from", str(tmp_path), "--block_size", "64", "--ranks", "2",
                                     "--step_ms", "10", "--mem_bw", "1GB/s"))
     assert short.numel == s.numel - 32 * C and short.tokens_per_step == 2 * 8 * 64
@@ -172,13 +175,34 @@ def test_measure_on_2_local_ranks(corpus, tmp_path):
     assert "fastest within --max_loss_penalty" in run.stdout
 
 
+# Every number plan takes, out of its range: the line names the option, the value and the range
+# (each was taken before: --step_ms -100 made an efficiency of -37%, --vocab_size -5 a crash).
+OUT_OF_RANGE = [("--step_ms", "-100", "more than 0"), ("--step_ms", "inf", "more than 0"),
+                ("--cycle_ms", "-5", "at least 0"), ("--periodic_cycle_ms", "-50", "at least 0"),
+                ("--overlap_steps", "-3", "at least 1"), ("--powersgd_min_compression", "-1", "at least 0"),
+                ("--vocab_size", "-5", "at least 1"), ("--batch_size", "-2", "at least 1"),
+                ("--global_batch_size", "-32", "at least 0"), ("--global_batch", "-32", "at least 0"),
+                ("--mfu", "0", "more than 0 and at most 1"), ("--mfu", "1.5", "more than 0 and at most 1"),
+                ("--measure", "2", "at least 3"), ("--measure_ranks", "0", "at least 1"),
+                ("--max_loss_penalty", "-1", "at least 0"), ("--ranks", "0", "at least 1"),
+                ("--ranks_per_host", "0", "at least 1"), ("--n_layer", "-1", "at least 1"),
+                ("--n_head", "0", "at least 1"), ("--n_embd", "-8", "at least 1"), ("--block_size", "-8", "at least 1"),
+                ("--log_interval", "0", "at least 1")]
+
+
 @pytest.mark.parametrize("flags, says", [
-    (["--link", "25furlongs,20us"], "is not a rate"),
-    (["--link", "25gbit,20parsecs"], "is not a duration"),
-    (["--ranks", "0"], "--ranks 0 is out of range"),
+    (["--link", "25furlongs,20us"], "--link bandwidth '25furlongs' is not a rate"),
+    (["--link", "25gbit,20parsecs"], "--link latency '20parsecs' is not a duration"),
+    (["--link", "0gbit,20us"], "--link bandwidth '0gbit' is out of range: more than 0"),
+    (["--link=25gbit,-20us"], "--link latency '-20us' is out of range: at least 0"),
+    (["--intra_link", "0gbit,2us"], "--intra_link bandwidth '0gbit' is out of range: more than 0"),
+    (["--mem_bw", "0GB/s"], "--mem_bw '0GB/s' is out of range: more than 0"),
+    (["--fusion=-1M"], "--fusion '-1M' is out of range: at least 0"),
+    (["--powersgd_rank", "0"], "--powersgd_rank '0' is not a comma list of positive whole numbers"),
+    (["--gpu", "L40X"], "argument --gpu: 'L40X' is not a GPU hvdlm knows; it knows H100 SXM (or H100), H100 PCIe"),
     (["--ranks", "3", "--global_batch_size", "16"], "does not divide into --ranks 3"),
     (["--ranks", "12", "--ranks_per_host", "8"], "not a whole number of hosts"),
-    (["--log_interval", "0"], "--log_interval 0 is out of range"),
+    *[([flag, value], f"argument {flag}: {value} is out of range: {allowed}") for flag, value, allowed in OUT_OF_RANGE],
 ])
 def test_bad_input_is_one_error_line(flags, says, capsys):
     argv = ["plan", "--preset", "tiny", "--vocab_size", "256", "--step_ms", "10", "--ranks", "2", *flags]
@@ -187,6 +211,24 @@ def test_bad_input_is_one_error_line(flags, says, capsys):
     err = capsys.readouterr()
     assert exit_.value.code == 2
     assert err.out == "" and err.err.count("\n") == 1 and err.err.startswith("hvdlm: error:") and says in err.err
+
+
+def test_gpu_is_its_exact_name_with_its_own_peak_and_memory(capsys):
+    """--gpu matched the first table entry whose name it contained: L40 was the L4, H100 NVL the
+    H100 SXM. Now a name is the GPU's own (case and hyphens aside), or an alias (H100 = H100 SXM)."""
+    def peak_and_memory(name, precision="bf16"):
+        s, _, source = setting(plan_args("--preset", "tiny", "--vocab_size", "256", "--ranks", "2", "--gpu", name,
+                                         "--mfu", "0.5", "--precision", precision))
+        return round(s.flops / 0.5 / 1e9) * 1e9, s.mem_bw, source  # FLOP/s to the GFLOP/s: no float residue
+
+    assert peak_and_memory("l40s")[:2] == (362.05e12, 0.864e12)
+    assert peak_and_memory("L40")[:2] == (181.05e12, 0.864e12)  # not the L4's 121
+    assert peak_and_memory("H100 NVL")[:2] == (835.5e12, 3.9e12)  # not the SXM's 989
+    assert peak_and_memory("h100-sxm") == peak_and_memory("H100") == (989e12, 3.35e12, "H100 SXM bf16 at MFU 0.5")
+    assert peak_and_memory("V100", "fp32")[:2] == (15.7e12, 0.9e12)
+    with pytest.raises(SystemExit):
+        main(["plan", "--preset", "tiny", "--ranks", "2", "--gpu", "V100", "--precision", "bf16"])
+    assert capsys.readouterr().err == "hvdlm: error: --gpu V100 SXM2 has no bf16 tensor cores: give --precision fp32\n"
 
 
 def test_bad_input_from_the_command_line(tmp_path):
@@ -221,3 +263,162 @@ def test_every_penalty_is_the_worst_cell_of_its_row_in_results():
         assert worst == e["pct"], (e, rows[0])
         assert penalty.measured(Method(e["method"], rank=e["setting"], every=e["setting"] or 1,
                                        overlap=e["overlap"]))[0] == e["pct"]
+
+
+# --- GPU ranks under NCCL (hvdlm/plan/topology.py, nccl.py) and --calibrate (calibrate.py) ---
+
+def test_topology_defaults_by_gpu_and_what_the_command_line_overrides():
+    from hvdlm.plan import topology
+
+    h100, a100, l4 = topology.fabric_for("H100"), topology.fabric_for("a100-sxm"), topology.fabric_for("L4")
+    assert (h100.nics, h100.nic, h100.ring_busbw, h100.nvls_busbw) == (8, 47e9, 370e9, 480e9)  # nccl-tests#290, #212
+    assert h100.network(8) == 8 * 47e9 and h100.network(2) == 2 * 47e9  # a GPU uses the NIC near it
+    assert (a100.nvls_busbw, a100.nics, a100.nic, a100.intra) == (0.0, 8, 24e9, "nvlink")
+    assert l4.intra == "pcie" and l4.nvls_busbw == 0 and l4.nics == 1
+    assert all(where for _, where in h100.sources)
+    with pytest.raises(HvdlmError, match="not a GPU hvdlm knows"):
+        topology.fabric_for("H1000")
+    with pytest.raises(HvdlmError, match="has no NVLink SHARP"):
+        topology.override(a100, nvls="on")
+    # --gpu H100 puts the plan on NCCL; --link then is one NIC a host; --fabric none keeps the CPU path
+    base = ["--preset", "tiny", "--vocab_size", "256", "--ranks", "16", "--mem_bw", "10GB/s"]
+    s, _, _ = setting(plan_args(*base, "--gpu", "H100"))
+    assert s.cluster.fabric.nics == 8 and s.cluster.uncertainty == h100.uncertainty
+    s, _, _ = setting(plan_args(*base, "--gpu", "H100", "--link", "25gbit,20us"))
+    assert s.cluster.fabric.nics == 1 and s.cluster.fabric.nic == 25 * GBIT
+    assert s.cluster.inter.latency == pytest.approx(20e-6)
+    s, _, _ = setting(plan_args(*base, "--step_ms", "10", "--fabric", "none"))
+    assert s.cluster.fabric is None and s.cluster.inter == Link(25 * GBIT, pytest.approx(20e-6))
+    assert s.cluster.uncertainty == network.CPU_UNCERTAINTY
+
+
+def test_nccl_picks_tree_for_small_messages_on_many_hosts_and_nvls_on_one_h100_host():
+    from hvdlm.plan import nccl, topology
+
+    f = topology.fabric_for("H100")
+    # 1,024 ranks, 64 KB: the ring's 2(N-1) hops against the tree's 2((g-1) + log2 H)
+    pick = nccl.choose(f, 1024, 8, 64 << 10)
+    ring = min(c.seconds for c in nccl.candidates(f, 1024, 8, 64 << 10) if c.algorithm == "ring")
+    assert pick.algorithm == "tree" and pick.seconds < ring / 10
+    # by hand: the tree's LL latency, base 6.8 + 2 x (7 x 0.6 + log2(128) x 5.0) us (tuning.cc)
+    ll = next(c for c in nccl.candidates(f, 1024, 8, 64 << 10) if c.label == "tree/LL")
+    bw = max(max(2 * 65536 / (8 * 47e9), 2 * 65536 / 370e9) / 0.92 * 3.8, 2 * 1023 / 1024 * 65536 / 20.4e9)
+    assert ll.seconds == pytest.approx((6.8 + 2 * (7 * 0.6 + 7 * 5.0)) * 1e-6 + bw)
+    # one H100 host, 1 GB: NVLS, at its quoted 480 GB/s busbw (algbw 480 x 8/14) plus one 25 us hop
+    big = nccl.choose(f, 8, 8, 1 << 30)
+    assert big.label == "nvls/Simple" and big.seconds == pytest.approx(25e-6 + (1 << 30) / (480e9 * 8 / 14))
+    # the same host without NVLS: the ring, 2(n-1)/n x S / 370 GB/s + 8.4 + 14 x 3.4 us
+    ring = nccl.choose(replace(f, nvls_busbw=0.0), 8, 8, 1 << 30)
+    assert ring.label == "ring/Simple"
+    assert ring.seconds == pytest.approx(2 * 7 / 8 * (1 << 30) / 370e9 + (8.4 + 14 * 3.4) * 1e-6)
+    # PCIe hosts have neither LL128 nor NVLS (tuning.cc enables LL128 on NVLink only)
+    assert {c.protocol for c in nccl.candidates(topology.fabric_for("L4"), 16, 8, 1 << 20)} == {"LL", "Simple"}
+    # the table names the pair: 16 ranks of the fabric, 1 GB, is NVLS inside hosts and a tree between
+    c = Cluster(16, 8, Link(8 * 47e9, 5e-6), Link(370e9, 3.4e-6), fabric=f)
+    assert network.algorithm(c, 1 << 30) == "nvls_tree/Simple"
+    assert network.allreduce(c, 1 << 30) == nccl.choose(f, 16, 8, 1 << 30).seconds
+
+
+def test_horovod_hierarchical_allreduce_as_horovod_runs_it_over_nccl():
+    """Horovod 0.28.1's NCCLHierarchicalAllreduce: NCCL reduce-scatter in the host, copy the GPU's
+    1/g share to host memory, MPI_Allreduce between hosts, copy back, NCCL allgather."""
+    from hvdlm.plan import nccl, topology
+
+    f = topology.fabric_for("H100")
+    s, g, mpi = 1 << 30, 8, 5e-6  # 4 hosts of 8
+    rs = 7 / 8 * s / 370e9 + (8.4 + 7 * 3.4) * 1e-6
+    copies = 2 * (s / g) / 57e9  # down and back at the PCIe 5.0 host copy rate (nvbandwidth#6)
+    between = 2 * 3 / 4 * s / (8 * 47e9) + 2 * 3 * mpi
+    assert nccl.horovod_hierarchical(f, 32, 8, s, mpi) == pytest.approx(2 * rs + copies + between)
+    c = Cluster(32, 8, Link(8 * 47e9, mpi), Link(370e9, 3.4e-6), hierarchical=True, fabric=f)
+    assert network.allreduce(c, s) == pytest.approx(2 * rs + copies + between)
+    assert network.algorithm(c, s) == "hierarchical"
+    # the copies and the wait make it slower than NCCL's own choice on this fabric
+    assert network.allreduce(c, s) > nccl.choose(f, 32, 8, s).seconds
+
+
+def all_reduce_perf(ranks_per_host, hosts, latency_us, busbw, sizes):
+    """all_reduce_perf's output in its own format (nccl-tests 2.13), for a link whose every size
+    takes latency + 2(n-1)/n x S / busbw, in place and out of place alike."""
+    n = ranks_per_host * hosts
+    lines = [f"# nThread 1 nGpus 1 minBytes {sizes[0]} maxBytes {sizes[-1]} step: 2(factor) warmup iters: 5 "
+             "iters: 20 agg iters: 1 validation: 1 graph: 0", "#", "# Using devices"]
+    for r in range(n):
+        lines.append(f"#  Rank {r:2d} Group  0 Pid {1000 + r:6d} on {'node%d' % (r // ranks_per_host):>10s} device "
+                     f"{r % ranks_per_host:2d} [0x{r:02x}] NVIDIA H100 80GB HBM3")
+    lines += ["#", "#" + " " * 62 + "out-of-place                       in-place",
+              "#       size         count      type   redop    root     time   algbw   busbw #wrong     time   algbw"
+              "   busbw #wrong",
+              "#        (B)    (elements)                               (us)  (GB/s)  (GB/s)            (us)  (GB/s)"
+              "  (GB/s)"]
+    for s in sizes:
+        t = latency_us + 2 * (n - 1) / n * s / busbw * 1e6
+        alg = s / t / 1e3
+        bus = alg * 2 * (n - 1) / n
+        cell = f"{t:8.2f} {alg:7.2f} {bus:7.2f} {0:6d}"
+        lines.append(f"{s:12d}  {s // 4:12d}     float     sum      -1 {cell} {cell}")
+    lines += ["# Out of bounds values : 0 OK", "# Avg bus bandwidth    : 1.0", "#"]
+    return "\n".join(lines) + "\n"
+
+
+def test_calibrate_from_nccl_tests_output(tmp_path):
+    from hvdlm.plan import calibrate
+
+    sizes = [1 << k for k in range(20, 28)]  # 1 MB .. 128 MB, two ranges of four
+    path = tmp_path / "ar.txt"
+    path.write_text(all_reduce_perf(4, 2, 20.0, 100e9, sizes))
+    m = calibrate.read(str(path))
+    assert (m.ranks, m.hosts, len(m.points)) == (8, 2, 16)
+    cal = calibrate.from_files([str(path)])
+    assert len(cal.bands) == 2
+    for band in cal.bands:  # the fit recovers what made the table: 20 us and 100 GB/s busbw
+        assert band.latency == pytest.approx(20e-6, rel=2e-3) and band.busbw == pytest.approx(100e9, rel=1e-3)
+    # one rank count: all of the latency is hops, 20 us / 2(8-1)
+    assert cal.overhead == 0.0 and cal.hop == pytest.approx(20e-6 / 14, rel=2e-3)
+    assert cal.allreduce(64 << 20, 8) == pytest.approx(20e-6 + 2 * 7 / 8 * (64 << 20) / 100e9, rel=1e-3)
+    assert cal.allreduce(64 << 20, 32) == pytest.approx(62 * 20e-6 / 14 + 2 * 31 / 32 * (64 << 20) / 100e9,
+                                                        rel=1e-3)
+    # two rank counts part the per-collective overhead (10 us) from the hop (1 us): a(n) = o + 2(n-1) h
+    (tmp_path / "a4.txt").write_text(all_reduce_perf(4, 1, 10 + 6 * 1.0, 100e9, sizes))
+    (tmp_path / "a8.txt").write_text(all_reduce_perf(4, 2, 10 + 14 * 1.0, 100e9, sizes))
+    both = calibrate.from_files([str(tmp_path / "a4.txt"), str(tmp_path / "a8.txt")])
+    assert both.overhead == pytest.approx(10e-6, rel=1e-2) and both.hop == pytest.approx(1e-6, rel=1e-2)
+    # through the command line: the plan's allreduce is the fit's, labelled "measured"
+    s, _, _ = setting(plan_args("--preset", "tiny", "--vocab_size", "256", "--ranks", "16", "--step_ms", "10",
+                                "--mem_bw", "10GB/s", "--calibrate", str(path)))
+    assert network.algorithm(s.cluster, 1 << 20) == "measured"
+    assert network.allreduce(s.cluster, 64 << 20) == pytest.approx(cal.allreduce(64 << 20, 16))
+    assert s.cluster.uncertainty == pytest.approx(0.10)  # an exact table: the floor
+    bad = tmp_path / "bad.txt"
+    bad.write_text("nothing here\n")
+    with pytest.raises(HvdlmError, match="no all_reduce_perf table rows"):
+        calibrate.read(str(bad))
+
+
+def test_calibrate_from_hvdlm_bench_allreduce_json(tmp_path):
+    from hvdlm.plan import calibrate
+
+    rows = [{"backend": b, "bytes": s, "time_avg_us": (50 + s / 1e3) * (2 if b == "torch-gloo" else 1)}
+            for s in (1 << 16, 1 << 18, 1 << 20, 1 << 22) for b in ("horovod", "torch-gloo", "memcpy")]
+    (tmp_path / "allreduce.json").write_text(json.dumps({"meta": {"ranks": 4, "hosts": ["a", "b"]}, "rows": rows}))
+    cal = calibrate.from_files([str(tmp_path / "allreduce.json")])
+    (band,) = cal.bands  # horovod's rows: 50 us + 1 ns a byte, so busbw = 2 x 3/4 / 1e-9
+    assert "horovod" in cal.source and cal.hosts == 2
+    assert band.latency == pytest.approx(50e-6) and band.busbw == pytest.approx(1.5e9)
+
+
+def test_h100_host_against_published_nccl_tests_figures():
+    """The H100 defaults against published all_reduce_perf runs (docs/plan.md's check): one host,
+    8 GB, NVLS: 479-480 GB/s (nccl-tests#347); NCCL_ALGO=RING at 4 GB: 365-370 GB/s (nccl#1455);
+    two hosts of 8 x 400G, 4 GB, NVLS on: 430 GB/s (nccl#1221)."""
+    from hvdlm.plan import nccl, topology
+
+    f = topology.fabric_for("H100")
+
+    def busbw(n, nbytes, algorithm=None):
+        pairs = [c for c in nccl.candidates(f, n, 8, nbytes) if algorithm in (None, c.algorithm)]
+        return nccl.busbw(nbytes, n, min(c.seconds for c in pairs))
+
+    assert busbw(8, 8 << 30) == pytest.approx(480e9, rel=0.05)
+    assert busbw(8, 4 << 30, "ring") == pytest.approx(367.5e9, rel=0.05)
+    assert busbw(16, 4 << 30) == pytest.approx(430e9, rel=0.05)

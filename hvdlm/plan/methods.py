@@ -114,6 +114,7 @@ class Row:
     exposed: float  # seconds per step the step waits for it
     sent: float  # bytes one rank sends per step (hvdlm's counter)
     nic: float  # bytes one host's NIC sends per step
+    algorithm: str = ""  # what runs its largest allreduce (``network.algorithm``), or hvdlm's own exchange
 
     @property
     def step(self) -> float:
@@ -162,7 +163,9 @@ def _predict(s: Setting, m: Method) -> Row:
         tl = overlap.simulate(ready, s.cycle, s.threshold, lambda b: network.allreduce(c, b), network.negotiation(c))
         exposed = max(tl.finish - backward, stop_check(s, s.cycle)) if n > 1 else 0.0
         return Row(m, s.compute, tl.busy if n > 1 else 0.0, exposed, ring_bytes(s.numel, bpe, n),
-                   network.nic_bytes_allreduce(c, s.numel * bpe))
+                   network.nic_bytes_allreduce(c, s.numel * bpe),
+                   network.algorithm(c, min(max([s.threshold] + [numel(p) * bpe for _, p in s.params]),
+                                            s.numel * bpe)))
     if path == "fused":
         bpe = BYTES_PER_VALUE[m.mode.wires[0]]
         nbytes = s.numel * bpe
@@ -171,7 +174,7 @@ def _predict(s: Setting, m: Method) -> Row:
             ex = (2 * collective(s, s.cycle, 0.0) + network.alltoall_exchange(c, nbytes)
                   + s.numel * COPY_BYTES / s.mem_bw)
         return Row(m, s.compute, ex, ex + stop_check(s, s.cycle), ring_bytes(s.numel, bpe, n),
-                   network.nic_bytes_exchange(c, nbytes))
+                   network.nic_bytes_exchange(c, nbytes), "alltoall+allgather" if n > 1 else "-")
     if path == "low_rank":
         return _powersgd(s, m)
     return _periodic(s, m)
@@ -196,7 +199,7 @@ def _powersgd(s: Setting, m: Method) -> Row:
               + collective(s, s.cycle, network.allreduce(c, second * 4)))
     sent = ring_bytes(first, 4, n) + ring_bytes(second, 4, n)
     nic = network.nic_bytes_allreduce(c, first * 4) + network.nic_bytes_allreduce(c, second * 4)
-    return Row(m, s.compute, ex, ex + stop_check(s, s.cycle), sent, nic)
+    return Row(m, s.compute, ex, ex + stop_check(s, s.cycle), sent, nic, network.algorithm(c, first * 4))
 
 
 def _periodic(s: Setting, m: Method) -> Row:
@@ -222,7 +225,8 @@ def _periodic(s: Setting, m: Method) -> Row:
             exposed = ex
     sent = ring_bytes(s.numel, BYTES_PER_VALUE[wire], n) / h
     nic = (network.nic_bytes_exchange(c, encoded) if own else network.nic_bytes_allreduce(c, encoded)) / h
-    return Row(m, s.compute, ex / h, exposed / h + stop_check(s, s.periodic_cycle), sent, nic)
+    algorithm = ("alltoall+allgather" if n > 1 else "-") if own else network.algorithm(c, encoded / parts)
+    return Row(m, s.compute, ex / h, exposed / h + stop_check(s, s.periodic_cycle), sent, nic, algorithm)
 
 
 def _overlapped(s: Setting, slice_time: float, parts: int, h: int) -> float:
@@ -254,10 +258,8 @@ def bottleneck(s: Setting, m: Method) -> str:
         return "compute"
     c = s.cluster
     trials = {
-        "latency": replace(s, cluster=replace(c, inter=replace(c.inter, latency=0.0),
-                                              intra=replace(c.intra, latency=0.0))),
-        "bandwidth": replace(s, cluster=replace(c, inter=replace(c.inter, bandwidth=float("inf")),
-                                                intra=replace(c.intra, bandwidth=float("inf")))),
+        "latency": replace(s, cluster=network.idealized(c, "latency")),
+        "bandwidth": replace(s, cluster=network.idealized(c, "bandwidth")),
         "cycle": replace(s, cycle=0.0, periodic_cycle=0.0),
         "fusion buffer": replace(s, threshold=float("inf")),
         "memory copies": replace(s, mem_bw=float("inf"), flops=float("inf")),

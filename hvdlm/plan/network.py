@@ -32,15 +32,33 @@ E encoded bytes), an fp32 sum, then an ``allgather`` of the summed chunks:
 negotiation (Horovod's controller, docs "Timeline": every rank tells rank 0 which tensors are
 ready, rank 0 answers which to reduce): a gather and a broadcast, modelled as trees,
 2 ceil(log2 N) x latency once per cycle that has work.
+
+Everything above is the CPU path: Horovod over MPI or Gloo, one link between hosts and one inside.
+Two descriptions replace the allreduce's formula where they are given:
+  ``fabric`` (GPU ranks under NCCL, ``topology.Fabric``): NCCL's own choice of ring, tree, NVLS or
+      CollNet per message (``nccl.choose``), and Horovod's hierarchical allreduce as Horovod runs it
+      over NCCL (``nccl.horovod_hierarchical``: reduce-scatter, copy to host, MPI between hosts, copy
+      back, allgather); ``inter``/``intra`` then hold the host's NICs and the ring's hop, for the
+      alltoall and allgather of hvdlm's own exchange.
+  ``measured`` (``--calibrate``: a user's nccl-tests or ``hvdlm bench allreduce`` output): the
+      fitted bus bandwidth per size and latency per hop (``calibrate.Calibration``).
+A measured allreduce is taken as it was measured: ``hierarchical`` does not change it.
+``uncertainty``: the relative error of the network's times (CPU path: 20%, the cluster check in
+docs/plan.md, 126 of 132 step times within it; a fabric's or a fit's own otherwise).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from hvdlm.errors import HvdlmError
+from hvdlm.plan import nccl
+from hvdlm.plan.calibrate import Calibration
+from hvdlm.plan.topology import Fabric
 from hvdlm.units import bus_factor
+
+CPU_UNCERTAINTY = 0.2  # 126 of 132 predicted step times within 20% on the test cluster (docs/plan.md)
 
 
 @dataclass(frozen=True)
@@ -56,6 +74,9 @@ class Cluster:
     inter: Link  # between hosts
     intra: Link  # inside a host
     hierarchical: bool = False  # HOROVOD_HIERARCHICAL_ALLREDUCE
+    fabric: Fabric | None = None  # GPU ranks under NCCL
+    measured: Calibration | None = None  # --calibrate
+    uncertainty: float = CPU_UNCERTAINTY
 
     def __post_init__(self):
         if self.ranks < 1:
@@ -97,10 +118,46 @@ def ring_allgather(nbytes: float, n: int, link: Link) -> float:
 
 
 def allreduce(c: Cluster, nbytes: float) -> float:
-    """One allreduce of ``nbytes`` on the cluster: the flat ring, or the hierarchical one."""
-    if c.hierarchical and c.local > 1 and c.hosts > 1:
+    """One allreduce of ``nbytes`` on the cluster: measured, NCCL's choice, the flat ring, or the
+    hierarchical one."""
+    if c.ranks <= 1:
+        return 0.0
+    if c.measured is not None:
+        return c.measured.allreduce(nbytes, c.ranks)
+    hierarchical = c.hierarchical and c.local > 1 and c.hosts > 1
+    if c.fabric is not None:
+        if hierarchical:
+            return nccl.horovod_hierarchical(c.fabric, c.ranks, c.local, nbytes, c.inter.latency)
+        return nccl.choose(c.fabric, c.ranks, c.local, nbytes).seconds
+    if hierarchical:
         return ring_allreduce(nbytes, c.local, c.intra) + ring_allreduce(nbytes, c.hosts, c.inter)
     return ring_allreduce(nbytes, c.ranks, c.slowest)
+
+
+def algorithm(c: Cluster, nbytes: float) -> str:
+    """What runs an allreduce of ``nbytes``: NCCL's pair, "measured", "hierarchical" or "ring"."""
+    if c.ranks <= 1:
+        return "-"
+    if c.measured is not None:
+        return "measured"
+    if c.hierarchical and c.local > 1 and c.hosts > 1:
+        return "hierarchical"
+    if c.fabric is not None:
+        return nccl.choose(c.fabric, c.ranks, c.local, nbytes).label
+    return "ring"
+
+
+def idealized(c: Cluster, what: str) -> Cluster:
+    """The cluster without latency (``latency``) or with unlimited bandwidth (``bandwidth``): what
+    ``methods.bottleneck`` removes one term at a time."""
+    fabric = c.fabric.idealized(what) if c.fabric is not None else None
+    measured = c.measured.idealized(what) if c.measured is not None else None
+    if what == "latency":
+        return replace(c, inter=replace(c.inter, latency=0.0), intra=replace(c.intra, latency=0.0),
+                       fabric=fabric, measured=measured)
+    inf = float("inf")
+    return replace(c, inter=replace(c.inter, bandwidth=inf), intra=replace(c.intra, bandwidth=inf),
+                   fabric=fabric, measured=measured)
 
 
 def alltoall(c: Cluster, nbytes: float) -> float:
@@ -121,11 +178,14 @@ def alltoall_exchange(c: Cluster, nbytes: float) -> float:
 
 
 def nic_bytes_allreduce(c: Cluster, nbytes: float) -> float:
-    """Bytes a host's NIC sends for one allreduce (flat ring: one hop; hierarchical: g rings of S/g)."""
+    """Bytes a host's NIC sends for one allreduce (flat ring: one hop; hierarchical: g rings of S/g;
+    under NCCL: what its pick sends, ``nccl.network_bytes``)."""
     if c.hosts == 1:
         return 0.0
     if c.hierarchical and c.local > 1:
         return 2 * (c.hosts - 1) / c.hosts * nbytes
+    if c.fabric is not None and c.measured is None:
+        return nccl.network_bytes(c.fabric, c.ranks, c.local, nbytes)
     return 2 * (c.ranks - 1) / c.ranks * nbytes
 
 

@@ -14,6 +14,8 @@ One rank's compute per optimizer step, at this plan's per-rank batch, from the f
                           per-rank batch;
   --gpu NAME --mfu F      FLOPs per token (``mfu.flops_per_token``) x tokens per rank /
                           (the GPU's dense peak in ``mfu.GPU_PEAKS`` x F).
+Memory-bound copies (hvdlm's own exchanges, PowerSGD's passes) run at ``--mem_bw``, else the
+GPU's memory bandwidth from the same table, else a copy timed here.
 """
 
 from __future__ import annotations
@@ -27,17 +29,12 @@ from pathlib import Path
 import torch
 
 from hvdlm.bench.train import BIN, RunSpec, figures, measure
-from hvdlm.config import ModelConfig, load_config, model_shape
+from hvdlm.config import ModelConfig, load_config, model_shape, saved_vocab_multiple
 from hvdlm.errors import HvdlmError
 from hvdlm.hf import shape_from_folder
-from hvdlm.mfu import flops_per_token, gpu_peak
+from hvdlm.mfu import GPU, flops_per_token
 from hvdlm.model import GPT, GPTConfig
 from hvdlm.sync.low_rank import LowRank
-
-# HBM bandwidth by device-name fragment, first match wins (NVIDIA data sheets, SXM parts): for the
-# memory-bound copies of hvdlm's own exchanges and PowerSGD's passes.
-GPU_MEMORY_BW = [("H200", 4.8e12), ("H100 PCIe", 2.0e12), ("H100", 3.35e12), ("A100", 2.0e12),
-                 ("L40S", 0.864e12), ("L4", 0.3e12), ("A10", 0.6e12), ("V100", 0.9e12)]
 
 
 def vocab_of(data_dir: str | Path, given: int) -> int:
@@ -58,6 +55,7 @@ def model_from_out_dir(out_dir: str, vocab_size: int) -> dict:
     if not path.is_file():
         raise HvdlmError(f"--out_dir {out_dir} holds no config.toml (the folder of an `hvdlm train` run)")
     cfg = load_config(str(path))
+    cfg.model.vocab_multiple = saved_vocab_multiple(out_dir) or 1  # a config.toml older than the option: unpadded
     return model_shape(cfg.model, vocab_of(cfg.data.data_dir, vocab_size))
 
 
@@ -76,7 +74,8 @@ def model_from_init(folder: str, block_size: int) -> dict:
     if block_size > shape["block_size"]:
         raise HvdlmError(f"--block_size {block_size} is longer than the {shape['block_size']} positions of the "
                          f"model in {folder}")
-    return dict(shape, block_size=block_size or shape["block_size"])
+    # padded as `hvdlm train --init_from` pads it by default: the run's own option, not the folder's
+    return dict(shape, block_size=block_size or shape["block_size"], vocab_multiple=ModelConfig().vocab_multiple)
 
 
 def parameters(shape: dict) -> tuple:
@@ -105,8 +104,6 @@ def compute_by_measuring(shape: dict, per_rank_batch: int, steps: int, ranks: in
                          timeout: float = 600) -> float:
     """Seconds of one rank's compute per step, from ``steps`` steps of ``hvdlm train`` on ``ranks``
     local ranks at this per-rank batch (the first 2 steps not counted)."""
-    if steps < 3:
-        raise HvdlmError(f"--measure {steps} is too few: at least 3 steps (the first 2 are not counted)")
     launcher = [] if ranks == 1 else [str(BIN / "horovodrun"), "-np", str(ranks), "--gloo"]
     flags = ["--data_dir", data_dir, "--n_layer", str(shape["n_layer"]), "--n_head", str(shape["n_head"]),
              "--n_embd", str(shape["n_embd"]), "--block_size", str(shape["block_size"]),
@@ -151,12 +148,10 @@ def powersgd_work(shape: dict, ranks: list[int], min_compression: float, repeats
     return out
 
 
-def compute_from_gpu(shape: dict, tokens_per_rank: int, gpu: str, mfu: float, precision: str) -> float:
-    peak = gpu_peak(gpu, precision)
+def compute_from_gpu(shape: dict, tokens_per_rank: int, gpu: GPU, mfu: float, precision: str) -> float:
+    peak = gpu.peak(precision)
     if peak is None:
-        raise HvdlmError(f"--gpu {gpu!r} with {precision} is not in hvdlm.mfu.GPU_PEAKS")
-    if not 0 < mfu <= 1:
-        raise HvdlmError(f"--mfu {mfu:g} is out of range: a fraction in (0, 1], e.g. 0.4")
+        raise HvdlmError(f"--gpu {gpu.name} has no {precision} tensor cores: give --precision fp32")
     return flops_per_token(shape) * tokens_per_rank / (peak * mfu)
 
 
@@ -165,17 +160,19 @@ def preflight_bandwidth(path: str) -> float:
     figure (it records no latency: that stays --link's)."""
     try:
         ranks = json.loads(Path(path).read_text())["per_rank"]
-        return min(float(r["p2p_gbps"]) for r in ranks) * 1e9
+        gbps = min(float(r["p2p_gbps"]) for r in ranks)
     except (OSError, ValueError, KeyError, TypeError):
         raise HvdlmError(f"--preflight {path} is not the JSON of `hvdlm preflight --json` with per-rank "
                          "figures") from None
+    if not gbps > 0:  # a rank that measured nothing: no time a transfer could take
+        raise HvdlmError(f"--preflight {path}: a rank's p2p_gbps is {gbps:g}, out of range: more than 0")
+    return gbps * 1e9
 
 
-def memory_bandwidth(gpu: str) -> float:
-    """Bytes/s for memory-bound copies: the GPU's HBM, or a copy timed here (the best of a few)."""
-    for fragment, bw in GPU_MEMORY_BW:
-        if gpu and fragment.lower() in gpu.lower():
-            return bw
+def memory_bandwidth(gpu: GPU | None) -> float:
+    """Bytes/s for memory-bound copies: the GPU's memory, or a copy timed here (the best of a few)."""
+    if gpu is not None:
+        return gpu.memory
     a = torch.empty(8 << 20)
     b = torch.empty_like(a)
     best = float("inf")

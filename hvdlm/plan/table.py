@@ -28,6 +28,12 @@ def num(x: float) -> str:
     return f"{x:,.0f}" if x >= 1000 else f"{x:.4g}"
 
 
+def err(x: float) -> str:
+    """An error to 2 significant digits: '±1.1', '±23,000'."""
+    x = float(f"{x:.2g}")
+    return f"±{x:,.0f}" if x >= 100 else f"±{x:g}"
+
+
 def rows(s: Setting, ms: list[Method]) -> list[Row]:
     return [predict(s, m) for m in ms]
 
@@ -40,26 +46,50 @@ def describe(s: Setting, share: int, source: str) -> str:
     return (f"hvdlm plan: {shape['n_layer']} layers x {shape['n_embd']} wide, {shape['n_head']} heads, context "
             f"{shape['block_size']}, vocab {shape['vocab_size']}: {numel / 1e6:.1f}M parameters; {c.ranks} ranks "
             f"({c.hosts} host(s) x {c.local}); {share} sequence(s) a rank in {s.accum} micro-step(s); compute "
-            f"{s.compute * 1e3:.4g} ms a step ({source}); between hosts {link(c.inter)}, inside {link(c.intra)}"
+            f"{s.compute * 1e3:.4g} ms a step ({source}); {network_words(c, link)}"
             f"{', hierarchical allreduce' if c.hierarchical else ''}; cycle {s.cycle * 1e3:g} ms "
             f"(periodic {s.periodic_cycle * 1e3:g} ms), fusion {s.threshold / 2 ** 20:g} MiB, memory "
             f"{s.mem_bw / 1e9:.3g} GB/s")
 
 
+def network_words(c, link) -> str:
+    """The network as the plan sees it, each default of a GPU host with its source."""
+    if c.measured is not None:
+        m = c.measured
+        return (f"allreduce measured ({m.source}: {m.ranks} ranks on {m.hosts} host(s); peak busbw "
+                f"{m.peak / 1e9:.3g} GB/s, overhead {m.overhead * 1e6:.3g} us, {m.hop * 1e6:.3g} us a hop)")
+    if c.fabric is None:
+        return f"between hosts {link(c.inter)}, inside {link(c.intra)}"
+    f = c.fabric
+    sharp = ", SHARP" if f.sharp else ""
+    return (f"NCCL on {f.name}, {f.gpus} GPUs a host: {f.intra} ring {f.ring_busbw / 1e9:g} GB/s, NVLS "
+            f"{f'{f.nvls_busbw / 1e9:g} GB/s' if f.nvls_busbw else 'none'}, {f.nics} NIC(s) x {f.nic / 1e9:g} GB/s"
+            f"{sharp} [" + "; ".join(f"{what}: {where}" for what, where in f.sources) + "]")
+
+
 def table(s: Setting, ms: list[Method]) -> tuple[list[str], list[list[str]], list[dict]]:
+    """Every row; step ms, tokens/s and efficiency carry +- the network's uncertainty (the cluster's
+    ``uncertainty`` of the exposed exchange: the compute's own error is not in it)."""
     header = ["method", "compute ms", "exchange ms", "exposed ms", "step ms", "tokens/s", "efficiency",
-              "MB sent/rank/step", "NIC MB/host/step", "bound by", "loss penalty"]
+              "MB sent/rank/step", "NIC MB/host/step", "allreduce", "bound by", "loss penalty"]
+    u = s.cluster.uncertainty
     body, docs = [], []
     for r in rows(s, ms):
         known = penalty.measured(r.method)
         tps = s.tokens_per_step / r.step
         bound = bottleneck(s, r.method)
-        body.append([r.method.label, num(r.compute * 1e3), num(r.exchange * 1e3), num(r.exposed * 1e3),
-                     num(r.step * 1e3), f"{tps:,.0f}", f"{r.compute / r.step:.0%}", num(r.sent / 1e6),
-                     num(r.nic / 1e6), bound, f"+{known[0]:g}%" if known else "not measured"])
+        d_step = u * r.exposed
+        d_tps = tps - s.tokens_per_step / (r.step + d_step)
+        d_eff = r.compute / r.step - r.compute / (r.step + d_step)
+        body.append([r.method.label, num(r.compute * 1e3), f"{num(r.exchange * 1e3)} {err(u * r.exchange * 1e3)}",
+                     f"{num(r.exposed * 1e3)} {err(d_step * 1e3)}", f"{num(r.step * 1e3)} {err(d_step * 1e3)}",
+                     f"{tps:,.0f} {err(d_tps)}", f"{r.compute / r.step:.0%} ±{d_eff * 100:.0f}", num(r.sent / 1e6),
+                     num(r.nic / 1e6), r.algorithm, bound, f"+{known[0]:g}%" if known else "not measured"])
         docs.append({"method": r.method.label, "compute_ms": r.compute * 1e3, "exchange_ms": r.exchange * 1e3,
                      "exposed_ms": r.exposed * 1e3, "step_ms": r.step * 1e3, "tokens_per_s": tps,
                      "efficiency": r.compute / r.step, "sent_bytes_per_step": r.sent, "nic_bytes_per_step": r.nic,
+                     "uncertainty": u, "step_ms_error": d_step * 1e3, "tokens_per_s_error": d_tps,
+                     "efficiency_error": d_eff, "allreduce": r.algorithm,
                      "bound_by": bound, "loss_penalty_pct": known[0] if known else None,
                      "loss_penalty_source": known[1] if known else None})
     return header, body, docs

@@ -1,0 +1,120 @@
+"""hvdlm plan's GPU network model (hvdlm/plan/nccl.py, topology.py) against published figures.
+
+Prints, for H100-class hosts (8 GPUs, NVLink 4 + NVSwitch, 8 x 400 Gbit/s NICs), the predicted
+allreduce bus bandwidth (nccl-tests' busbw) on 1, 2, 4, 8 and 16 hosts at 64 MB, 256 MB and 1 GB,
+each beside the published figure where one was found, with the error; then the published points
+at other sizes; then Horovod's published scaling efficiency on its 512-GPU benchmark, predicted
+from the model's parameters, the published step time and the published cluster. Arithmetic only:
+
+    .venv/bin/python benchmarks/plan_gpu_check.py
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from hvdlm.plan import nccl, overlap
+from hvdlm.plan.topology import EDR, GB, Fabric, fabric_for
+
+MB = 1 << 20
+H100 = fabric_for("H100")
+
+# (hosts, bytes, algorithms NCCL may use or None for its choice, nvls, published busbw GB/s, source)
+PUBLISHED = [
+    (1, 8 << 30, None, True, 480.0, "nccl-tests#347: 8 H100, 8 GB, 479.4-480.1 GB/s (NVLS)"),
+    (1, 4 << 30, ("ring",), True, 367.5, "nccl#1455: 8 H100, NCCL_ALGO=RING, 2-4 GB: 365-370 GB/s"),
+    (1, 1 << 30, None, True, 476.0, "nccl-tests#290: 8 H100, 128 MB-4 GB, avg busbw 476 GB/s (NVLS)"),
+    (2, 4 << 30, None, True, 430.0, "nccl#1221: 2 x 8 H100, 8 x 400G RoCE, 4-8 GB, NVLS on: 430 GB/s"),
+    (2, 4 << 30, None, False, 330.0, "nccl#1221: the same, NCCL_NVLS_ENABLE=0: 330 GB/s"),
+    (4, 4 << 30, None, True, 320.0, "nccl#1221: 4 x 8 H100, 4-8 GB: 320 GB/s, NVLS on or off"),
+    (16, 64 * MB, None, True, 150.0, "nccl#1469: 16 x 8 H100, 64 MB: 'normal' ~150 GB/s (unstable run to run)"),
+    (248, 512 * MB, None, True, 350.0, "nccl-tests#283: 248 x 8 H200, 512 MB: ~350 GB/s typical"),
+]
+
+
+def predicted(hosts: int, nbytes: int, algorithms=None, nvls: bool = True, fabric: Fabric = H100):
+    f = fabric if nvls else replace(fabric, nvls_busbw=0.0)
+    n = 8 * hosts
+    pairs = [c for c in nccl.candidates(f, n, 8, nbytes) if algorithms is None or c.algorithm in algorithms]
+    best = min(pairs, key=lambda c: c.seconds)
+    return nccl.busbw(nbytes, n, best.seconds) / GB, best.label
+
+
+def size(b: int) -> str:
+    return f"{b / (1 << 30):g} GB" if b >= 1 << 30 else f"{b / MB:g} MB"
+
+
+def published_check() -> list[float]:
+    errors = []
+    print("| hosts x 8 GPUs | size | NCCL's pick (model) | predicted busbw GB/s | published GB/s | error | source |")
+    print("|---|---|---|---|---|---|---|")
+    for hosts, nbytes, algos, nvls, pub, src in PUBLISHED:
+        bw, label = predicted(hosts, nbytes, algos, nvls)
+        e = bw / pub - 1
+        errors.append(e)
+        print(f"| {hosts} | {size(nbytes)} | {label} | {bw:.0f} | {pub:.0f} | {e:+.0%} | {src} |")
+    return errors
+
+
+def grid() -> None:
+    print("\n| hosts x 8 H100 | 64 MB | 256 MB | 1 GB |")
+    print("|---|---|---|---|")
+    for hosts in (1, 2, 4, 8, 16):
+        cells = []
+        for nbytes in (64 * MB, 256 * MB, 1 << 30):
+            bw, label = predicted(hosts, nbytes)
+            cells.append(f"{bw:.0f} ±{bw * H100.uncertainty:.0f} ({label})")
+        print(f"| {hosts} | " + " | ".join(cells) + " |")
+
+
+# Horovod's benchmark (docs/benchmarks.rst, README): 128 servers x 4 Pascal GPUs, RoCE-capable
+# 25 Gbit/s, tf_cnn_benchmarks with batch 64 a GPU; 90% scaling efficiency for Inception V3 and
+# ResNet-101, 68% for VGG-16 at 512 GPUs. Its ring-only NCCL 2 (trees came with NCCL 2.4, 2019),
+# HOROVOD_CYCLE_TIME 5 ms and fusion 64 MB (the defaults before 0.21, Horovod's changelog #2468).
+PASCAL = Fabric(name="4 x P100 PCIe, 1 x 25 Gbit/s RoCE", ring_busbw=10 * GB, intra="pcie", nvls_busbw=0.0,
+                nics=1, nic=25e9 / 8 * EDR / 12.5e9, uncertainty=0.25)
+# parameters: Keras Applications' counts. One GPU's step (batch 64): Inception V3 142 and VGG-16 154 img/s on
+# a P100 (TensorFlow's benchmarks page, DGX-1, synthetic data, May 2017: tensorflow/docs_src/performance/
+# benchmarks.md); ResNet-101 is not on it: Horovod's own docs give 1656.82 img/s on 16 GPUs (103.6 a GPU).
+MODELS = [("ResNet-101", 44.7e6, 64 / (1656.82 / 16), "spread", 0.90),
+          ("Inception V3", 23.9e6, 64 / 142, "spread", 0.90),
+          ("VGG-16", 138.4e6, 64 / 154, "vgg", 0.68)]
+
+
+def horovod_efficiency(params: float, step: float, profile: str) -> float:
+    """Horovod's background thread over one backward (overlap.simulate) with NCCL's ring on the
+    Pascal cluster; gradients ready evenly through backward, except VGG-16's fully connected layers
+    (123.6M of its parameters), ready as backward starts (they are the last layers of forward)."""
+    backward = step * 2 / 3
+    nbytes = params * 4
+    if profile == "vgg":
+        ready = [overlap.Ready(0.0, 123.6e6 * 4)] + [overlap.Ready(backward * (k + 1) / 13, (params - 123.6e6) * 4 / 13)
+                                                     for k in range(13)]
+    else:
+        ready = [overlap.Ready(backward * (k + 1) / 100, nbytes / 100) for k in range(100)]
+
+    def cost(b):
+        return min((c for c in nccl.candidates(PASCAL, 512, 4, b) if c.algorithm == "ring"),
+                   key=lambda c: c.seconds).seconds
+
+    tl = overlap.simulate(ready, 0.005, 64 * MB, cost, 2 * 9 * 20e-6)
+    return step / (step + max(0.0, tl.finish - backward))
+
+
+def horovod_check() -> list[float]:
+    print("\n| model (512 Pascal GPUs, 25 Gbit/s) | params | step s | predicted | published | error (points) |")
+    print("|---|---|---|---|---|---|")
+    out = []
+    for name, params, step, profile, pub in MODELS:
+        eff = horovod_efficiency(params, step, profile)
+        out.append(eff - pub)
+        print(f"| {name} | {params / 1e6:.1f}M | {step:.3f} | {eff:.0%} | {pub:.0%} | {(eff - pub) * 100:+.0f} |")
+    return out
+
+
+if __name__ == "__main__":
+    errors = published_check()
+    print(f"\nlargest error {max(abs(e) for e in errors):.0%}; H100 fabric's stated uncertainty "
+          f"±{H100.uncertainty:.0%} (hvdlm/plan/topology.py)")
+    grid()
+    horovod_check()
