@@ -18,8 +18,10 @@ SMALL = ["--preset", "small", "--block_size", "32", "--batch_size", "1", "--eval
 
 @pytest.mark.parametrize("mode", [
     [],
-    ["--sync", "diloco", "--sync_every", "3", "--compression", "int8"],  # a sync after the resume, rank files
-], ids=["every_step", "diloco_int8"])
+    # a sync after the resume, rank files; an embedding padded past the vocabulary (256 -> 384 rows,
+    # as GPT-2's 50,257 -> 50,304) in every piece of state: model, moments, anchor, rank files
+    ["--sync", "diloco", "--sync_every", "3", "--compression", "int8", "--vocab_multiple", "384"],
+], ids=["every_step", "diloco_int8_padded"])
 def test_small_stopped_and_resumed_on_2_ranks_equals_an_unbroken_run(corpus, tmp_path, mode):
     common = ["--data_dir", str(corpus), *SMALL, *mode]
     whole, split = tmp_path / "whole", tmp_path / "split"
@@ -29,6 +31,7 @@ def test_small_stopped_and_resumed_on_2_ranks_equals_an_unbroken_run(corpus, tmp
     assert state["step"] == 2
     assert sum(t.numel() for t in state["model"].values()) > 20e6  # real size, not a toy
     assert (state["rank_files"] is not None) == bool(mode)
+    assert state["model"]["tok_emb.weight"].shape[0] == (384 if mode else 256)
 
     resumed = check(launch("horovodrun-gloo", [HVDLM, "train", *common, "--out_dir", str(split)]))
     assert "resuming at step 2" in resumed.output
