@@ -64,11 +64,13 @@ def measured(run: Path) -> dict | None:
         window = range(H + 1, 3 * H + 1)
     # The wall time of each step: from the previous step's last record to this step's train record.
     # It holds what the runs' step_time left out before the loop counted the logged loss's average.
-    step = mean(train[s]["time"] - ended[s - 1] for s in window)
-    compute = mean(train[s]["step_time"] - train[s]["allreduce_wait"] for s in window)
+    steps = [train[s]["time"] - ended[s - 1] for s in window]
+    computes = [train[s]["step_time"] - train[s]["allreduce_wait"] for s in window]
+    step, compute = mean(steps), mean(computes)
     tx = json.loads((run / "row.json").read_text())["row"].get("bytes_per_step_tx")
     a, b = window.start - 1, window.stop - 1
     return {"flags": flags, "steps": f"{window.start}-{b}", "step": step, "compute": compute,
+            "step_each": steps, "compute_each": computes,  # per step: benchmarks/plan_exposed_check.py's noise
             "sent": (train[b]["sync_bytes"] - train[a]["sync_bytes"]) / (b - a), "tx": tx}
 
 
@@ -84,7 +86,7 @@ def prediction(m: dict, latency: float, free_bw: float):
     if "setting" not in m:
         args = build_parser().parse_args([
             "plan", "--preset", f["preset"], "--vocab_size", "256", "--ranks", str(m["hosts"]),
-            "--ranks_per_host", "1", "--global_batch", str(f["global_batch"]), "--step_ms", repr(m["compute"] * 1e3),
+            "--ranks_per_host", "1", "--global_batch_size", str(f["global_batch"]), "--step_ms", repr(m["compute"] * 1e3),
             "--cycle_ms", "1", "--periodic_cycle_ms", "20", "--mem_bw", MEM_BW, "--log_interval", "1"])
         m["setting"] = setting(args)[0]
     s = m["setting"]
