@@ -149,14 +149,29 @@ def measure_cpu_peak(dtype: torch.dtype, seconds: float = 0.5, n: int = MATMUL_N
             return 2 * n ** 3 / best
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+# The instruction sets a matmul's speed turns on. Part of the cache's key beside the model name:
+# virtual machines may report only "AMD EPYC" for CPUs with and without native bf16 (a 1.5x
+# apart in fp32 and 100x in bf16), and a stale figure would make --precision auto choose wrong.
+MATMUL_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+
+
+def cpu_model(cpuinfo: str | None = None) -> str:
+    """The CPU's name and its matmul instruction sets: 'AMD EPYC (avx2 avx512f avx512_bf16)'
+    (``cpuinfo``: /proc/cpuinfo's text, read when not given)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+    name, flags = "", set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("model name") and not name:
+            name = line.split(":", 1)[1].strip()
+        elif line.startswith("flags") and not flags:
+            flags = set(line.split(":", 1)[1].split())
+    name = name or platform.processor() or platform.machine()
+    have = [f for f in MATMUL_FLAGS if f in flags]
+    return f"{name} ({' '.join(have)})" if have else name
 
 
 def cache_dir() -> Path:

@@ -56,6 +56,15 @@ def test_cpu_peak_is_measured_once_per_host_and_threads_then_read_from_the_cache
     assert len(json.loads(cached.read_text())) == 2
 
 
+def test_cpus_of_one_name_with_and_without_native_bf16_are_cached_apart():
+    # two machines that both call themselves "AMD EPYC": an AVX2-only one and a Zen 4 with AVX-512 bf16
+    avx2 = "model name\t: AMD EPYC\nflags\t\t: fpu sse2 avx avx2 fma\n"
+    zen4 = "model name\t: AMD EPYC\nflags\t\t: fpu sse2 avx avx2 fma avx512f avx512bw avx512_bf16 avx512_vnni\n"
+    assert mfu.cpu_model(avx2) == "AMD EPYC (avx2)"
+    assert mfu.cpu_model(zen4) == "AMD EPYC (avx2 avx512f avx512_bf16)"
+    assert mfu.cpu_model("model name : Some CPU\n") == "Some CPU"
+
+
 def test_mfu_is_flops_times_tokens_over_the_peak_of_all_ranks():
     m = mfu.MFU(flops_per_token=1_000_000, peak_per_rank=1e11, ranks=2, against="x", detail="y")
     assert m(50_000) == pytest.approx(0.25)  # 5e10 FLOP/s of 2e11

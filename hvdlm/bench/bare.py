@@ -39,7 +39,10 @@ def main(argv: list[str]) -> None:
     start = time.perf_counter()
     parser = argparse.ArgumentParser(prog="python -m hvdlm.bench.bare")
     add_config_args(parser)
-    cfg = config_from_args(parser.parse_args(argv))
+    parser.add_argument("--save_model", default="", help="after the timed loop, write the trained model's "
+                        "weights and shape there (torch.save), for a benchmark to evaluate")
+    args = parser.parse_args(argv)
+    cfg = config_from_args(args)
     torch.set_num_threads(cfg.distributed.threads or 1)
     meta = load_meta(cfg.data.data_dir)
     shape = model_shape(cfg.model, meta["vocab_size"])
@@ -90,6 +93,8 @@ def main(argv: list[str]) -> None:
                           "precision": precision, "seconds": time.perf_counter() - start,
                           "tokens_per_s": batch * T * t.max_steps / train_time}) + "\n")
     log.close()
+    if args.save_model:
+        torch.save({"model_shape": shape, "model": model.state_dict()}, args.save_model)
 
 
 if __name__ == "__main__":
