@@ -9,8 +9,9 @@ Each round runs, in alternating order (a noisy machine drifts; interleaving canc
 * ``hvdlm train`` with its defaults (``--precision auto``, ``--compile auto``, the vocabulary
   padded to a multiple of 64), 1 rank;
 * the bare loop (``python -m hvdlm.bench.bare``: the same model, data, optimizer and schedule in
-  a hand-written loop, nothing else) at fp32, eager, the vocabulary unpadded: what nanoGPT does on
-  a CPU (its autocast context is a no-op there, and its README turns compile off).
+  a hand-written loop, nothing else) at fp32, eager, the vocabulary unpadded, torch's own dropout
+  and attention (``--torch_dropout``): what nanoGPT does on a CPU (its autocast context is a no-op
+  there, and its README turns compile off).
 
 Both get the same seed, steps, lr schedule and threads. Their speed is the training steps'
 tokens/s each writes in its summary (start-up, evaluation and the checkpoint excluded). Their
@@ -59,7 +60,7 @@ def run(kind: str, out: Path, args: argparse.Namespace) -> dict:
                        "--progress", "false"]
     else:
         cmd = BARE + [*common, "--precision", "fp32", "--compile", "false", "--vocab_multiple", "1",
-                      "--save_model", str(out / "model.pt")]
+                      "--torch_dropout", "--save_model", str(out / "model.pt")]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - t0
@@ -105,7 +106,7 @@ def main() -> None:
             results.append(res)
             s = res["summary"]
             print(f"round {r + 1} {kind}: {s['tokens_per_s']:.0f} tokens/s, precision {s['precision']}, "
-                  f"wall {res['wall']:.1f} s, load {res['load']:.2f}" flush=True)
+                  f"wall {res['wall']:.1f} s, load {res['load']:.2f}", flush=True)
             if res["start_line"]:
                 print(f"  {res['start_line']}", flush=True)
     # one evaluator for every model: fp32, the same validation sequences

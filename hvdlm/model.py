@@ -23,6 +23,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from hvdlm.dropout import Dropout, cheap_masks, dropout
+
 
 @dataclass
 class GPTConfig:
@@ -141,18 +143,32 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.dropout = cfg.dropout
-        self.resid_drop = nn.Dropout(cfg.dropout)
+        self.resid_drop = Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
         # (B, T, C) -> (B, heads, T, head_dim)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
-        )
+        if self.training and self.dropout > 0 and cheap_masks(x.device):
+            y = self._attend_with_dropout_on_cpu(q, k, v)
+        else:
+            y = F.scaled_dot_product_attention(
+                q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
+            )
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_drop(self.proj(y))
+
+    def _attend_with_dropout_on_cpu(self, q, k, v):
+        """Causal attention with dropout on the weights, written out. With dropout, torch's CPU
+        attention leaves its fused kernel for a path that draws the mask element by element and
+        computes bf16 inputs in fp32; here the matmuls stay in autocast's dtype and the mask is
+        ``dropout.keep_mask``'s (what nanoGPT's attention without flash computes, and as exact)."""
+        T = q.shape[-2]
+        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))
+        future = torch.ones(T, T, dtype=torch.bool, device=q.device).triu_(1)
+        att = att.masked_fill(future, float("-inf")).softmax(dim=-1)
+        return dropout(att, self.dropout, True) @ v
 
 
 class MLP(nn.Module):
@@ -160,7 +176,7 @@ class MLP(nn.Module):
         super().__init__()
         self.fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
         self.proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
         self.approximate = "tanh" if cfg.activation == "gelu_new" else "none"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -193,7 +209,7 @@ class GPT(nn.Module):
         self.padded_vocab = padded_vocab(asdict(cfg))
         self.tok_emb = nn.Embedding(self.padded_vocab, cfg.n_embd)
         self.pos_emb = nn.Embedding(cfg.block_size, cfg.n_embd)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps, bias=cfg.bias)
         self.head = nn.Linear(cfg.n_embd, self.padded_vocab, bias=False)

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hvdlm import dropout as hvdlm_dropout
 from hvdlm.config import add_config_args, config_from_args, model_shape
 from hvdlm.data import load_meta, open_tokens
 from hvdlm.data.sampler import get_batch
@@ -41,8 +42,11 @@ def main(argv: list[str]) -> None:
     add_config_args(parser)
     parser.add_argument("--save_model", default="", help="after the timed loop, write the trained model's "
                         "weights and shape there (torch.save), for a benchmark to evaluate")
+    parser.add_argument("--torch_dropout", action="store_true", help="torch's own dropout and attention on the "
+                        "CPU too (what nanoGPT computes), not hvdlm's cheaper masks (hvdlm.dropout)")
     args = parser.parse_args(argv)
     cfg = config_from_args(args)
+    hvdlm_dropout.TORCH_DROPOUT = args.torch_dropout
     torch.set_num_threads(cfg.distributed.threads or 1)
     meta = load_meta(cfg.data.data_dir)
     shape = model_shape(cfg.model, meta["vocab_size"])
