@@ -4,14 +4,16 @@ Pre-norm transformer blocks, causal self-attention through ``scaled_dot_product_
 (which picks a fused kernel where one exists), learned position embeddings, and the token
 embedding tied to the output head as in GPT-2.
 
-Two things a reader of nanoGPT would look for elsewhere:
+Three things a reader of nanoGPT would look for elsewhere:
 
 * the embedding may have more rows than the vocabulary (``vocab_multiple``: GPT-2's 50,257 padded
   to 50,304, a size GPU matmuls tile evenly). The padding rows are never a token: the loss and the
   logits the model returns cover the real vocabulary only, so a padded model computes exactly the
   unpadded one's function, and the padding rows get no gradient (they stay zero);
 * the loss is computed a chunk of tokens at a time (``chunked_cross_entropy``), so no fp32 copy of
-  the whole batch's logits exists, and none is kept for the backward.
+  the whole batch's logits exists, and none is kept for the backward;
+* on CPUs, dropout draws its masks the cheaper way of ``hvdlm.dropout``, and training attention
+  with dropout is written out rather than left to torch's unfused CPU path.
 """
 
 from __future__ import annotations

@@ -17,9 +17,10 @@ from hvdlm.mfu import cpu_peak
 # bf16 matmul peak over fp32's that a CPU must reach: native bf16 (AVX-512 BF16 doubles the
 # FMAs, AMX far more) passes; AVX2-only CPUs convert in software and fall below 1.
 BF16_PEAK_RATIO = 1.5
-# The narrowest width bf16 autocast was measured faster at on CPUs with native bf16 (`mini`, 384:
-# 1.26-1.47x on a Xeon with AMX and a Zen 4 EPYC); at `tiny`'s 128 the casts cost more than the
-# matmuls save (docs/training.md, "Precision"; benchmarks/precision.sh measures it).
+# The narrowest width bf16 autocast was measured faster at equal loss on CPUs with native bf16
+# (`mini`, 384: 1.26-1.47x on a Xeon with AMX and a Zen 4 EPYC; 2.0x with hvdlm's cheaper dropout
+# against nanoGPT's CPU default). Narrower models stay fp32 until measured at equal loss (`tiny`
+# ran 1.35x faster for 15 steps on the Zen 4: benchmarks/RESULTS.md; benchmarks/precision.sh).
 BF16_MIN_WIDTH = 384
 
 
