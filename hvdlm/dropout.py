@@ -3,9 +3,9 @@
 On a CPU, torch draws a dropout mask one element at a time (``bernoulli_``, on one core whatever
 the thread count): at nanoGPT's character shape with dropout 0.2 the masks took 27% of a bf16
 training step, more than all the matmuls of the attention (benchmarks/RESULTS.md, "hvdlm's
-default against nanoGPT's"). Here a mask is drawn as 32-bit random integers, each of them two
-16-bit uniform halves compared against ``p``: half the draws for the same elements, and no float
-conversion. An element is dropped with probability ``round(p * 65536) / 65536`` (p to within
+defaults against nanoGPT's on a CPU"). Here a mask is drawn as 32-bit random integers, each of
+them two 16-bit uniform halves compared against ``p``: half the draws for the same elements, and
+no float conversion. An element is dropped with probability ``round(p * 65536) / 65536`` (p to within
 1/131072), from torch's own generator, so ``torch.manual_seed`` and a saved RNG state reproduce
 it. On GPUs torch's dropout (Philox, in the kernel) is already cheap and is used as it is.
 """
