@@ -125,12 +125,15 @@ def figures(spec: RunSpec, out_dir: Path, warmup: int, wall: float, cpu: float) 
     step_time = sum(r["step_time"] for r in steps) / len(steps)
     waits = [r["allreduce_wait"] for r in steps if r["allreduce_wait"] == r["allreduce_wait"]]  # drop nan
     wait = statistics.fmean(waits) if waits else float("nan")
+    # the spread of this rank's own compute from step to step: what makes ranks wait for each other
+    computes = [r["step_time"] - r["allreduce_wait"] for r in steps if r["allreduce_wait"] == r["allreduce_wait"]]
+    spread = statistics.stdev(computes) if len(computes) > 1 else 0.0
     tps = tokens_per_step / step_time
     return {"run": spec.name, "ranks": spec.ranks, "threads_per_rank": spec.threads,
             "global_batch": summary["global_batch"], "micro_batch": summary["micro_batch"],
             "grad_accum": summary["grad_accum"], "tokens_per_s": tps, "tokens_per_s_per_rank": tps / spec.ranks,
             "step_ms": 1e3 * step_time, "compute_ms": 1e3 * (step_time - (wait if wait == wait else 0.0)),
-            "allreduce_wait_ms": 1e3 * wait, "wall_s": wall, "cpu_s": cpu}
+            "compute_sd_ms": 1e3 * spread, "allreduce_wait_ms": 1e3 * wait, "wall_s": wall, "cpu_s": cpu}
 
 
 def _children_cpu() -> float:

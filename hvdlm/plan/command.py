@@ -58,6 +58,9 @@ def add_plan_parser(sub) -> None:
     g.add_argument("--mfu", type=ranged(float, 0, 1, above=True), default=0.4,
                    help="model FLOPs utilization with --gpu, in (0, 1] (default: 0.4)")
     g.add_argument("--precision", default="bf16", choices=["fp32", "bf16"], help="with --gpu (default: bf16)")
+    g.add_argument("--jitter_ms", type=ranged(float, 0), default=None, help="the spread (standard deviation) of "
+                   "one rank's compute from step to step: every blocking collective waits for the slowest rank "
+                   "(default: measured with --metrics/--measure, else 0)")
     g = p.add_argument_group("network and Horovod")
     g.add_argument("--link", default=None, help=f"between hosts: BANDWIDTH,LATENCY (default: {DEFAULT_LINK}); with "
                    "a --fabric: one NIC's rate (and MPI's latency for --hierarchical), one NIC a host unless --nics")
@@ -160,20 +163,23 @@ def setting(args: argparse.Namespace):
         shape = sources.model_from_preset(args.preset, overrides, sources.vocab_of(args.data_dir, args.vocab_size))
     tokens_per_rank = share * shape["block_size"]
     work = ()  # PowerSGD's own work, timed here only when the plan measures here
+    spread = 0.0  # the compute's spread from step to step, where it is measured
     if args.step_ms:
         compute, source = args.step_ms / 1e3, f"--step_ms {args.step_ms:g}"
     elif args.metrics:
-        compute, source = sources.compute_from_metrics(args.metrics, tokens_per_rank), f"from {args.metrics}"
+        (compute, spread), source = sources.compute_from_metrics(args.metrics, tokens_per_rank), f"from {args.metrics}"
     elif args.gpu:
         compute = sources.compute_from_gpu(shape, tokens_per_rank, args.gpu, args.mfu, args.precision)
         source = f"{args.gpu.name} {args.precision} at MFU {args.mfu:g}"
     else:
-        compute = sources.compute_by_measuring(shape, micro, args.measure, args.measure_ranks, args.data_dir)
-        compute *= share // micro
+        compute, spread = sources.compute_by_measuring(shape, micro, args.measure, args.measure_ranks, args.data_dir)
+        compute, spread = compute * (share // micro), spread * (share // micro)
         work = tuple(sources.powersgd_work(shape, int_list(args.powersgd_ranks, "--powersgd_rank"),
                                           args.powersgd_min_compression).items())
         source = (f"measured here: {args.measure} steps on {args.measure_ranks} rank(s); PowerSGD's work "
                   + ", ".join(f"r{r} {t * 1e3:.3g} ms" for r, t in work))
+    if args.jitter_ms is not None:
+        spread = args.jitter_ms / 1e3
     cycle_ms = float(CPU_DEFAULTS_MPI["HOROVOD_CYCLE_TIME"]) if args.cycle_ms is None else args.cycle_ms
     periodic_cycle_ms = float(PERIODIC_CYCLE_MS) if args.periodic_cycle_ms is None else args.periodic_cycle_ms
 
@@ -183,7 +189,8 @@ def setting(args: argparse.Namespace):
                 threshold=parse_bytes(args.fusion, "--fusion"),
                 mem_bw=parse_rate(args.mem_bw, "--mem_bw") if args.mem_bw else sources.memory_bandwidth(args.gpu),
                 flops=flops_per_token(shape) * tokens_per_rank / compute,
-                min_compression=args.powersgd_min_compression, powersgd_work=work, log_interval=args.log_interval)
+                min_compression=args.powersgd_min_compression, powersgd_work=work, log_interval=args.log_interval,
+                jitter=spread)
     return s, share, source
 
 

@@ -21,12 +21,16 @@ micro-steps; backward is 2/3 of forward + backward, ``mfu.flops_per_token``'s 6N
               diloco's pseudo-gradient in fp32/fp16 by ring allreduce, bf16/int8 by the alltoall
               exchange), at hvdlm's periodic cycle (``sync.Mode.cycle_ms``). On time:
               the step that syncs waits for all of it (exposed / H per step). Overlapped over T
-              steps: T slices, one started per step, each behind the next inner step (whose stop
-              check waits for it); exposed = what the slices add to the T steps, / H.
+              steps: T slices, one started per step, run one after another behind the inner
+              steps; a logged step waits for the slices queued before its own; the due step for
+              all of them (``_overlapped``); exposed = what the slices add to the T steps, / H.
 
 Every logged step (one in ``--log_interval``) averages the train loss over the ranks, a blocking
 one-number allreduce after the step (``loop``): half a cycle to Horovod's next, and its negotiation.
-Behind an overlapped exchange it also waits for the slice in flight (``_overlapped``).
+Behind an overlapped exchange it also waits for the slices started before this step's (``_overlapped``).
+
+Every blocking point (each step's exchange; under local_sgd/diloco the period's exchange and the
+logged steps) also waits for the slowest rank: ``straggler.wait``, from the spread of a rank's compute.
 
 Every method also has the stop check (``distributed.StopSignals``): a one-number allreduce read
 ``stop_signals.check_lag`` steps after it starts (two cycles' worth of steps, at least one), so it
@@ -41,7 +45,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from hvdlm.plan import network, overlap
+from hvdlm.plan import network, overlap, straggler
 from hvdlm.plan.network import Cluster
 from hvdlm.stop_signals import check_lag
 from hvdlm.sync import MODES, Mode
@@ -100,6 +104,7 @@ class Setting:
     min_compression: float  # --powersgd_min_compression
     powersgd_work: tuple = ()  # ((rank, seconds), ...): PowerSGD's own work timed here (--measure)
     log_interval: int = 10  # hvdlm train's --log_interval: a blocking loss average every this many steps
+    jitter: float = 0.0  # standard deviation of one rank's compute per step, seconds (``straggler``)
 
     @property
     def numel(self) -> int:
@@ -151,6 +156,8 @@ def predict(s: Setting, m: Method) -> Row:
     row = _predict(s, m)
     if not (m.periodic and m.overlap):  # _overlapped counts its own
         row.exposed += logged_loss(s, s.periodic_cycle if m.periodic else s.cycle)
+    row.exposed += (straggler.wait(s.jitter, s.cluster.ranks, m.every, s.log_interval) if m.periodic
+                    else straggler.wait(s.jitter, s.cluster.ranks))
     return row
 
 
@@ -230,22 +237,27 @@ def _periodic(s: Setting, m: Method) -> Row:
 
 
 def _overlapped(s: Setting, slice_time: float, parts: int, h: int) -> float:
-    """Seconds one overlapped period waits. Slice k starts at the end of inner step k (k = 0: the
-    syncing step); the next step's stop check queues behind it in Horovod's background thread, so
-    step k+1 ends no sooner than slice k does; a logged step k also waits for slice k (its loss
-    average queues behind it) before step k+1 computes. Averaged over where the logged steps fall."""
+    """Seconds one overlapped period waits. Slice k is started at the end of inner step k (k = 0:
+    the syncing step) and Horovod's background thread runs the slices one after another. A logged
+    step's loss average, started just after slice k, is modelled as waiting for the slices started
+    before it, not for slice k, which runs behind the next step's compute. The test cluster's runs
+    (benchmarks/RESULTS.md, issue 32) show the totals this gives: at 100 Mbit/s, a slice shorter than
+    a step, the slices hide (the first model, the average queued behind slice k, was 2.3-3.9x high);
+    at 10 Mbit/s every slice is waited for, though the waits fall in pairs (the syncing step's average
+    went ahead of its slice, the next one's waited for two), an order Horovod's cycle picks and plan
+    does not follow. The due step (T) waits for every slice. Averaged over where the logged steps fall."""
     log = collective(s, s.periodic_cycle, 0.0)
     phases = [0] if h % s.log_interval == 0 else range(s.log_interval)
     total = 0.0
     for j in phases:
-        t = waited = 0.0  # t: when this rank's step k ends, from the syncing step's end
+        t = waited = busy = 0.0  # t: when this rank's step k ends; busy: when the thread is free
         for k in range(parts):
-            finish = t + slice_time
-            if (h * j + k) % s.log_interval == 0:
-                late = max(finish, t + log) - t
-                waited, t = waited + late, t + late
-            end = max(t + s.compute, finish)
-            waited, t = waited + end - (t + s.compute), end
+            if (h * j + k) % s.log_interval == 0:  # the average: after the slices already queued
+                done = max(t, busy) + log
+                waited, t = waited + done - t, done
+            busy = max(t, busy) + slice_time  # slice k, behind the ones before it
+            t += s.compute  # step k + 1
+        waited += max(0.0, busy - t)  # the due step applies the exchange: every slice has arrived
         total += waited
     logged_elsewhere = max(0, h - parts) / s.log_interval * log
     return total / len(phases) + logged_elsewhere
@@ -263,6 +275,7 @@ def bottleneck(s: Setting, m: Method) -> str:
         "cycle": replace(s, cycle=0.0, periodic_cycle=0.0),
         "fusion buffer": replace(s, threshold=float("inf")),
         "memory copies": replace(s, mem_bw=float("inf"), flops=float("inf")),
+        "stragglers": replace(s, jitter=0.0),
     }
     saved = {k: base.exposed - predict(t, m).exposed for k, t in trials.items()}
     return max(saved, key=saved.get)

@@ -8,7 +8,7 @@ One rank's compute per optimizer step, at this plan's per-rank batch, from the f
   --step_ms               given;
   --metrics PATH          a run's metrics.jsonl (or its out_dir): its mean step time minus its
                           allreduce wait (``bench.train.figures``), per token, times this plan's
-                          tokens per rank;
+                          tokens per rank (and its spread from step to step: ``straggler.py``);
   --measure STEPS         that, from a run of ``hvdlm train`` started here for STEPS steps on
                           ``--measure_ranks`` local ranks (horovodrun --gloo) at this plan's
                           per-rank batch;
@@ -85,8 +85,9 @@ def parameters(shape: dict) -> tuple:
     return tuple((n, tuple(p.shape)) for n, p in model.named_parameters() if p.requires_grad)
 
 
-def compute_from_metrics(path: str, tokens_per_rank: int) -> float:
-    """Seconds of one rank's compute for ``tokens_per_rank``, scaled from a run's metrics.jsonl."""
+def compute_from_metrics(path: str, tokens_per_rank: int) -> tuple[float, float]:
+    """Seconds of one rank's compute for ``tokens_per_rank``, scaled from a run's metrics.jsonl, and
+    its spread from step to step (standard deviation, scaled alike)."""
     folder = Path(path).parent if Path(path).name == "metrics.jsonl" else Path(path)
     if not (folder / "metrics.jsonl").is_file():
         raise HvdlmError(f"--metrics {path}: no metrics.jsonl there")
@@ -97,13 +98,14 @@ def compute_from_metrics(path: str, tokens_per_rank: int) -> float:
     train = [r for r in rows if r.get("kind") == "train"]
     run = figures(RunSpec(str(folder), [], ranks, 0), folder, warmup=min(2, len(train) - 1), wall=0, cpu=0)
     run_tokens = run["tokens_per_s"] * run["step_ms"] / 1e3 / ranks
-    return run["compute_ms"] / 1e3 * tokens_per_rank / run_tokens
+    scale = tokens_per_rank / run_tokens
+    return run["compute_ms"] / 1e3 * scale, run["compute_sd_ms"] / 1e3 * scale
 
 
 def compute_by_measuring(shape: dict, per_rank_batch: int, steps: int, ranks: int, data_dir: str,
-                         timeout: float = 600) -> float:
-    """Seconds of one rank's compute per step, from ``steps`` steps of ``hvdlm train`` on ``ranks``
-    local ranks at this per-rank batch (the first 2 steps not counted)."""
+                         timeout: float = 600) -> tuple[float, float]:
+    """Seconds of one rank's compute per step, and its spread from step to step, from ``steps``
+    steps of ``hvdlm train`` on ``ranks`` local ranks at this per-rank batch (the first 2 not counted)."""
     launcher = [] if ranks == 1 else [str(BIN / "horovodrun"), "-np", str(ranks), "--gloo"]
     flags = ["--data_dir", data_dir, "--n_layer", str(shape["n_layer"]), "--n_head", str(shape["n_head"]),
              "--n_embd", str(shape["n_embd"]), "--block_size", str(shape["block_size"]),
@@ -114,7 +116,7 @@ def compute_by_measuring(shape: dict, per_rank_batch: int, steps: int, ranks: in
     threads = max(1, (os.cpu_count() or 1) // ranks)
     with tempfile.TemporaryDirectory(prefix="hvdlm-plan-") as tmp:
         run = measure(RunSpec(f"measure on {ranks} rank(s)", launcher, ranks, threads), flags, Path(tmp), 2, timeout)
-    return run["compute_ms"] / 1e3
+    return run["compute_ms"] / 1e3, run["compute_sd_ms"] / 1e3
 
 
 def powersgd_work(shape: dict, ranks: list[int], min_compression: float, repeats: int = 5) -> dict[int, float]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from hvdlm.plan import penalty
+from hvdlm.plan import penalty, straggler
 from hvdlm.plan.methods import Method, Row, Setting, bottleneck, predict
 from hvdlm.sync import EVERY_STEP, PERIODIC
 
@@ -46,7 +46,9 @@ def describe(s: Setting, share: int, source: str) -> str:
     return (f"hvdlm plan: {shape['n_layer']} layers x {shape['n_embd']} wide, {shape['n_head']} heads, context "
             f"{shape['block_size']}, vocab {shape['vocab_size']}: {numel / 1e6:.1f}M parameters; {c.ranks} ranks "
             f"({c.hosts} host(s) x {c.local}); {share} sequence(s) a rank in {s.accum} micro-step(s); compute "
-            f"{s.compute * 1e3:.4g} ms a step ({source}); {network_words(c, link)}"
+            f"{s.compute * 1e3:.4g} ms a step ({source}), spread {s.jitter * 1e3:.3g} ms (the wait for the slowest "
+            f"rank: {'none assumed' if not s.jitter else 'x ' + format(straggler.expected_max(c.ranks), '.2f')}); "
+            f"{network_words(c, link)}"
             f"{', hierarchical allreduce' if c.hierarchical else ''}; cycle {s.cycle * 1e3:g} ms "
             f"(periodic {s.periodic_cycle * 1e3:g} ms), fusion {s.threshold / 2 ** 20:g} MiB, memory "
             f"{s.mem_bw / 1e9:.3g} GB/s")

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The runs behind RESULTS.md's "hvdlm plan against the test cluster", in the order they were run
 # (2026-12-03, 14:10-, AMD EPYC, 2 cores; 4 hosts on 2 cores: each rank's compute is its own run's).
+# OUT=DIR writes the runs there instead of runs/ (a rerun beside the recorded ones: check.py's --runs).
 # A run that fails is logged and the campaign goes on. The mini runs are the slow ones (2.4 s a
 # step at 2 hosts, about twice that at 4): mini is measured on fewer links and not at 3 hosts.
 cd "$(dirname "$0")/../../../.."
-r=benchmarks/results/plan/cluster/run.sh out=benchmarks/results/plan/cluster/runs
+r=benchmarks/results/plan/cluster/run.sh out=${OUT:-benchmarks/results/plan/cluster/runs}
 S=none+fp16+bf16+powersgd P=local_sgd+diloco+diloco-bf16+diloco-int8+diloco-overlap
 go() { echo "== $(date -u +%T) $*"; bash $r $out "$@" || echo "== FAILED: $*"; }
 if [ "${1:-}" != second ]; then  # the first part (run with --eval_interval 10; see check.py)

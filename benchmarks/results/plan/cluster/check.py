@@ -7,12 +7,15 @@ of whole sync periods: every-step methods from step 4
 (PowerSGD from step 6, after its plain-allreduce start) to the step before the last; local_sgd and
 diloco (H=10) steps 11-30, two whole periods. The prediction is plan's, at that measured compute
 (so the 2 shared cores do not blur the check: 4 hosts on 2 cores compute at half speed, and plan is
-told so), the tc rate of the link (free: the fitted bandwidth) and the fitted per-message latency.
+told so), the spread of that compute from step to step (plan's --jitter_ms: every rank waits for the
+slowest of the N, and 4 ranks on 2 cores spread widely), the tc rate of the link (free: the fitted
+bandwidth) and the fitted per-message latency.
 
 Calibration: the two constants (a message's latency, the free link's bandwidth) are fitted on the
 2-host rows of the free link only (least squares of log(predicted / measured)); every shaped-link
 row, and every 3- and 4-host row, is the check. Pure computation over the recorded files:
-    python benchmarks/results/plan/cluster/check.py > benchmarks/results/plan/cluster/check.md
+    python benchmarks/results/plan/cluster/check.py [--runs DIR] > benchmarks/results/plan/cluster/check.md
+(DIR: another campaign's runs, e.g. campaign.sh's OUT; default runs/, the runs of 2026-12-03.)
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import math
 from dataclasses import replace
 import sys
 from pathlib import Path
-from statistics import mean
+from statistics import mean, stdev
 
 from hvdlm.cli import build_parser
 from hvdlm.plan.command import setting
@@ -71,6 +74,7 @@ def measured(run: Path) -> dict | None:
     a, b = window.start - 1, window.stop - 1
     return {"flags": flags, "steps": f"{window.start}-{b}", "step": step, "compute": compute,
             "step_each": steps, "compute_each": computes,  # per step: benchmarks/plan_exposed_check.py's noise
+            "spread": stdev(computes),  # this rank's compute from step to step: plan's --jitter_ms
             "sent": (train[b]["sync_bytes"] - train[a]["sync_bytes"]) / (b - a), "tx": tx}
 
 
@@ -87,7 +91,8 @@ def prediction(m: dict, latency: float, free_bw: float):
         args = build_parser().parse_args([
             "plan", "--preset", f["preset"], "--vocab_size", "256", "--ranks", str(m["hosts"]),
             "--ranks_per_host", "1", "--global_batch_size", str(f["global_batch"]), "--step_ms", repr(m["compute"] * 1e3),
-            "--cycle_ms", "1", "--periodic_cycle_ms", "20", "--mem_bw", MEM_BW, "--log_interval", "1"])
+            "--cycle_ms", "1", "--periodic_cycle_ms", "20", "--mem_bw", MEM_BW, "--log_interval", "1",
+            "--jitter_ms", repr(m["spread"] * 1e3)])
         m["setting"] = setting(args)[0]
     s = m["setting"]
     bw = free_bw if f["link"] == "free" else parse_rate(f["link"])
@@ -142,7 +147,17 @@ def fit(rows: list[dict]) -> tuple[float, float]:
     return min(((lat, bw) for lat in latencies for bw in bandwidths), key=lambda x: err(*x))
 
 
+def use_runs(argv: list[str]) -> None:
+    """``--runs DIR``: read another campaign's runs (the folder campaign.sh's OUT wrote)."""
+    global RUNS
+    if argv[:1] == ["--runs"] and len(argv) == 2:
+        RUNS = Path(argv[1]).resolve()
+    elif argv:
+        sys.exit("usage: check.py [--runs DIR]")
+
+
 def main() -> None:
+    use_runs(sys.argv[1:])
     runs = all_runs()
     if not runs:
         sys.exit(f"no runs under {RUNS}")
