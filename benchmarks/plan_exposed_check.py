@@ -5,11 +5,18 @@ run's own compute, so most of a step is right by construction. This compares wha
 predict: the exposed exchange, measured = step - compute (check.py's window and definitions), and
 predicted = plan's step - compute - the tbf credit (check.py's `tbf_credit`, a test-link effect).
 
-Three calibrations, each fitted on the 2-host free-link rows only; every other row is a prediction:
+Four calibrations of the link; A-C fitted on the 2-host free-link rows only (every other row is a
+prediction), D fitted on no training run at all:
   A  check.py's: one per-message latency and the free link's rate, fitted on step time;
   B  the same two constants, fitted on the exposed time (log error);
   C  Horovod/Gloo's per-collective overhead (a constant per allreduce, alltoall and allgather call),
-     apart from the per-hop latency (x the ring's 2(N-1) hops) and the free link's rate.
+     apart from the per-hop latency (x the ring's 2(N-1) hops) and the free link's rate;
+  D  what a user does before a plan: the allreduce measured alone on the free link at the host
+     count (exchange_probe.py through probe.sh: an fp32 allreduce of 64 KiB and 8 MiB, the median of
+     3), fitted by plan's own --calibrate (hvdlm/plan/calibrate.py: latency as 2(N-1) hops, the bus
+     bandwidth); a host count the probe lacks takes the fit over the counts it has (overhead and
+     hop latency apart, the bandwidth of the most hosts), as plan does with several files. On a
+     shaped link the bandwidth is the tc rate, for every calibration.
 plan has no overhead term: C adds it here, by wrapping plan's network functions (`overhead`).
 
 Each prediction is given its run's compute and that compute's spread from step to step (check.py:
@@ -24,11 +31,14 @@ Noise: each run's std error of its mean exposed time from its own steps; under l
 the steps are stratified by their place in the period (the syncing step is not noise). A row is
 "within noise" when |predicted - measured| <= max(25% of measured, 2 x that error). The plain 25%
 count is the issue's criterion. Pure computation over the recorded files, about a minute:
-    .venv/bin/python benchmarks/plan_exposed_check.py [--runs DIR] > benchmarks/results/plan/cluster/exposed.md
+    .venv/bin/python benchmarks/plan_exposed_check.py [--runs DIR --probe FILE] > .../exposed.md
+(the rerun: --runs benchmarks/results/plan/cluster/runs-1207 --probe .../probe-1207.jsonl)
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import math
 import sys
 from contextlib import contextmanager
@@ -38,7 +48,7 @@ from statistics import variance
 sys.path.insert(0, str(Path(__file__).resolve().parent / "results" / "plan" / "cluster"))
 import check  # noqa: E402  the recorded runs' reading, window and tbf credit (one place)
 
-from hvdlm.plan import network, straggler  # noqa: E402
+from hvdlm.plan import calibrate, network, straggler  # noqa: E402
 
 EVERY_STEP = ("none", "fp16", "bf16", "powersgd")
 ORDER = {"free": 0, "1gbit": 1, "100mbit": 2, "10mbit": 3}
@@ -103,40 +113,70 @@ def fit(rows: list[dict], with_overhead: bool) -> tuple:
                 if with_overhead else [0.0])
 
 
+def probed(path: Path, stat: str = "median_s") -> dict:
+    """{hosts: (hop latency, bus bandwidth, overhead)} from exchange_probe's fp32 allreduce on the free
+    link, through plan's --calibrate fit: each host count alone, and None for the fit over all."""
+    measured = {}
+    for line in open(path):
+        r = json.loads(line)
+        if r["wire"] == "none" and r["label"].endswith(" free"):
+            m = measured.setdefault(r["ranks"], [])
+            m.append((r["fp32_bytes"], r[stat]))
+    ms = {n: calibrate.Measured(n, n, tuple(points), f"{path.name} {n} hosts") for n, points in measured.items()}
+    out = {}
+    for key, group in [(n, [m]) for n, m in ms.items()] + [(None, list(ms.values()))]:
+        cal = calibrate.calibrate(group)
+        out[key] = (cal.hop, cal.peak, cal.overhead)
+    return out
+
+
 def within(p: float, m: float, frac: float, floor: float = 0.0) -> bool:
     return abs(p - m) <= max(frac * m, floor)
 
 
 def main() -> None:
-    check.use_runs(sys.argv[1:])
+    here = Path(__file__).resolve().parent / "results" / "plan" / "cluster"
+    ap = argparse.ArgumentParser(description="plan's exposed exchange against the test cluster's runs")
+    ap.add_argument("--runs", type=Path, default=here / "runs", help="a campaign's runs (default: those of 2026-12-03)")
+    ap.add_argument("--probe", type=Path, default=here / "probe.jsonl", help="probe.sh's file (calibration D)")
+    ap.add_argument("--probe_stat", default="median_s", choices=["median_s", "best_s"])
+    args = ap.parse_args()
+    check.RUNS = args.runs.resolve()
     runs = check.all_runs()
     if not runs:
         sys.exit(f"no runs under {check.RUNS}")
     runs.sort(key=lambda r: (r["flags"]["preset"] != "tiny", r["hosts"], ORDER[r["flags"]["link"]],
                              r["flags"]["method"] not in EVERY_STEP, r["flags"]["method"]))
     free2 = [r for r in runs if r["hosts"] == 2 and r["flags"]["link"] == "free"]
-    cals = {"A": (*check.fit([r for r in runs if r["hosts"] == 2]), 0.0), "B": fit(free2, False),
-            "C": fit(free2, True)}
+    fitted = {"A": (*check.fit([r for r in runs if r["hosts"] == 2]), 0.0), "B": fit(free2, False),
+              "C": fit(free2, True)}
+    probe = probed(args.probe, args.probe_stat)
+    cals = {k: (lambda r, c=c: c) for k, c in fitted.items()}
+    cals["D"] = lambda r: probe.get(r["hosts"], probe[None])
     print(f"Fitted on the {len(free2)} two-host free-link rows (per-message/per-hop latency, free link, "
           "per-collective overhead):\n")
-    for k, (lat, bw, o) in cals.items():
+    for k, (lat, bw, o) in fitted.items():
         print(f"- {k}: latency {lat * 1e6:.0f} us, free link {bw * 8 / 1e9:.2g} Gbit/s, overhead {o * 1e6:.0f} us")
+    print(f"\nD, from {args.probe.name} ({args.probe_stat[:-2]} of each size), by plan's --calibrate fit:\n")
+    for n, (lat, bw, o) in sorted(probe.items(), key=lambda kv: kv[0] or 99):
+        print(f"- {f'{n} hosts' if n else 'other host counts (the fit over all)'}: hop latency {lat * 1e6:.0f} us, "
+              f"bus bandwidth {bw * 8 / 1e9:.2g} Gbit/s, overhead {o * 1e6:.0f} us")
     print(f"\nRuns: {check.RUNS.relative_to(Path.cwd()) if check.RUNS.is_relative_to(Path.cwd()) else check.RUNS}\n")
 
     print("| model | hosts | link | method | steps | measured exposed ms | 2 x noise ms | A ms | A / meas "
-          "| B ms | B / meas | C ms | C / meas | of which the slowest rank ms |")
-    print("|" + "---|" * 14)
+          "| B ms | B / meas | C ms | C / meas | D ms | D / meas | of which the slowest rank ms |")
+    print("|" + "---|" * 16)
     res = []  # (run, measured, noise, {cal: predicted}, straggler)
     for r in runs:
         f, m, n = r["flags"], measured(r), noise(r)
-        p = {k: predicted(r, cal) for k, cal in cals.items()}
+        p = {k: predicted(r, cal(r)) for k, cal in cals.items()}
         res.append((r, m, n, p, stragglers(r)))
 
         def cell(k):
             mark = "" if within(p[k], m, 0.25) else (" ~" if within(p[k], m, 0.25, 2 * n) else " **")
             return f"{p[k] * 1e3:.1f} | {p[k] / m:.2f}{mark}"
         print(f"| {f['preset']} | {r['hosts']} | {f['link']} | {f['method']} | {r['steps']} | {m * 1e3:.1f} "
-              f"| {2 * n * 1e3:.1f} | {cell('A')} | {cell('B')} | {cell('C')} | {res[-1][4] * 1e3:.1f} |")
+              f"| {2 * n * 1e3:.1f} | {cell('A')} | {cell('B')} | {cell('C')} | {cell('D')} | {res[-1][4] * 1e3:.1f} |")
     print("\n(** outside 25% and outside 2 x noise; ~ outside 25% but within 2 x noise)\n")
 
     def counts(rows, k, extra=lambda x: 0.0):
@@ -156,7 +196,7 @@ def main() -> None:
             out.setdefault(key(x[0]), []).append(x)
         return out
     print("Within 25% / within max(25%, 2 x noise) / within 20%, of the rows, by calibration:\n")
-    print("| rows | n | A | B | C |\n|---|---|---|---|---|")
+    print("| rows | n | A | B | C | D |\n|---|---|---|---|---|---|")
     for title, key in (("hosts", lambda r: f"{r['flags']['preset']} {r['hosts']}h"),
                        ("link", lambda r: r["flags"]["link"]), ("method", lambda r: r["flags"]["method"])):
         for name, rows in sorted(group(key).items(), key=lambda kv: ORDER.get(kv[0], 0)):
@@ -168,8 +208,8 @@ def main() -> None:
         h = counts(held_out, k)
         print(f"\n{k}: {a} of {n} within 25% (plain); {b} of {n} within max(25%, 2 x noise); {c} of {n} within 20%; "
               f"3-4 hosts: {h[0]} of {h[3]} within 25%, {h[1]} within noise")
-    a, b, _, n = counts(res, "A", extra=lambda x: -x[4])
-    print(f"\nWithout plan's wait for the slowest rank (A less the last column): {a} of {n} within 25%, "
+    a, b, _, n = counts(res, "D", extra=lambda x: -x[4])
+    print(f"\nWithout plan's wait for the slowest rank (D less the last column): {a} of {n} within 25%, "
           f"{b} within max(25%, 2 x noise).")
 
 

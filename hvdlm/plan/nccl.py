@@ -34,6 +34,15 @@ leaves the host costing at least NCCL's network post overhead (1 us, x3 for Simp
 2((g-1) intra + log2 H network); nvls: one NVLS hop (+ 2 log2 H network hops for nvls_tree); collnet:
 2(intra + 0.4 (g-1)) + one network hop. Left out: NCCL's tree correction below 8 MB, the ring's
 x1.4 latency plateau past 2 nodes, channel counts (NCCL_MIN/MAX_NCHANNELS), PAT.
+
+Not in tuning.cc, measured: an allreduce between hosts costs ~90 us more than those latencies
+once the message fills NCCL's pipeline (published runs from 64 MB to 1 GB read as t = a + S/b with
+a = 200-320 us, where tuning.cc gives 60-130): the fill, a few chunks' time through each hop and the
+network proxies. A message smaller than the pipeline (``FULL_PIPELINE``: 32 channels x 512 KiB, the
+Simple protocol's 4 MiB buffer in NCCL's 8 steps) pays its share, so small messages keep tuning.cc's
+latency (47 us for a few bytes on 2 hosts: nccl#1244). ``MULTI_HOST`` is fitted on one published run
+(nccl-tests#309's 2 x 8 H100 default run, 64 MB-1 GB) and checked on five others at 2-8 hosts
+(benchmarks/plan_gpu_check.py: 28 of 30 points within 20%, 23 without it).
 """
 
 from __future__ import annotations
@@ -59,6 +68,8 @@ HOP = {
             "collnet": (0, 0, 31)},
 }
 NET_OVERHEAD = 1.0  # us a network post (tuning.cc getNetOverhead, Intel CPUs); x3 for Simple
+MULTI_HOST = 90.0  # us an allreduce between hosts costs beyond tuning.cc's latencies (measured: above)
+FULL_PIPELINE = 32 * 512 * 1024  # bytes from which it is whole: NCCL's channels x a Simple step's chunk
 PROTOCOLS = ("LL", "LL128", "Simple")
 LL_CAP = (141 * GB, 39 * GB, 20.4 * GB)  # tuning.cc llMaxBws: one Hopper host, 2 hosts, more (Intel)
 
@@ -137,6 +148,11 @@ def _latency(f: Fabric, algo: str, proto: int, n: int, g: int, hosts: int) -> fl
     return lat * US * f.latency_scale
 
 
+def _fill(f: Fabric, hosts: int, nbytes: float) -> float:
+    """Seconds of the pipeline's fill between hosts (measured, not tuning.cc's: the docstring)."""
+    return MULTI_HOST * min(1.0, nbytes / FULL_PIPELINE) * US * f.latency_scale if hosts > 1 else 0.0
+
+
 def network_bytes(f: Fabric, ranks: int, per_host: int, nbytes: float) -> float:
     """Bytes a host's NICs send for one allreduce under NCCL's pick: the ring's 2(n-1)/n x S, the
     tree's S (2 hosts) or 2S, CollNet's S (the switch reduces); nothing on one host."""
@@ -161,7 +177,8 @@ def candidates(f: Fabric, ranks: int, per_host: int, nbytes: float) -> list[Choi
         for p in range(len(PROTOCOLS)):
             t = _bandwidth_time(f, algo, p, ranks, g, hosts, nbytes)
             if math.isfinite(t):
-                out.append(Choice(algo, PROTOCOLS[p], _latency(f, algo, p, ranks, g, hosts) + t))
+                out.append(Choice(algo, PROTOCOLS[p], _latency(f, algo, p, ranks, g, hosts) + t
+                                  + _fill(f, hosts, nbytes)))
     return out
 
 
