@@ -95,10 +95,16 @@ def test_bench_sync_on_a_shaped_link_of_the_test_cluster(slurm_cluster, corpus, 
         hosts = r["bytes_per_step_tx_by_host"]
         assert set(hosts) == {"hvdnode1", "hvdnode2"}, r
         # each host sends its share of the exchange each step: at least the payload (headers and
-        # retransmissions only add), and not twice it
+        # retransmissions only add), and not twice it. The counters are read just after a sync's
+        # record, when the next exchange may already be sending (Horovod starts it during backward):
+        # the window's first read may hold up to one exchange more, so its mean may fall short by one
+        # exchange over the window's steps (at 10 Mbit/s a read 30 ms late is ~1% of a step's bytes).
         payload = GRAD_BYTES if m == "none" else GRAD_BYTES / 8
+        every = 1 if m == "none" else 4
+        a, b = map(int, r["window"].split("-"))
+        early = payload * every / (b - a)
         for host, sent in hosts.items():
-            assert 0.99 * payload <= sent <= 1.5 * payload, (x, m, host, sent, payload, r)
+            assert payload - early <= sent <= 1.5 * payload, (x, m, host, sent, payload, r)
     # shaped runs stop once their window holds 8 steps: window start + 8 + the last step
     slow, slow16 = rows[link, "none"], rows[link, "diloco-bf16"]
     assert (slow["steps"], slow16["steps"]) == (11, 13), (slow, slow16)
