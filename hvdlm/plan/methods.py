@@ -156,8 +156,7 @@ def predict(s: Setting, m: Method) -> Row:
     row = _predict(s, m)
     if not (m.periodic and m.overlap):  # _overlapped counts its own
         row.exposed += logged_loss(s, s.periodic_cycle if m.periodic else s.cycle)
-    row.exposed += (straggler.wait(s.jitter, s.cluster.ranks, m.every, s.log_interval) if m.periodic
-                    else straggler.wait(s.jitter, s.cluster.ranks))
+    row.exposed += straggler.wait(s.jitter, s.cluster.ranks, m.every, s.log_interval)  # every = 1: each step
     return row
 
 

@@ -41,8 +41,8 @@ a = 200-320 us, where tuning.cc gives 60-130): the fill, a few chunks' time thro
 network proxies. A message smaller than the pipeline (``FULL_PIPELINE``: 32 channels x 512 KiB, the
 Simple protocol's 4 MiB buffer in NCCL's 8 steps) pays its share, so small messages keep tuning.cc's
 latency (47 us for a few bytes on 2 hosts: nccl#1244). ``MULTI_HOST`` is fitted on one published run
-(nccl-tests#309's 2 x 8 H100 default run, 64 MB-1 GB) and checked on five others at 2-8 hosts
-(benchmarks/plan_gpu_check.py: 28 of 30 points within 20%, 23 without it).
+(nccl-tests#309's 2 x 8 H100 default run, 64 MB-1 GB) and checked on six others at 2-8 hosts
+(benchmarks/plan_gpu_check.py: 27 of their 30 points within 20%, 23 without it).
 """
 
 from __future__ import annotations
