@@ -383,9 +383,10 @@ def test_horovod_hierarchical_allreduce_as_horovod_runs_it_over_nccl():
     assert network.allreduce(c, s) > nccl.choose(f, 32, 8, s).seconds
 
 
-def all_reduce_perf(ranks_per_host, hosts, latency_us, busbw, sizes):
+def all_reduce_perf(ranks_per_host, hosts, latency_us, busbw, sizes, dtypes=None):
     """all_reduce_perf's output in its own format (nccl-tests 2.13), for a link whose every size
-    takes latency + 2(n-1)/n x S / busbw, in place and out of place alike."""
+    takes latency + 2(n-1)/n x S / busbw, in place and out of place alike; ``dtypes``: {type column:
+    busbw} for a run of several (``-d all``), each type's rows after the other's."""
     n = ranks_per_host * hosts
     lines = [f"# nThread 1 nGpus 1 minBytes {sizes[0]} maxBytes {sizes[-1]} step: 2(factor) warmup iters: 5 "
              "iters: 20 agg iters: 1 validation: 1 graph: 0", "#", "# Using devices"]
@@ -397,12 +398,13 @@ def all_reduce_perf(ranks_per_host, hosts, latency_us, busbw, sizes):
               "   busbw #wrong",
               "#        (B)    (elements)                               (us)  (GB/s)  (GB/s)            (us)  (GB/s)"
               "  (GB/s)"]
-    for s in sizes:
-        t = latency_us + 2 * (n - 1) / n * s / busbw * 1e6
-        alg = s / t / 1e3
-        bus = alg * 2 * (n - 1) / n
-        cell = f"{t:8.2f} {alg:7.2f} {bus:7.2f} {0:6d}"
-        lines.append(f"{s:12d}  {s // 4:12d}     float     sum      -1 {cell} {cell}")
+    for dtype, bw in (dtypes or {"float": busbw}).items():
+        for s in sizes:
+            t = latency_us + 2 * (n - 1) / n * s / bw * 1e6
+            alg = s / t / 1e3
+            bus = alg * 2 * (n - 1) / n
+            cell = f"{t:8.2f} {alg:7.2f} {bus:7.2f} {0:6d}"
+            lines.append(f"{s:12d}  {s // 4:12d}  {dtype:>8s}     sum      -1 {cell} {cell}")
     lines += ["# Out of bounds values : 0 OK", "# Avg bus bandwidth    : 1.0", "#"]
     return "\n".join(lines) + "\n"
 
@@ -413,8 +415,8 @@ def test_calibrate_from_nccl_tests_output(tmp_path):
     sizes = [1 << k for k in range(20, 28)]  # 1 MB .. 128 MB, two ranges of four
     path = tmp_path / "ar.txt"
     path.write_text(all_reduce_perf(4, 2, 20.0, 100e9, sizes))
-    m = calibrate.read(str(path))
-    assert (m.ranks, m.hosts, len(m.points)) == (8, 2, 16)
+    (m,) = calibrate.read(str(path))
+    assert (m.ranks, m.hosts, len(m.points), m.dtype) == (8, 2, 16, "fp32")
     cal = calibrate.from_files([str(path)])
     assert len(cal.bands) == 2
     for band in cal.bands:  # the fit recovers what made the table: 20 us and 100 GB/s busbw
@@ -451,6 +453,42 @@ def test_calibrate_from_hvdlm_bench_allreduce_json(tmp_path):
     (band,) = cal.bands  # horovod's rows: 50 us + 1 ns a byte, so busbw = 2 x 3/4 / 1e-9
     assert "horovod" in cal.source and cal.hosts == 2
     assert band.latency == pytest.approx(50e-6) and band.busbw == pytest.approx(1.5e9)
+
+
+def test_calibrate_fits_each_dtype_apart(tmp_path):
+    """Gloo and MPI sum fp16 on the CPU: a file with fp32 and fp16 rows (all_reduce_perf -d all, or
+    `hvdlm bench allreduce --dtypes all`) is two fits, and the plan prices fp16 gradients by fp16's."""
+    from hvdlm.plan import calibrate
+
+    sizes = [1 << k for k in range(20, 24)]
+    path = tmp_path / "all.txt"
+    path.write_text(all_reduce_perf(1, 4, 100.0, 0, sizes, dtypes={"float": 2e9, "half": 0.5e9, "bfloat16": 1e9}))
+    assert sorted(m.dtype for m in calibrate.read(str(path))) == ["bf16", "fp16", "fp32"]
+    cal = calibrate.from_files([str(path)])
+    assert cal.dtype == "fp32" and set(cal.dtypes) == {"fp32", "fp16", "bf16"}
+    for dtype, bw in (("fp32", 2e9), ("fp16", 0.5e9), ("bf16", 1e9)):
+        (band,) = cal.of(dtype).bands
+        assert band.busbw == pytest.approx(bw, rel=1e-3) and band.latency == pytest.approx(100e-6, rel=1e-2)
+        assert cal.allreduce(8 << 20, 4, dtype) == pytest.approx(100e-6 + 1.5 * (8 << 20) / bw, rel=1e-3)
+    assert cal.allreduce(8 << 20, 4, "fp64") == cal.allreduce(8 << 20, 4)  # not measured: fp32's per byte
+    # the plan: fp16 gradients (half the bytes, at a quarter of the rate) take twice fp32's exchange
+    s, _, _ = setting(plan_args("--preset", "tiny", "--vocab_size", "256", "--ranks", "4", "--ranks_per_host", "1",
+                                "--step_ms", "10", "--mem_bw", "10GB/s", "--calibrate", str(path)))
+    assert network.allreduce(s.cluster, 4 << 20, "fp16") == pytest.approx(cal.allreduce(4 << 20, 4, "fp16"))
+    fp32, fp16 = predict(s, Method("none")), predict(s, Method("fp16"))
+    assert fp16.exchange > 1.5 * fp32.exchange
+    fp32_only = tmp_path / "fp32.txt"
+    fp32_only.write_text(all_reduce_perf(1, 4, 100.0, 2e9, sizes))
+    s32, _, _ = setting(plan_args("--preset", "tiny", "--vocab_size", "256", "--ranks", "4", "--ranks_per_host", "1",
+                                  "--step_ms", "10", "--mem_bw", "10GB/s", "--calibrate", str(fp32_only)))
+    assert predict(s32, Method("none")).exchange == pytest.approx(fp32.exchange)
+    assert predict(s32, Method("fp16")).exchange < fp32.exchange  # fp16 priced as fp32: half the bytes
+    # hvdlm bench allreduce's JSON: the same, by its dtype field
+    rows = [{"backend": "horovod", "dtype": d, "bytes": b, "time_avg_us": 50 + b * k / 1e3}
+            for b in (1 << 16, 1 << 18, 1 << 20, 1 << 22) for d, k in (("fp32", 1), ("fp16", 4))]
+    (tmp_path / "allreduce.json").write_text(json.dumps({"meta": {"ranks": 4, "hosts": ["a", "b"]}, "rows": rows}))
+    cal = calibrate.from_files([str(tmp_path / "allreduce.json")])
+    assert cal.peak == pytest.approx(1.5e9) and cal.of("fp16").peak == pytest.approx(1.5e9 / 4)
 
 
 def test_h100_host_against_published_nccl_tests_figures():

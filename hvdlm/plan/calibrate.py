@@ -4,6 +4,13 @@ all_reduce_perf output, or the JSON of ``hvdlm bench allreduce``, fitted instead
 Read: every size's time (out-of-place and in-place both, in us); the rank count and the hosts from
 all_reduce_perf's "#  Rank r Group g Pid p on HOST device ..." lines (or the JSON's ``meta``).
 
+Each dtype apart (all_reduce_perf's type column, ``-d all`` or one file per ``-d``; the JSON's ``dtype``,
+``--dtypes all``): a sum's cost per byte is the dtype's own. Gloo and MPI sum fp16 on the CPU, element
+by element, and the test cluster's probe measured a 4 MiB fp16 allreduce slower than an 8 MiB fp32 one
+(benchmarks/RESULTS.md, issue 32); one line through both would price neither. The plan prices each
+allreduce by its dtype's fit (fp16 gradients, a periodic fp16 wire), a dtype not measured by fp32's
+per-byte fit (or, without fp32 rows, by the first dtype's).
+
 Fit, per size range (sizes sorted, four sizes a range, so a sweep with -f 2 gets one range per 8x of
 size; a last lone size joins the range before it): t = a + b x S by least squares on relative error
 (weights 1/t^2), with a >= 0 and b >= 0; the range's bus bandwidth is 2(n-1)/n / b (nccl-tests'
@@ -33,12 +40,18 @@ TAG = re.compile(r"^\[\d+,\d+\]<std(?:out|err)>:")  # mpirun --tag-output
 STEPS_PER_RANGE = 4
 
 
+# all_reduce_perf's type names (nccl-tests src/common.cu) for the dtypes hvdlm names; others keep theirs
+NCCL_TYPES = {"float": "fp32", "half": "fp16", "bfloat16": "bf16", "double": "fp64"}
+REFERENCE = "fp32"  # the dtype whose fit prices a dtype not measured
+
+
 @dataclass(frozen=True)
 class Measured:
     ranks: int
     hosts: int
     points: tuple  # ((bytes, seconds), ...)
     source: str
+    dtype: str = REFERENCE
 
 
 @dataclass(frozen=True)
@@ -58,6 +71,16 @@ class Calibration:
     hop: float  # h: seconds per ring hop
     uncertainty: float
     source: str
+    dtype: str = REFERENCE
+    others: tuple = ()  # the other dtypes' Calibration, measured alongside this one
+
+    @property
+    def dtypes(self) -> tuple:
+        return (self.dtype,) + tuple(o.dtype for o in self.others)
+
+    def of(self, dtype: str) -> "Calibration":
+        """The fit that prices ``dtype``: its own where measured, else this one (the reference)."""
+        return next((o for o in self.others if o.dtype == dtype), self)
 
     def band(self, nbytes: float) -> Band:
         """The range whose fit prices ``nbytes``: its own, the nearer (in log size) between two, an end's."""
@@ -69,10 +92,12 @@ class Calibration:
                 return before if math.log(nbytes / before.high) < math.log(b.low / nbytes) else b
         return self.bands[-1]
 
-    def allreduce(self, nbytes: float, ranks: int) -> float:
-        """Seconds of one allreduce of ``nbytes`` on ``ranks`` ranks, from the fit."""
+    def allreduce(self, nbytes: float, ranks: int, dtype: str = REFERENCE) -> float:
+        """Seconds of one allreduce of ``nbytes`` of ``dtype`` on ``ranks`` ranks, from that dtype's fit."""
         if ranks <= 1:
             return 0.0
+        if dtype != self.dtype:
+            return self.of(dtype).allreduce(nbytes, ranks, self.of(dtype).dtype)
         b = self.band(nbytes)
         # the band's own latency, moved from its rank count to this one through o + 2(n-1) h
         extra = b.latency - (self.overhead + 2 * (self.ranks - 1) * self.hop)
@@ -80,9 +105,11 @@ class Calibration:
         return lat + 2 * (ranks - 1) / ranks * nbytes / b.busbw
 
     def idealized(self, what: str) -> "Calibration":
+        others = tuple(o.idealized(what) for o in self.others)
         if what == "latency":
-            return replace(self, overhead=0.0, hop=0.0, bands=tuple(replace(b, latency=0.0) for b in self.bands))
-        return replace(self, bands=tuple(replace(b, busbw=math.inf) for b in self.bands))
+            return replace(self, overhead=0.0, hop=0.0, bands=tuple(replace(b, latency=0.0) for b in self.bands),
+                           others=others)
+        return replace(self, bands=tuple(replace(b, busbw=math.inf) for b in self.bands), others=others)
 
     @property
     def peak(self) -> float:
@@ -90,10 +117,10 @@ class Calibration:
         return self.bands[-1].busbw
 
 
-def read_nccl_tests(text: str, source: str) -> Measured:
+def read_nccl_tests(text: str, source: str) -> list[Measured]:
     """all_reduce_perf's table: size count type redop [root] time algbw busbw #wrong (out-of-place),
-    time algbw busbw #wrong (in-place); the times are microseconds."""
-    hosts, points = [], []
+    time algbw busbw #wrong (in-place); the times are microseconds. One Measured per type."""
+    hosts, points = [], {}
     for raw in text.splitlines():
         line = TAG.sub("", raw)
         m = RANK_LINE.search(line)
@@ -111,34 +138,37 @@ def read_nccl_tests(text: str, source: str) -> Measured:
             times = [float(rest[0]), float(rest[4])]
         except (ValueError, IndexError):
             continue
-        points += [(size, t * 1e-6) for t in times if t > 0]
-    if not points:
+        dtype = NCCL_TYPES.get(tokens[2], tokens[2])
+        points.setdefault(dtype, []).extend((size, t * 1e-6) for t in times if t > 0)
+    if not any(points.values()):
         raise HvdlmError(f"--calibrate {source}: no all_reduce_perf table rows (size count type redop root time "
                          "algbw busbw #wrong ...) in it")
     if not hosts:
         raise HvdlmError(f"--calibrate {source}: no '#  Rank N ... on HOST device' lines: the rank count is unknown "
                          "(keep all_reduce_perf's header in the file)")
-    return Measured(len(hosts), len(set(hosts)), tuple(points), source)
+    return [Measured(len(hosts), len(set(hosts)), tuple(p), source, dtype) for dtype, p in points.items() if p]
 
 
-def read_bench_json(doc: dict, source: str) -> Measured:
+def read_bench_json(doc: dict, source: str) -> list[Measured]:
     """``hvdlm bench allreduce``'s allreduce.json: Horovod's rows (else the first backend's but
-    memcpy), every dtype and placement."""
+    memcpy), both placements; one Measured per dtype."""
     try:
         meta, rows = doc["meta"], doc["rows"]
         backends = [r["backend"] for r in rows if r["backend"] != "memcpy"]
         backend = "horovod" if "horovod" in backends else backends[0]
-        points = tuple((int(r["bytes"]), float(r["time_avg_us"]) * 1e-6) for r in rows
-                       if r["backend"] == backend and float(r["time_avg_us"]) > 0)
+        points = {}
+        for r in rows:
+            if r["backend"] == backend and float(r["time_avg_us"]) > 0:
+                points.setdefault(r.get("dtype", REFERENCE), []).append((int(r["bytes"]), float(r["time_avg_us"]) * 1e-6))
         ranks, hosts = int(meta["ranks"]), len(meta.get("hosts") or [None])
     except (KeyError, TypeError, ValueError, IndexError):
         raise HvdlmError(f"--calibrate {source} is not the allreduce.json of `hvdlm bench allreduce`") from None
     if not points:
         raise HvdlmError(f"--calibrate {source}: no timed rows in it")
-    return Measured(ranks, hosts, points, f"{source} ({backend})")
+    return [Measured(ranks, hosts, tuple(p), f"{source} ({backend})", dtype) for dtype, p in points.items()]
 
 
-def read(path: str) -> Measured:
+def read(path: str) -> list[Measured]:
     try:
         text = Path(path).read_text()
     except (OSError, UnicodeDecodeError) as e:
@@ -179,7 +209,18 @@ def fit_line(points) -> tuple[float, float]:
 
 
 def calibrate(measured: list[Measured]) -> Calibration:
-    """Bands from the measurement at the most ranks; overhead and hop latency from all of them."""
+    """Each dtype's fit (``fit_dtype``): fp32's (else the first dtype's) with the others beside it."""
+    by_dtype = {}
+    for m in measured:
+        by_dtype.setdefault(m.dtype, []).append(m)
+    fits = [fit_dtype(group) for group in by_dtype.values()]
+    main = next((f for f in fits if f.dtype == REFERENCE), fits[0])
+    return replace(main, others=tuple(f for f in fits if f is not main),
+                   uncertainty=max(f.uncertainty for f in fits))
+
+
+def fit_dtype(measured: list[Measured]) -> Calibration:
+    """One dtype: bands from the measurement at the most ranks; overhead and hop latency from all of them."""
     main = max(measured, key=lambda m: m.ranks)
     if main.ranks < 2:
         raise HvdlmError(f"--calibrate {main.source}: one rank measures no link")
@@ -208,8 +249,8 @@ def calibrate(measured: list[Measured]) -> Calibration:
     else:
         overhead, hop = 0.0, counts[n] / (2 * (n - 1))
     return Calibration(n, main.hosts, tuple(bands), overhead, hop, max(0.10, worst),
-                       " + ".join(m.source for m in measured))
+                       " + ".join(m.source for m in measured), main.dtype)
 
 
 def from_files(paths: list[str]) -> Calibration:
-    return calibrate([read(p) for p in paths])
+    return calibrate([m for p in paths for m in read(p)])

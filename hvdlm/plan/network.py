@@ -41,7 +41,7 @@ Two descriptions replace the allreduce's formula where they are given:
       back, allgather); ``inter``/``intra`` then hold the host's NICs and the ring's hop, for the
       alltoall and allgather of hvdlm's own exchange.
   ``measured`` (``--calibrate``: a user's nccl-tests or ``hvdlm bench allreduce`` output): the
-      fitted bus bandwidth per size and latency per hop (``calibrate.Calibration``).
+      fitted bus bandwidth per size and latency per hop (``calibrate.Calibration``), per dtype.
 A measured allreduce is taken as it was measured: ``hierarchical`` does not change it.
 ``uncertainty``: the relative error of the network's times (CPU path: 20%, the cluster check in
 docs/plan.md, 126 of 132 step times within it; a fabric's or a fit's own otherwise).
@@ -117,13 +117,13 @@ def ring_allgather(nbytes: float, n: int, link: Link) -> float:
     return (n - 1) / n * nbytes / link.bandwidth + (n - 1) * link.latency
 
 
-def allreduce(c: Cluster, nbytes: float) -> float:
-    """One allreduce of ``nbytes`` on the cluster: measured, NCCL's choice, the flat ring, or the
-    hierarchical one."""
+def allreduce(c: Cluster, nbytes: float, dtype: str = "fp32") -> float:
+    """One allreduce of ``nbytes`` on the cluster: measured (``dtype``'s own fit, where the file has
+    it), NCCL's choice, the flat ring, or the hierarchical one (these three per byte, whatever the dtype)."""
     if c.ranks <= 1:
         return 0.0
     if c.measured is not None:
-        return c.measured.allreduce(nbytes, c.ranks)
+        return c.measured.allreduce(nbytes, c.ranks, dtype)
     hierarchical = c.hierarchical and c.local > 1 and c.hosts > 1
     if c.fabric is not None:
         if hierarchical:
