@@ -90,6 +90,26 @@ def test_the_stop_check_no_longer_makes_a_short_step_wait_for_the_cycle():
     assert row.exposed < 0.002, row
 
 
+def test_where_the_cycle_falls_is_in_every_row_s_uncertainty():
+    """Each blocking collective started outside a cycle waits none to a whole cycle (cycle_probe.py):
+    half a cycle each in the +- of the step, beside the network's 20% of the exposed time."""
+    from hvdlm.plan.table import table
+
+    args = ("--preset", "tiny", "--vocab_size", "256", "--step_ms", "50", "--link", "1gbit,50us", "--ranks_per_host",
+            "1", "--mem_bw", "10GB/s", "--cycle_ms", "1", "--periodic_cycle_ms", "20", "--log_interval", "1")
+    s, _, _ = setting(plan_args("--ranks", "2", *args))
+    ms = [Method("none"), Method("bf16"), Method("powersgd", rank=4), Method("diloco", every=10, wire="bf16"),
+          Method("local_sgd", every=10, overlap=4)]
+    _, _, docs = table(s, ms)
+    # per step: the gradients' tail, or two collectives (bf16, PowerSGD), or a period's exchange / H, and the loss
+    want = [(1 + 1) * 0.5, (2 + 1) * 0.5, (2 + 1) * 0.5, (2 / 10 + 1) * 10, (4 / 10 + 1) * 10]
+    for d, cycle_ms in zip(docs, want):
+        assert d["cycle_error_ms"] == pytest.approx(cycle_ms), d["method"]
+        assert d["step_ms_error"] == pytest.approx(0.2 * d["exposed_ms"] + cycle_ms), d["method"]
+    s1, _, _ = setting(plan_args("--ranks", "1", *args))
+    assert all(d["cycle_error_ms"] == 0 for d in table(s1, ms)[2])  # one rank waits for no cycle
+
+
 def test_the_wait_for_the_slowest_rank_against_a_simulation():
     """N ranks whose compute varies by sigma a step; they wait for each other at every blocking point
     (every step; or a period's exchange and each logged step): the mean wait, drawn, is plan's."""

@@ -120,6 +120,7 @@ class Row:
     sent: float  # bytes one rank sends per step (hvdlm's counter)
     nic: float  # bytes one host's NIC sends per step
     algorithm: str = ""  # what runs its largest allreduce (``network.algorithm``), or hvdlm's own exchange
+    cycle_error: float = 0.0  # seconds per step the cycle's phase may move the exposed time either way (``cycles``)
 
     @property
     def step(self) -> float:
@@ -163,7 +164,28 @@ def predict(s: Setting, m: Method) -> Row:
     if not (m.periodic and m.overlap):  # _overlapped counts its own
         row.exposed += logged_loss(s, s.periodic_cycle if m.periodic else s.cycle)
     row.exposed += straggler.wait(s.jitter, s.cluster.ranks, m.every, s.log_interval)  # every = 1: each step
+    row.cycle_error = cycles(s, m) * (s.periodic_cycle if m.periodic else s.cycle) / 2
     return row
+
+
+def cycles(s: Setting, m: Method) -> float:
+    """Blocking collectives per step that start outside a cycle. Each waits for Horovod's next cycle:
+    half a cycle on average over compute times (``collective``), but for one run's steady compute
+    anywhere from none to a whole one (the loop locks to the cycle: the test cluster's
+    cycle_probe.py, benchmarks/RESULTS.md), so each adds half a cycle to the row's +-. The gradients'
+    tail after backward (none, fp16), the two collectives of hvdlm's own exchange (bf16, a periodic
+    bf16/int8 slice) or of PowerSGD, one allreduce a periodic fp32/fp16 slice, and the logged loss."""
+    if s.cluster.ranks <= 1:
+        return 0.0
+    path = m.mode.path
+    if path == "hooks":
+        per_step = 1.0
+    elif path in ("fused", "low_rank"):
+        per_step = 2.0
+    else:
+        wire = m.wire if m.wire in m.mode.wires else m.mode.wires[0]
+        per_step = (2 if wire in ("bf16", "int8") else 1) * max(1, m.overlap) / m.every
+    return per_step + 1 / s.log_interval
 
 
 def _predict(s: Setting, m: Method) -> Row:

@@ -73,7 +73,8 @@ def network_words(c, link) -> str:
 
 def table(s: Setting, ms: list[Method]) -> tuple[list[str], list[list[str]], list[dict]]:
     """Every row; step ms, tokens/s and efficiency carry +- the network's uncertainty (the cluster's
-    ``uncertainty`` of the exposed exchange: the compute's own error is not in it)."""
+    ``uncertainty`` of the exposed exchange) plus where Horovod's cycle falls (``methods.cycles``); the
+    compute's own error is not in it."""
     header = ["method", "compute ms", "exchange ms", "exposed ms", "step ms", "tokens/s", "efficiency",
               "MB sent/rank/step", "NIC MB/host/step", "allreduce", "bound by", "loss penalty"]
     u = s.cluster.uncertainty
@@ -82,7 +83,7 @@ def table(s: Setting, ms: list[Method]) -> tuple[list[str], list[list[str]], lis
         known = penalty.measured(r.method)
         tps = s.tokens_per_step / r.step
         bound = bottleneck(s, r.method)
-        d_step = u * r.exposed
+        d_step = u * r.exposed + r.cycle_error
         d_tps = tps - s.tokens_per_step / (r.step + d_step)
         d_eff = r.compute / r.step - r.compute / (r.step + d_step)
         body.append([r.method.label, num(r.compute * 1e3), f"{num(r.exchange * 1e3)} {err(u * r.exchange * 1e3)}",
@@ -93,7 +94,7 @@ def table(s: Setting, ms: list[Method]) -> tuple[list[str], list[list[str]], lis
                      "exposed_ms": r.exposed * 1e3, "step_ms": r.step * 1e3, "tokens_per_s": tps,
                      "efficiency": r.compute / r.step, "sent_bytes_per_step": r.sent, "nic_bytes_per_step": r.nic,
                      "uncertainty": u, "step_ms_error": d_step * 1e3, "tokens_per_s_error": d_tps,
-                     "efficiency_error": d_eff, "allreduce": r.algorithm,
+                     "efficiency_error": d_eff, "cycle_error_ms": r.cycle_error * 1e3, "allreduce": r.algorithm,
                      "bound_by": bound, "loss_penalty_pct": known[0] if known else None,
                      "loss_penalty_source": known[1] if known else None})
     return header, body, docs
