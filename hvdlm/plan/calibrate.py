@@ -159,7 +159,8 @@ def read_bench_json(doc: dict, source: str) -> list[Measured]:
         points = {}
         for r in rows:
             if r["backend"] == backend and float(r["time_avg_us"]) > 0:
-                points.setdefault(r.get("dtype", REFERENCE), []).append((int(r["bytes"]), float(r["time_avg_us"]) * 1e-6))
+                point = (int(r["bytes"]), float(r["time_avg_us"]) * 1e-6)
+                points.setdefault(r.get("dtype", REFERENCE), []).append(point)
         ranks, hosts = int(meta["ranks"]), len(meta.get("hosts") or [None])
     except (KeyError, TypeError, ValueError, IndexError):
         raise HvdlmError(f"--calibrate {source} is not the allreduce.json of `hvdlm bench allreduce`") from None

@@ -58,7 +58,8 @@ def network_words(c, link) -> str:
     """The network as the plan sees it, each default of a GPU host with its source."""
     if c.measured is not None:
         m = c.measured
-        others = "".join(f"; {o.dtype}: peak busbw {o.peak / 1e9:.3g} GB/s, {o.hop * 1e6:.3g} us a hop" for o in m.others)
+        others = "".join(f"; {o.dtype}: peak busbw {o.peak / 1e9:.3g} GB/s, {o.hop * 1e6:.3g} us a hop"
+                         for o in m.others)
         return (f"allreduce measured ({m.source}: {m.ranks} ranks on {m.hosts} host(s); {m.dtype}: peak busbw "
                 f"{m.peak / 1e9:.3g} GB/s, overhead {m.overhead * 1e6:.3g} us, {m.hop * 1e6:.3g} us a hop{others}"
                 f"{'' if 'fp16' in m.dtypes else '; fp16 priced per byte as ' + m.dtype})")
