@@ -4,14 +4,15 @@ Prints, for H100-class hosts (8 GPUs, NVLink 4 + NVSwitch, 8 x 400 Gbit/s NICs),
 allreduce bus bandwidth (nccl-tests' busbw) beside every published figure found: single points
 (``PUBLISHED``), then whole runs of 2-8 hosts at 64 MB-1 GB (``RUNS``: the one nccl.MULTI_HOST was
 fitted on, and the others, a check), with the error; then the model's grid for 1-16 hosts; then
-Horovod's published scaling efficiency on its 512-GPU benchmark, predicted from the model's
-parameters, the published step time and the published cluster. Arithmetic only:
+Horovod's published scaling efficiency on its benchmark (128 and 512 GPUs), predicted from the
+models' parameters, the published step time and the published cluster. Arithmetic only:
 
     .venv/bin/python benchmarks/plan_gpu_check.py
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 from hvdlm.plan import nccl, overlap
@@ -112,12 +113,17 @@ PASCAL = Fabric(name="4 x P100 PCIe, 1 x 25 Gbit/s RoCE", ring_busbw=10 * GB, in
 # parameters: Keras Applications' counts. One GPU's step (batch 64): Inception V3 142 and VGG-16 154 img/s on
 # a P100 (TensorFlow's benchmarks page, DGX-1, synthetic data, May 2017: tensorflow/docs_src/performance/
 # benchmarks.md); ResNet-101 is not on it: Horovod's own docs give 1656.82 img/s on 16 GPUs (103.6 a GPU).
-MODELS = [("ResNet-101", 44.7e6, 64 / (1656.82 / 16), "spread", 0.90),
-          ("Inception V3", 23.9e6, 64 / 142, "spread", 0.90),
-          ("VGG-16", 138.4e6, 64 / 154, "vgg", 0.68)]
+MODELS = [("ResNet-101", 44.7e6, 64 / (1656.82 / 16), "spread"),
+          ("Inception V3", 23.9e6, 64 / 142, "spread"),
+          ("VGG-16", 138.4e6, 64 / 154, "vgg")]
+# Published scaling efficiency by GPU count: 512 (128 servers; docs/benchmarks.rst since April 2018)
+# and 128 (32 servers of the same kind, 90% / 90% / 79%; docs/benchmarks.md before the 512-GPU chart
+# replaced it, whose runs used branch horovod_v2 of alsrgv/benchmarks).
+SCALING = {128: {"ResNet-101": 0.90, "Inception V3": 0.90, "VGG-16": 0.79},
+           512: {"ResNet-101": 0.90, "Inception V3": 0.90, "VGG-16": 0.68}}
 
 
-def horovod_efficiency(params: float, step: float, profile: str) -> float:
+def horovod_efficiency(params: float, step: float, profile: str, gpus: int = 512) -> float:
     """Horovod's background thread over one backward (overlap.simulate) with NCCL's ring on the
     Pascal cluster; gradients ready evenly through backward, except VGG-16's fully connected layers
     (123.6M of its parameters), ready as backward starts (they are the last layers of forward)."""
@@ -130,21 +136,24 @@ def horovod_efficiency(params: float, step: float, profile: str) -> float:
         ready = [overlap.Ready(backward * (k + 1) / 100, nbytes / 100) for k in range(100)]
 
     def cost(b):
-        return min((c for c in nccl.candidates(PASCAL, 512, 4, b) if c.algorithm == "ring"),
+        return min((c for c in nccl.candidates(PASCAL, gpus, 4, b) if c.algorithm == "ring"),
                    key=lambda c: c.seconds).seconds
 
-    tl = overlap.simulate(ready, 0.005, 64 * MB, cost, 2 * 9 * 20e-6)
+    tl = overlap.simulate(ready, 0.005, 64 * MB, cost, 2 * math.ceil(math.log2(gpus)) * 20e-6)
     return step / (step + max(0.0, tl.finish - backward))
 
 
 def horovod_check() -> list[float]:
-    print("\n| model (512 Pascal GPUs, 25 Gbit/s) | params | step s | predicted | published | error (points) |")
-    print("|---|---|---|---|---|---|")
+    print("\n| model (Pascal GPUs, 4 a server, 25 Gbit/s) | params | step s | GPUs | predicted | published "
+          "| error (points) |")
+    print("|---|---|---|---|---|---|---|")
     out = []
-    for name, params, step, profile, pub in MODELS:
-        eff = horovod_efficiency(params, step, profile)
-        out.append(eff - pub)
-        print(f"| {name} | {params / 1e6:.1f}M | {step:.3f} | {eff:.0%} | {pub:.0%} | {(eff - pub) * 100:+.0f} |")
+    for gpus, published in SCALING.items():
+        for name, params, step, profile in MODELS:
+            eff, pub = horovod_efficiency(params, step, profile, gpus), published[name]
+            out.append(eff - pub)
+            print(f"| {name} | {params / 1e6:.1f}M | {step:.3f} | {gpus} | {eff:.0%} | {pub:.0%} "
+                  f"| {(eff - pub) * 100:+.0f} |")
     return out
 
 
