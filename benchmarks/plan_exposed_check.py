@@ -32,7 +32,10 @@ the steps are stratified by their place in the period (the syncing step is not n
 "within noise" when |predicted - measured| <= max(25% of measured, 2 x that error). The plain 25%
 count is the issue's criterion. Pure computation over the recorded files, about a minute:
     .venv/bin/python benchmarks/plan_exposed_check.py [--runs DIR --probe FILE] > .../exposed.md
-(the rerun: --runs benchmarks/results/plan/cluster/runs-1207 --probe .../probe-1207.jsonl)
+(the rerun: --runs benchmarks/results/plan/cluster/runs-1207 --probe .../probe-1207.jsonl). With
+--bench FILE..., also calibration E on the free-link rows: `hvdlm bench allreduce --dtypes fp32,fp16`
+on the free link (bench-allreduce-1207/: 2 and 4 hosts) through plan's own --calibrate, per dtype and
+with fp32's fit alone.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ import json
 import math
 import sys
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from statistics import variance
 
@@ -49,6 +53,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "results" / "plan" / "c
 import check  # noqa: E402  the recorded runs' reading, window and tbf credit (one place)
 
 from hvdlm.plan import calibrate, network, straggler  # noqa: E402
+from hvdlm.plan.methods import predict  # noqa: E402
+from hvdlm.plan.network import Link  # noqa: E402
 
 EVERY_STEP = ("none", "fp16", "bf16", "powersgd")
 ORDER = {"free": 0, "1gbit": 1, "100mbit": 2, "10mbit": 3}
@@ -139,6 +145,38 @@ def probed(path: Path, stat: str = "median_s") -> dict:
     return out
 
 
+def through_calibrate(r: dict, cal) -> float:
+    """plan's exposed exchange for run ``r`` with its allreduce from ``--calibrate`` (``cal``, a
+    calibrate.Calibration) and hvdlm's own exchange on the fit's link, as `hvdlm plan --calibrate` does."""
+    check.prediction(r, 1e-3, 1e9)  # the run's Setting, built once
+    s = r["setting"]
+    link = Link(cal.peak, cal.hop)
+    cluster = replace(s.cluster, inter=link, intra=link, measured=cal)
+    return predict(replace(s, cluster=cluster), check.method_of(r["flags"]["method"])).exposed
+
+
+def bench_check(res: list, files: list[str]) -> None:
+    """E: `hvdlm bench allreduce --dtypes fp32,fp16` files of the free link, through plan's own
+    --calibrate, per dtype and with fp32's fit alone; the free-link rows only (the bench measured no
+    shaped link)."""
+    cal = calibrate.from_files(files)
+    fp32 = replace(cal, others=())
+    free = [x for x in res if x[0]["flags"]["link"] == "free"]
+    print(f"\nE, {' + '.join(Path(f).name for f in files)} through --calibrate ({', '.join(cal.dtypes)}), "
+          f"the {len(free)} free-link rows:\n")
+    print("| model | hosts | method | measured ms | D / meas | E fp32 fit alone / meas | E per dtype / meas |")
+    print("|---|---|---|---|---|---|---|")
+    counts = [0, 0, 0]
+    for r, m, _, p, _, _ in free:
+        e32, e = through_calibrate(r, fp32), through_calibrate(r, cal)
+        for i, q in enumerate((p["D"], e32, e)):
+            counts[i] += within(q, m, 0.25)
+        f = r["flags"]
+        print(f"| {f['preset']} | {r['hosts']} | {f['method']} | {m * 1e3:.1f} | {p['D'] / m:.2f} | {e32 / m:.2f} "
+              f"| {e / m:.2f} |")
+    print(f"\nWithin 25%, of {len(free)}: D {counts[0]}, E with fp32's fit alone {counts[1]}, E per dtype {counts[2]}.")
+
+
 def within(p: float, m: float, frac: float, floor: float = 0.0) -> bool:
     return abs(p - m) <= max(frac * m, floor)
 
@@ -149,6 +187,8 @@ def main() -> None:
     ap.add_argument("--runs", type=Path, default=here / "runs", help="a campaign's runs (default: those of 2026-12-03)")
     ap.add_argument("--probe", type=Path, default=here / "probe.jsonl", help="probe.sh's file (calibration D)")
     ap.add_argument("--probe_stat", default="median_s", choices=["median_s", "best_s"])
+    ap.add_argument("--bench", nargs="*", default=[], metavar="JSON", help="hvdlm bench allreduce files of the "
+                    "free link (calibration E, per dtype)")
     args = ap.parse_args()
     check.RUNS = args.runs.resolve()
     runs = check.all_runs()
@@ -223,6 +263,8 @@ def main() -> None:
     a, b, _, n = counts(res, "D", extra=lambda x: -x[4])
     print(f"\nWithout plan's wait for the slowest rank (D less the last column): {a} of {n} within 25%, "
           f"{b} within max(25%, 2 x noise).")
+    if args.bench:
+        bench_check(res, args.bench)
 
 
 if __name__ == "__main__":
