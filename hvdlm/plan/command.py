@@ -78,7 +78,8 @@ def add_plan_parser(sub) -> None:
     g.add_argument("--sharp", action="store_true", help="the switches reduce (NCCL's CollNet/SHARP)")
     g.add_argument("--calibrate", action="append", default=[], metavar="FILE", help="an nccl-tests all_reduce_perf "
                    "output or `hvdlm bench allreduce`'s allreduce.json: the allreduce's bus bandwidth per size and "
-                   "latency fitted from it (again for another rank count: overhead and hop latency apart)")
+                   "latency fitted from it, each dtype apart (again for another rank count: overhead and hop "
+                   "latency apart)")
     g.add_argument("--cycle_ms", type=ranged(float, 0), default=None,
                    help=f"Horovod's cycle under every-step sync (default: {CPU_DEFAULTS_MPI['HOROVOD_CYCLE_TIME']}, "
                         "hvdlm's on CPUs under MPI)")
