@@ -68,6 +68,16 @@ class Method:
         return MODES[self.name]
 
     @property
+    def sent_as(self) -> str:
+        """The wire a periodic exchange travels in: ``wire`` where the mode has it, else its first."""
+        return self.wire if self.wire in self.mode.wires else self.mode.wires[0]
+
+    @property
+    def own_exchange(self) -> bool:
+        """A periodic exchange by hvdlm's alltoall + allgather (bf16, int8); fp32/fp16 go by ring allreduce."""
+        return self.sent_as in ("bf16", "int8")
+
+    @property
     def periodic(self) -> bool:
         """An exchange every H steps, at hvdlm's periodic cycle."""
         return self.mode.periodic
@@ -183,8 +193,7 @@ def cycles(s: Setting, m: Method) -> float:
     elif path in ("fused", "low_rank"):
         per_step = 2.0
     else:
-        wire = m.wire if m.wire in m.mode.wires else m.mode.wires[0]
-        per_step = (2 if wire in ("bf16", "int8") else 1) * max(1, m.overlap) / m.every
+        per_step = (2 if m.own_exchange else 1) * max(1, m.overlap) / m.every
     return per_step + 1 / s.log_interval
 
 
@@ -240,8 +249,7 @@ def _powersgd(s: Setting, m: Method) -> Row:
 
 def _periodic(s: Setting, m: Method) -> Row:
     c, n, h = s.cluster, s.cluster.ranks, m.every
-    wire = m.wire if m.wire in m.mode.wires else m.mode.wires[0]
-    own = wire in ("bf16", "int8")  # hvdlm's alltoall exchange; fp32/fp16 go by ring allreduce
+    wire, own = m.sent_as, m.own_exchange
     encoded = encoded_bytes(s.numel, wire)
     parts = max(1, m.overlap)
 
