@@ -82,13 +82,11 @@ def predicted(r: dict, cal: tuple) -> float:
         return check.predicted_step(r, lat, bw)[1] - r["compute"]
 
 
-def printed_error(r: dict, cal: tuple) -> float:
-    """plan's printed +- of this row's exposed time: the CPU path's 20% of it (``network.CPU_UNCERTAINTY``)
-    and half a cycle per blocking collective (``methods.cycles``)."""
-    lat, bw, o = cal
-    with overhead(o):
-        row = check.prediction(r, lat, bw)
-    return network.CPU_UNCERTAINTY * predicted(r, cal) + row.cycle_error
+def printed_error(r: dict, exposed: float) -> float:
+    """plan's printed +- of run ``r``'s predicted ``exposed`` time: the CPU path's 20% of it
+    (``network.CPU_UNCERTAINTY``) and half a cycle per blocking collective (``methods.cycles``, which
+    depends on the method and the cycles, not on the link)."""
+    return network.CPU_UNCERTAINTY * exposed + check.prediction(r, 1e-3, 1e9).cycle_error
 
 
 def measured(r: dict) -> float:
@@ -219,7 +217,7 @@ def main() -> None:
     for r in runs:
         f, m, n = r["flags"], measured(r), noise(r)
         p = {k: predicted(r, cal(r)) for k, cal in cals.items()}
-        res.append((r, m, n, p, stragglers(r), printed_error(r, cals["D"](r))))
+        res.append((r, m, n, p, stragglers(r), printed_error(r, p["D"])))
 
         def cell(k):
             mark = "" if within(p[k], m, 0.25) else (" ~" if within(p[k], m, 0.25, 2 * n) else " **")
