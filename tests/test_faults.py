@@ -257,6 +257,33 @@ def test_a_silent_peer_is_named_within_the_peer_timeout(tmp_path, capfd):
     w0.stop()
 
 
+def test_a_rank_stopped_just_after_it_listened_stays_quiet_when_continued(tmp_path, capfd):
+    """SIGSTOP of rank 1 can fall between its wait for datagrams and its check. Rank 0 names it
+    and says goodbye; when rank 1 is continued (the launcher ending the job) it must read that
+    goodbye, not take rank 0's silence while it was stopped for a second fault (CI, 2026-12-07:
+    two lines, one from each rank)."""
+    (w0, w1), exits = pair(tmp_path, peer_timeout=1.0)
+    w0.exit_fn = lambda status: (exits[0].append(status), w0._stop.set())  # rank 0's process ends
+    stop_now, listened = __import__("threading").Event(), w1.wire.wait
+
+    def listen_then_stop(timeout):
+        got = listened(timeout)
+        if stop_now.is_set():
+            stop_now.clear()
+            time.sleep(5 * watchdog.INTERVAL + 3)  # stopped: the clock runs on, the thread does not
+        return got
+
+    w1.wire.wait = listen_then_stop
+    time.sleep(1.0)  # heartbeats flow
+    stop_now.set()
+    assert wait_for(lambda: exits[0], 4), "rank 0 did not notice"
+    assert wait_for(lambda: w1.peers[0].left is not None, 8), "rank 1 never read rank 0's goodbye"
+    time.sleep(1.5)  # past the peer timeout after rank 1 is continued
+    assert exits[1] == []
+    assert len(re.findall("has sent no heartbeat", capfd.readouterr().err)) == 1
+    w1._stop.set()
+
+
 def test_a_peer_that_said_why_it_failed_keeps_the_others_quiet(tmp_path):
     (w0, w1), _ = pair(tmp_path)
     time.sleep(0.8)

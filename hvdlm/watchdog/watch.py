@@ -170,16 +170,26 @@ class Watchdog:
     def _run(self) -> None:
         next_beat = 0.0
         while not self._stop.is_set():
-            now = time.monotonic()
-            if now - self._last_tick > 5 * INTERVAL + 2:
-                self._resumed(now)  # this whole process was stopped (SIGSTOP, a suspended job)
-            self._last_tick = now
+            now = self._tick()
             if now >= next_beat:
                 self._heartbeat()
                 next_beat = now + INTERVAL
             self._receive(timeout=max(0.0, min(INTERVAL / 2, next_beat - time.monotonic())))
+            # Again between the wait and the check: a SIGSTOP that falls just after the wait
+            # returned would otherwise be judged with the peers' pre-stop heartbeats, and a rank
+            # whose peer's goodbye is still unread in the socket would print a second line.
+            now = self._tick()
             if not self._stop.is_set():
-                self._check(time.monotonic())
+                self._check(now)
+
+    def _tick(self) -> float:
+        """The clock, read at each turn of the thread; a gap no turn could take normally means the
+        whole process was stopped (SIGSTOP, a suspended job)."""
+        now = time.monotonic()
+        if now - self._last_tick > 5 * INTERVAL + 2:
+            self._resumed(now)
+        self._last_tick = now
+        return now
 
     def _resumed(self, now: float) -> None:
         """After this process was stopped, everybody looks silent: start counting afresh."""
