@@ -35,7 +35,8 @@ count is the issue's criterion. Pure computation over the recorded files, about 
 (the rerun: --runs benchmarks/results/plan/cluster/runs-1207 --probe .../probe-1207.jsonl). With
 --bench FILE..., also calibration E on the free-link rows: `hvdlm bench allreduce --dtypes fp32,fp16`
 on the free link (bench-allreduce-1207/: 2 and 4 hosts) through plan's own --calibrate, per dtype and
-with fp32's fit alone.
+with fp32's fit alone. With --against RUNS PROBE, how far the measurement repeats: another campaign
+of the same settings beside this one (the measured exposed times, and D against each and their mean).
 """
 
 from __future__ import annotations
@@ -175,6 +176,39 @@ def bench_check(res: list, files: list[str]) -> None:
     print(f"\nWithin 25%, of {len(free)}: D {counts[0]}, E with fp32's fit alone {counts[1]}, E per dtype {counts[2]}.")
 
 
+def key(r: dict) -> tuple:
+    f = r["flags"]
+    return f["preset"], r["hosts"], f["link"], f["method"]
+
+
+def repeat_check(res: list, other: Path, other_probe: Path) -> None:
+    """How far the measurement repeats: another campaign of the same settings (its own runs and
+    probe), the two measured exposed times side by side, and D against each and their mean. A
+    prediction cannot be within 25% of both where the two differ by more than 1.25 / 0.75."""
+    here = check.RUNS
+    check.RUNS = other.resolve()
+    try:
+        probe = probed(other_probe)
+        second = {key(r): (r, measured(r), predicted(r, probe.get(r["hosts"], probe[None]))) for r in check.all_runs()}
+    finally:
+        check.RUNS = here
+    pairs = [(x, second[key(x[0])]) for x in res if key(x[0]) in second]
+    if not pairs:
+        sys.exit(f"no setting of {other} is among the runs")
+    n = len(pairs)
+    agree = sum(within(m2, x[1], 0.25) for x, (_, m2, _) in pairs)
+    agree_back = sum(within(x[1], m2, 0.25) for x, (_, m2, _) in pairs)
+    both = sum(max(x[1], m2) <= 1.25 / 0.75 * min(x[1], m2) for x, (_, m2, _) in pairs)
+    own1 = sum(within(x[3]["D"], x[1], 0.25) for x, _ in pairs)
+    own2 = sum(within(p2, m2, 0.25) for _, (_, m2, p2) in pairs)
+    mean = sum(within((x[3]["D"] + p2) / 2, (x[1] + m2) / 2, 0.25) for x, (_, m2, p2) in pairs)
+    print(f"\nRepeated: {other.name} (probe {other_probe.name}), {n} settings in both campaigns. Within 25%:")
+    print(f"- the second campaign's measured exposed time of the first's: {agree} of {n} (the first's of the "
+          f"second's: {agree_back}); a value within 25% of both exists in {both}")
+    print(f"- D (each campaign's own compute and probe): of the first {own1}, of the second {own2}, of their mean "
+          f"(D's mean) {mean}")
+
+
 def within(p: float, m: float, frac: float, floor: float = 0.0) -> bool:
     return abs(p - m) <= max(frac * m, floor)
 
@@ -187,6 +221,8 @@ def main() -> None:
     ap.add_argument("--probe_stat", default="median_s", choices=["median_s", "best_s"])
     ap.add_argument("--bench", nargs="*", default=[], metavar="JSON", help="hvdlm bench allreduce files of the "
                     "free link (calibration E, per dtype)")
+    ap.add_argument("--against", nargs=2, type=Path, metavar=("RUNS", "PROBE"), help="another campaign of the "
+                    "same settings and its probe: how far the measured exposed time repeats")
     args = ap.parse_args()
     check.RUNS = args.runs.resolve()
     runs = check.all_runs()
@@ -263,6 +299,8 @@ def main() -> None:
           f"{b} within max(25%, 2 x noise).")
     if args.bench:
         bench_check(res, args.bench)
+    if args.against:
+        repeat_check(res, *args.against)
 
 
 if __name__ == "__main__":

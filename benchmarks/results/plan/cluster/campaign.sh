@@ -7,7 +7,8 @@
 cd "$(dirname "$0")/../../../.."
 r=benchmarks/results/plan/cluster/run.sh out=${OUT:-benchmarks/results/plan/cluster/runs}
 S=none+fp16+bf16+powersgd P=local_sgd+diloco+diloco-bf16+diloco-int8+diloco-overlap
-go() { echo "== $(date -u +%T) $*"; bash $r $out "$@" || echo "== FAILED: $*"; }
+# ONLY=tiny (or mini) runs that model's lines alone (a repeat of the fast part: plan_exposed_check --against).
+go() { [ -n "${ONLY:-}" ] && [ "$1" != "$ONLY" ] && return; echo "== $(date -u +%T) $*"; bash $r $out "$@" || echo "== FAILED: $*"; }
 if [ "${1:-}" != second ]; then  # the first part (run with --eval_interval 10; see check.py)
   go tiny 2 step "free:$S,1gbit:$S,100mbit:$S,10mbit:$S"
   go tiny 2 periodic "free:$P,1gbit:$P,100mbit:$P,10mbit:$P"
