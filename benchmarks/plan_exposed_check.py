@@ -189,19 +189,19 @@ def repeat_check(res: list, other: Path, other_probe: Path) -> None:
     check.RUNS = other.resolve()
     try:
         probe = probed(other_probe)
-        second = {key(r): (r, measured(r), predicted(r, probe.get(r["hosts"], probe[None]))) for r in check.all_runs()}
+        second = {key(r): (measured(r), predicted(r, probe.get(r["hosts"], probe[None]))) for r in check.all_runs()}
     finally:
         check.RUNS = here
     pairs = [(x, second[key(x[0])]) for x in res if key(x[0]) in second]
     if not pairs:
         sys.exit(f"no setting of {other} is among the runs")
     n = len(pairs)
-    agree = sum(within(m2, x[1], 0.25) for x, (_, m2, _) in pairs)
-    agree_back = sum(within(x[1], m2, 0.25) for x, (_, m2, _) in pairs)
-    both = sum(max(x[1], m2) <= 1.25 / 0.75 * min(x[1], m2) for x, (_, m2, _) in pairs)
+    agree = sum(within(m2, x[1], 0.25) for x, (m2, _) in pairs)
+    agree_back = sum(within(x[1], m2, 0.25) for x, (m2, _) in pairs)
+    both = sum(max(x[1], m2) <= 1.25 / 0.75 * min(x[1], m2) for x, (m2, _) in pairs)
     own1 = sum(within(x[3]["D"], x[1], 0.25) for x, _ in pairs)
-    own2 = sum(within(p2, m2, 0.25) for _, (_, m2, p2) in pairs)
-    mean = sum(within((x[3]["D"] + p2) / 2, (x[1] + m2) / 2, 0.25) for x, (_, m2, p2) in pairs)
+    own2 = sum(within(p2, m2, 0.25) for _, (m2, p2) in pairs)
+    mean = sum(within((x[3]["D"] + p2) / 2, (x[1] + m2) / 2, 0.25) for x, (m2, p2) in pairs)
     print(f"\nRepeated: {other.name} (probe {other_probe.name}), {n} settings in both campaigns. Within 25%:")
     print(f"- the second campaign's measured exposed time of the first's: {agree} of {n} (the first's of the "
           f"second's: {agree_back}); a value within 25% of both exists in {both}")

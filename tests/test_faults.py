@@ -274,7 +274,7 @@ def test_a_rank_stopped_just_after_it_listened_stays_quiet_when_continued(tmp_pa
         return got
 
     w1.wire.wait = listen_then_stop
-    time.sleep(1.0)  # heartbeats flow
+    assert wait_for(lambda: w0.peers[1].heard and w1.peers[0].heard, 10), "no heartbeat flowed"
     stop_now.set()
     assert wait_for(lambda: exits[0], 4), "rank 0 did not notice"
     assert wait_for(lambda: w1.peers[0].left is not None, 8), "rank 1 never read rank 0's goodbye"
